@@ -1,0 +1,267 @@
+"""A small LongCat-Flash style MoE language model, readable top to bottom.
+
+LongCat-Flash technical report: https://arxiv.org/abs/2509.01322
+MLA attention (DeepSeek-V2): https://arxiv.org/abs/2405.04434
+Layout follows nanoGPT (https://github.com/karpathy/nanoGPT/blob/master/model.py):
+RMSNorm -> Attention -> (Router, Experts, MoE live in moe.py) -> Block -> ModelConfig
+-> Model -> grow.
+
+Packed rows hold several documents; ``doc_index_BT`` says which document each token
+belongs to and ``positions_BT`` restarts at 0 with every document, so no token
+attends across a document boundary and RoPE sees per-document positions.
+
+Shape suffixes: B batch, T sequence, D model width, H heads, C qk head dim
+(nope + rope), R rope dim, V value head dim, L latent rank, E experts, N vocab.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from model_hooks.moe import MoE, Router, RouterInfo, SwiGLU
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+def rope_cos_sin(
+    positions_BT: torch.Tensor, dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angles from per-document positions, so every document starts at angle 0."""
+    inv_freq_R2 = 1.0 / theta ** (torch.arange(0, dim, 2, device=positions_BT.device) / dim)
+    angles_BTR2 = positions_BT.float()[..., None] * inv_freq_R2
+    angles_BTR = torch.cat([angles_BTR2, angles_BTR2], dim=-1)
+    return angles_BTR.cos(), angles_BTR.sin()
+
+
+def apply_rope(x_BTHR: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x_BTHR.chunk(2, dim=-1)
+    rotated_BTHR = torch.cat([-x2, x1], dim=-1)
+    return (x_BTHR * cos_BTR[:, :, None] + rotated_BTHR * sin_BTR[:, :, None]).to(x_BTHR.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head latent attention with decoupled RoPE and LongCat's variance alignment:
+    the normed q and kv latents are scaled by sqrt(d_model / rank) so that a narrow
+    latent does not shrink the attention logits as the model widens."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.H, self.v = cfg.n_heads, cfg.v_head_dim
+        self.nope, self.rope = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
+        self.q_down = nn.Linear(cfg.d_model, cfg.q_lora_rank, bias=False)
+        self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
+        self.q_up = nn.Linear(cfg.q_lora_rank, self.H * (self.nope + self.rope), bias=False)
+        # kv_down also emits the rope key, one shared by all heads.
+        self.kv_down = nn.Linear(cfg.d_model, cfg.kv_lora_rank + self.rope, bias=False)
+        self.kv_norm = RMSNorm(cfg.kv_lora_rank, cfg.norm_eps)
+        self.kv_up = nn.Linear(cfg.kv_lora_rank, self.H * (self.nope + self.v), bias=False)
+        self.out = nn.Linear(self.H * self.v, cfg.d_model, bias=False)
+        self.q_scale = math.sqrt(cfg.d_model / cfg.q_lora_rank)
+        self.kv_scale = math.sqrt(cfg.d_model / cfg.kv_lora_rank)
+        self.kv_rank = cfg.kv_lora_rank
+
+    def forward(
+        self,
+        x_BTD: torch.Tensor,
+        cos_BTR: torch.Tensor,
+        sin_BTR: torch.Tensor,
+        mask_B1TT: torch.Tensor,
+    ) -> torch.Tensor:
+        B, T, _ = x_BTD.shape
+        q_BTL = self.q_norm(self.q_down(x_BTD)) * self.q_scale
+        q_BTHC = self.q_up(q_BTL).view(B, T, self.H, self.nope + self.rope)
+        q_nope_BTHC, q_rope_BTHR = q_BTHC.split([self.nope, self.rope], dim=-1)
+        kv_BTL, k_rope_BTR = self.kv_down(x_BTD).split([self.kv_rank, self.rope], dim=-1)
+        kv_BTHC = self.kv_up(self.kv_norm(kv_BTL) * self.kv_scale)
+        kv_BTHC = kv_BTHC.view(B, T, self.H, self.nope + self.v)
+        k_nope_BTHC, v_BTHV = kv_BTHC.split([self.nope, self.v], dim=-1)
+        q_rope_BTHR = apply_rope(q_rope_BTHR, cos_BTR, sin_BTR)
+        k_rope_BTHR = apply_rope(k_rope_BTR[:, :, None], cos_BTR, sin_BTR)
+        k_rope_BTHR = k_rope_BTHR.expand(B, T, self.H, self.rope)
+        q_BHTC = torch.cat([q_nope_BTHC, q_rope_BTHR], dim=-1).transpose(1, 2)
+        k_BHTC = torch.cat([k_nope_BTHC, k_rope_BTHR], dim=-1).transpose(1, 2)
+        y_BHTV = F.scaled_dot_product_attention(
+            q_BHTC, k_BHTC, v_BTHV.transpose(1, 2), attn_mask=mask_B1TT
+        )
+        return self.out(y_BHTV.transpose(1, 2).reshape(B, T, self.H * self.v))
+
+
+class Block(nn.Module):
+    """One ScMoE layer: two attention blocks, two dense FFNs and one MoE whose input is
+    FFN0's input and whose output joins only at the last add. That late join is what
+    lets the expert all-to-all overlap the dense blocks on a cluster."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        D, eps = cfg.d_model, cfg.norm_eps
+        self.attn_norm0, self.attn0 = RMSNorm(D, eps), Attention(cfg)
+        self.ffn_norm0, self.ffn0 = RMSNorm(D, eps), SwiGLU(D, cfg.d_ffn)
+        self.attn_norm1, self.attn1 = RMSNorm(D, eps), Attention(cfg)
+        self.ffn_norm1, self.ffn1 = RMSNorm(D, eps), SwiGLU(D, cfg.d_ffn)
+        self.moe = MoE(
+            D, cfg.d_expert, cfg.n_ffn_experts, cfg.n_zero_experts, cfg.top_k, cfg.gamma,
+            cfg.gamma_scales_identity,
+        )  # fmt: skip
+
+    def forward(
+        self,
+        x_BTD: torch.Tensor,
+        cos_BTR: torch.Tensor,
+        sin_BTR: torch.Tensor,
+        mask_B1TT: torch.Tensor,
+    ) -> tuple[torch.Tensor, RouterInfo]:
+        B, T, D = x_BTD.shape
+        a1_BTD = x_BTD + self.attn0(self.attn_norm0(x_BTD), cos_BTR, sin_BTR, mask_B1TT)
+        u_BTD = self.ffn_norm0(a1_BTD)
+        m_TD, info = self.moe(u_BTD.reshape(B * T, D))  # starts from FFN0's input
+        f1_BTD = a1_BTD + self.ffn0(u_BTD)
+        a2_BTD = f1_BTD + self.attn1(self.attn_norm1(f1_BTD), cos_BTR, sin_BTR, mask_B1TT)
+        out_BTD = a2_BTD + self.ffn1(self.ffn_norm1(a2_BTD)) + m_TD.view(B, T, D)
+        return out_BTD, info
+
+
+class ModelConfig(BaseModel):
+    """Everything that fixes the architecture; saved as ``model_config`` in checkpoints.
+    Defaults are a toy that trains on a laptop CPU."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    vocab_size: int = Field(default=256, gt=0)
+    d_model: int = Field(default=64, gt=0)
+    n_layers: int = Field(default=2, gt=0)
+    """ScMoE layers; each holds two attention blocks, two dense FFNs and one MoE."""
+    n_heads: int = Field(default=4, gt=0)
+    q_lora_rank: int = Field(default=32, gt=0)
+    kv_lora_rank: int = Field(default=16, gt=0)
+    qk_nope_head_dim: int = Field(default=16, gt=0)
+    qk_rope_head_dim: int = Field(default=8, gt=0)
+    """Rope part of each head; even, since RoPE rotates pairs."""
+    v_head_dim: int = Field(default=16, gt=0)
+    rope_theta: float = Field(default=10_000.0, gt=0)
+    """RoPE base; LongCat raises it per long-context phase (1e6 -> 5e6 -> 1e7)."""
+    d_ffn: int = Field(default=128, gt=0)
+    """Dense SwiGLU width."""
+    d_expert: int = Field(default=32, gt=0)
+    n_ffn_experts: int = Field(default=8, gt=0)
+    n_zero_experts: int = Field(default=4, ge=0)
+    top_k: int = Field(default=3, gt=0)
+    target_ffn_experts: float = Field(default=2.0, gt=0)
+    """K_e: the mean FFN experts per token the bias controller steers to."""
+    moe_gamma: float | None = Field(default=None, gt=0)
+    """Output scale gamma; None means d_ffn / d_expert (LongCat's variance alignment)."""
+    gamma_scales_identity: bool = True
+    """Whether gamma also scales zero-expert outputs (transformers/vLLM: yes; SGLang: no)."""
+    norm_eps: float = Field(default=1e-6, gt=0)
+    init_std: float = Field(default=0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.qk_rope_head_dim % 2:
+            raise ValueError("qk_rope_head_dim must be even")
+        if self.top_k > self.n_ffn_experts + self.n_zero_experts:
+            raise ValueError("top_k exceeds the number of experts")
+        if self.target_ffn_experts > self.top_k:
+            raise ValueError("target_ffn_experts (K_e) cannot exceed top_k")
+        if self.n_zero_experts == 0 and self.target_ffn_experts != self.top_k:
+            raise ValueError("without zero experts every pick is an FFN expert: K_e = top_k")
+        return self
+
+    @property
+    def gamma(self) -> float:
+        return self.moe_gamma if self.moe_gamma is not None else self.d_ffn / self.d_expert
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # nanoGPT's scaled init: each residual branch's output projection shrinks with
+        # the number of branches (five per ScMoE layer) so the residual stream stays O(1).
+        out_std = cfg.init_std / math.sqrt(5 * cfg.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith(("out.weight", "w_down.weight")):
+                nn.init.normal_(p, mean=0.0, std=out_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding | Router):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+
+    def forward(
+        self, tokens_BT: torch.Tensor, positions_BT: torch.Tensor, doc_index_BT: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[RouterInfo]]:
+        """Returns logits, the last hidden state before the final norm (for the hidden
+        z-loss) and each layer's routing (for the balance loss and the metrics)."""
+        T = tokens_BT.shape[1]
+        causal_TT = torch.ones(T, T, dtype=torch.bool, device=tokens_BT.device).tril()
+        same_doc_BTT = doc_index_BT[:, :, None] == doc_index_BT[:, None, :]
+        mask_B1TT = (same_doc_BTT & causal_TT)[:, None]  # block-diagonal causal
+        cos_BTR, sin_BTR = rope_cos_sin(
+            positions_BT, self.cfg.qk_rope_head_dim, self.cfg.rope_theta
+        )
+        x_BTD = self.embed(tokens_BT)
+        infos = []
+        for layer in self.layers:
+            x_BTD, info = layer(x_BTD, cos_BTR, sin_BTR, mask_B1TT)
+            infos.append(info)
+        logits_BTN = self.lm_head(self.norm(x_BTD))
+        return logits_BTN, x_BTD, infos
+
+
+_LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
+def grow(model: Model, optimizer_state: dict | None = None) -> tuple[Model, dict | None]:
+    """Model growth: a model of twice the depth whose layers are 1..n then 1..n again,
+    with every Adam moment copied to both copies, so training continues from the same
+    step and schedule. ``optimizer_state`` must come from an optimiser built with named
+    parameters (its groups carry ``param_names``)."""
+    n = model.cfg.n_layers
+    big = Model(model.cfg.model_copy(update={"n_layers": 2 * n})).to(
+        next(model.parameters()).device
+    )
+    old_sd = model.state_dict()
+
+    def source(name: str) -> str:
+        return _LAYER.sub(lambda m: f"layers.{int(m.group(1)) % n}.", name)
+
+    big.load_state_dict({k: old_sd[source(k)].clone() for k in big.state_dict()})
+    if optimizer_state is None:
+        return big, None
+    old_ids: dict[str, int] = {}
+    for group in optimizer_state["param_groups"]:
+        if "param_names" not in group:
+            raise ValueError("grow needs an optimiser built from model.named_parameters()")
+        old_ids.update(zip(group["param_names"], group["params"], strict=True))
+    new_groups, new_state, next_id = [], {}, 0
+    for group in optimizer_state["param_groups"]:
+        members = set(group["param_names"])
+        names = [k for k, _ in big.named_parameters() if source(k) in members]
+        ids = list(range(next_id, next_id + len(names)))
+        next_id += len(names)
+        for new_id, name in zip(ids, names, strict=True):
+            moments = optimizer_state["state"].get(old_ids[source(name)])
+            if moments is not None:
+                new_state[new_id] = {k: v.clone() for k, v in moments.items()}
+        new_groups.append({**group, "params": ids, "param_names": names})
+    return big, {"state": new_state, "param_groups": new_groups}

@@ -1,0 +1,312 @@
+"""The training loop for the LongCat-style MoE, top to bottom in one file.
+
+One optimiser step: forward on a packed batch -> LM loss (masked) + device-level
+balance loss + hidden z-loss -> (sometimes) the gradient norm ratio R_g -> backward,
+clip, AdamW (eps 1e-16) -> bias controller update -> one JSONL metrics line.
+Checkpoints hold the fixed keys ``model``, ``optimizer``, ``data``, ``train_state``,
+``model_config`` and load with ``torch.load(..., weights_only=True)``.
+
+Run a toy on synthetic data: ``python -m model_hooks.train --out runs/toy --steps 200``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from model_hooks.model import Model, ModelConfig, grow
+from model_hooks.moe import (
+    RouterInfo,
+    balance_loss,
+    bias_mu,
+    router_cosine_similarity,
+    routing_stats,
+)
+from model_hooks.synthetic import BATCH_KEYS, SyntheticBatches
+
+CKPT_NAME, METRICS_NAME = "ckpt.pt", "metrics.jsonl"
+
+
+class BatchSource(Protocol):
+    """What the loop needs from data: batches (see synthetic.py) and a tiny state."""
+
+    def __next__(self) -> dict: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class TrainConfig(BaseModel):
+    """Optimisation, balancing and run-folder knobs (the architecture is ModelConfig)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    out_dir: str
+    """Run folder: ckpt.pt and metrics.jsonl live here."""
+    steps: int = Field(default=100, gt=0)
+    """Total optimiser steps; a resumed run continues up to this number."""
+    lr: float = Field(default=3e-3, gt=0)
+    min_lr: float = Field(default=3e-4, ge=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    decay_steps: int | None = Field(default=None, ge=0)
+    """Length of the final cosine decay; None decays over every post-warmup step."""
+    weight_decay: float = Field(default=0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = Field(default=1e-16, gt=0)
+    """LongCat: epsilon must stay far below the gradient RMS, which shrinks with scale."""
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    balance_alpha: float = Field(default=1e-3, ge=0)
+    """alpha of the device-level balance loss (the report gives none). The bias controller
+    does the balancing; 1e-3 keeps grad_norm_ratio near the report's < 0.1 on the toy
+    once past the first steps. Watch grad_norm_ratio when changing it."""
+    balance_groups: int = Field(default=2, gt=0)
+    """D: expert-parallel groups of FFN experts in the balance loss."""
+    z_loss_lambda: float = Field(default=1e-7, ge=0)
+    bias_mu0: float = Field(default=0.1, ge=0)
+    bias_mu_decay_steps: int = Field(default=1000, gt=0)
+    bias_mu_min: float = Field(default=0.01, ge=0)
+    grad_ratio_every: int = Field(default=1, ge=0)
+    """Measure R_g every this many steps (costs about one extra backward); 0 never."""
+    ckpt_every: int = Field(default=50, gt=0)
+    resume: bool = True
+    """Continue from out_dir/ckpt.pt when it exists."""
+    seed: int = 0
+    device: str | None = None
+    """None: cuda when available, else cpu."""
+    bf16: bool = False
+    """bf16 autocast for the forward pass (the router stays fp32)."""
+
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    """Warmup-stable-decay: linear warmup, constant lr, then a cosine to min_lr over the
+    last ``decay_steps``. With decay_steps None this is plain warmup + cosine; a short
+    decay keeps the lr flat across curriculum phases and model growth."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay = cfg.decay_steps if cfg.decay_steps is not None else cfg.steps - cfg.warmup_steps
+    decay_start = cfg.steps - decay
+    if step < decay_start or decay <= 0:
+        return cfg.lr
+    progress = min((step - decay_start) / decay, 1.0)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def build_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over named parameters (grow() maps moments by name); matrices decay,
+    norm gains do not."""
+    named = list(model.named_parameters())
+    groups = [
+        {"params": [(n, p) for n, p in named if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [(n, p) for n, p in named if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+
+
+def hidden_z_loss(h_BTD: torch.Tensor, lam: float) -> torch.Tensor:
+    """(lambda / T) sum_t (logsumexp_i |h_t,i|)^2: keeps massive activations in check."""
+    return lam * torch.logsumexp(h_BTD.float().abs(), dim=-1).pow(2).mean()
+
+
+def grad_norm_ratio(lm_loss: torch.Tensor, lb_loss: torch.Tensor, infos: list[RouterInfo]) -> float:
+    """R_g = |grad(alpha L_LB)| / |grad(L_LM)| w.r.t. the batch-mean router probabilities.
+    Moving the batch mean moves every token's probabilities, so that gradient is the
+    per-token gradient summed over tokens."""
+    probs = [info.probs_TE for info in infos]
+
+    def norm(loss: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(loss, probs, retain_graph=True, allow_unused=True)
+        return torch.cat([g.sum(0) for g in grads if g is not None] or [torch.zeros(1)]).norm()
+
+    return (norm(lb_loss) / norm(lm_loss).clamp(min=1e-30)).item()
+
+
+def domain_metrics(ce_BT: torch.Tensor, batch: dict, infos: list[RouterInfo], n_ffn: int) -> dict:
+    """Loss per data domain and FFN experts per token per layer per domain (the
+    report's appendix analysis, driven by the pipeline's domain tags)."""
+    names, dom_BT, mask_BT = batch["domain_names"], batch["domain_ids"], batch["loss_mask"]
+    nd = len(names)
+
+    def per_domain_mean(values_BT: torch.Tensor, where_BT: torch.Tensor) -> list[float | None]:
+        sums = torch.zeros(nd, device=values_BT.device)
+        sums.index_add_(0, dom_BT[where_BT], values_BT[where_BT].float())
+        counts = torch.bincount(dom_BT[where_BT], minlength=nd).tolist()
+        return [s / n if n else None for s, n in zip(sums.tolist(), counts, strict=True)]
+
+    everywhere_BT = torch.ones_like(mask_BT)
+    ffn_LD = [  # layers x domains
+        per_domain_mean((info.topk_TK < n_ffn).sum(-1).view(dom_BT.shape), everywhere_BT)
+        for info in infos
+    ]
+    return {
+        "loss_by_domain": dict(zip(names, per_domain_mean(ce_BT, mask_BT), strict=True)),
+        "ffn_experts_per_token_by_domain": {
+            name: [layer[d] for layer in ffn_LD] for d, name in enumerate(names)
+        },
+    }
+
+
+def train_step(
+    model: Model, opt: torch.optim.Optimizer, batch: dict, cfg: TrainConfig, step: int
+) -> dict:
+    mcfg, device = model.cfg, next(model.parameters()).device
+    batch = {k: (v.to(device) if k in BATCH_KEYS else v) for k, v in batch.items()}
+    B, T = batch["tokens"].shape
+    for group in opt.param_groups:
+        group["lr"] = get_lr(step, cfg)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        logits_BTN, h_BTD, infos = model(batch["tokens"], batch["positions"], batch["doc_index"])
+    ce_BT = F.cross_entropy(
+        logits_BTN.float().flatten(0, 1), batch["targets"].flatten(), reduction="none"
+    ).view(B, T)
+    mask_BT = batch["loss_mask"].float()
+    lm_loss = (ce_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1.0)
+    n_ffn, k_e = mcfg.n_ffn_experts, mcfg.target_ffn_experts
+    # Mean over layers, so alpha keeps its meaning when the model grows deeper.
+    lb_loss = torch.stack(
+        [balance_loss(i, n_ffn, cfg.balance_groups, k_e, cfg.balance_alpha) for i in infos]
+    ).mean()
+    z_loss = hidden_z_loss(h_BTD, cfg.z_loss_lambda)
+    measure = cfg.grad_ratio_every > 0 and step % cfg.grad_ratio_every == 0
+    r_g = grad_norm_ratio(lm_loss, lb_loss, infos) if measure else None
+    opt.zero_grad(set_to_none=True)
+    (lm_loss + lb_loss + z_loss).backward()
+    params = [p for group in opt.param_groups for p in group["params"]]
+    max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    opt.step()
+    mu = bias_mu(step, cfg.bias_mu0, cfg.bias_mu_decay_steps, cfg.bias_mu_min)
+    for layer, info in zip(model.layers, infos, strict=True):
+        layer.moe.router.update_bias(info.topk_TK, mu, k_e)
+    stats = [routing_stats(info, n_ffn) for info in infos]
+    cos = [router_cosine_similarity(layer.moe.router) for layer in model.layers]
+    return {
+        "step": step + 1,  # optimiser steps done, as saved in train_state
+        "lr": get_lr(step, cfg),
+        "lm_loss": lm_loss.item(),
+        **domain_metrics(ce_BT.detach(), batch, infos, n_ffn),
+        "balance_loss": lb_loss.item(),
+        "z_loss": z_loss.item(),
+        "grad_norm": grad_norm,
+        "grad_norm_ratio": r_g,
+        "router_cosine_sim": sum(cos) / len(cos),
+        "router_cosine_sim_per_layer": cos,
+        "ffn_experts_per_token": [s["ffn_experts_per_token"] for s in stats],
+        "zero_expert_share": [s["zero_expert_share"] for s in stats],
+        "load_max_over_mean": [s["load_max_over_mean"] for s in stats],
+        "bias_mu": mu,
+        "tokens": B * T,
+    }
+
+
+def save_checkpoint(
+    path: Path, model: Model, opt: torch.optim.Optimizer, data_state: dict, train_state: dict
+) -> None:
+    """Written to a temporary name and renamed, so a crash never leaves half a file."""
+    ckpt = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "data": data_state,
+        "train_state": train_state,
+        "model_config": model.cfg.model_dump(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def grow_checkpoint(src: Path, dst: Path) -> None:
+    """Model growth on disk: the same step, lr schedule and data position, twice the
+    layers (layers 1..n then 1..n), Adam moments copied per layer."""
+    ckpt = load_checkpoint(src)
+    model = Model(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    big, opt_state = grow(model, ckpt["optimizer"])
+    grown = {**ckpt, "model": big.state_dict(), "optimizer": opt_state}
+    tmp = dst.with_suffix(".tmp")
+    torch.save({**grown, "model_config": big.cfg.model_dump()}, tmp)
+    os.replace(tmp, dst)
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """On resume, drop log lines of steps the checkpoint does not contain."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train(
+    cfg: TrainConfig, source: BatchSource, model_cfg: ModelConfig | None = None
+) -> list[dict]:
+    """Runs (or resumes) to cfg.steps and returns this call's metric records. With a
+    checkpoint in out_dir its model_config is used unless model_cfg is given (e.g. a new
+    rope_theta for a long-context phase); shapes must match either way."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = out / CKPT_NAME, out / METRICS_NAME
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.seed)
+    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
+    if ckpt is not None:
+        model_cfg = model_cfg or ModelConfig(**ckpt["model_config"])
+    model = Model(model_cfg or ModelConfig()).to(device)
+    if model.cfg.n_ffn_experts % cfg.balance_groups:
+        raise ValueError("balance_groups must divide n_ffn_experts")
+    opt = build_optimizer(model, cfg)
+    step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        source.load_state_dict(ckpt["data"])
+        step = int(ckpt["train_state"]["step"])
+        _keep_metrics_until(metrics_path, step)
+    elif metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh log
+    records = []
+    with metrics_path.open("a") as log:
+        while step < cfg.steps:
+            started = time.perf_counter()
+            record = train_step(model, opt, next(source), cfg, step)
+            step += 1
+            record["step_time_s"] = time.perf_counter() - started
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            records.append(record)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                save_checkpoint(ckpt_path, model, opt, source.state_dict(), {"step": step})
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train the toy MoE on synthetic batches.")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    model_cfg = ModelConfig()
+    cfg = TrainConfig(out_dir=args.out, steps=args.steps, device=args.device)
+    source = SyntheticBatches(args.batch_size, args.seq_len, model_cfg.vocab_size)
+    for record in train(cfg, source, model_cfg):
+        if record["step"] % 10 == 0 or record["step"] == cfg.steps:
+            print(
+                f"step {record['step']:5d} lm {record['lm_loss']:.3f} "
+                f"ffn/token {record['ffn_experts_per_token']} R_g {record['grad_norm_ratio']}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Where every document went: per-shard counts, merged into the run's ledger.
+
+The ledger is the proof that nothing was lost: for every stage, what came in, what
+went on, what was rejected (by reason) and what failed (``error:`` reasons), and for
+the run as a whole ``input = kept + rejected + errors``, checked exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from stages.base import DROP_REASON, DROP_STAGE, ERROR_PREFIX
+
+
+def stage_counts(batch: pa.Table, stage_order: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Counts per stage for one shard whose rows carry ``drop_stage``/``drop_reason``.
+
+    A stage's input is what the stages before it kept, so the counts chain.
+    """
+    dropped_at = batch.column(DROP_STAGE).to_pylist()
+    reasons = batch.column(DROP_REASON).to_pylist()
+    by_stage: dict[str, Counter[str]] = {stage: Counter() for stage in stage_order}
+    for stage, reason in zip(dropped_at, reasons, strict=True):
+        if reason is None:
+            continue
+        if stage not in by_stage:
+            raise ValueError(f"row dropped by unknown stage {stage!r}")
+        by_stage[stage][reason] += 1
+    counts: dict[str, dict[str, Any]] = {}
+    remaining = batch.num_rows
+    for stage in stage_order:
+        counts[stage] = _stage_entry(remaining, by_stage[stage])
+        remaining = counts[stage]["kept"]
+    return counts
+
+
+def dedup_counts(candidates: int, reasons: Counter[str]) -> dict[str, Any]:
+    """Counts for a global stage that only drops (dedup): input = candidates."""
+    return _stage_entry(candidates, reasons)
+
+
+def _stage_entry(input_rows: int, reasons: Counter[str]) -> dict[str, Any]:
+    rejected = {r: n for r, n in sorted(reasons.items()) if not r.startswith(ERROR_PREFIX)}
+    errors = {r: n for r, n in sorted(reasons.items()) if r.startswith(ERROR_PREFIX)}
+    dropped = sum(rejected.values()) + sum(errors.values())
+    return {
+        "input": input_rows,
+        "kept": input_rows - dropped,
+        "rejected": rejected,
+        "errors": errors,
+    }
+
+
+def merge_stage_counts(
+    per_shard: Iterable[dict[str, dict[str, Any]]], stage_order: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Sum per-shard stage counts, in funnel order."""
+    merged: dict[str, dict[str, Any]] = {
+        stage: {"input": 0, "kept": 0, "rejected": {}, "errors": {}} for stage in stage_order
+    }
+    for counts in per_shard:
+        if set(counts) != set(stage_order):
+            raise ValueError(f"shard counts for {sorted(counts)}, expected {list(stage_order)}")
+        for stage, entry in counts.items():
+            total = merged[stage]
+            total["input"] += entry["input"]
+            total["kept"] += entry["kept"]
+            for kind in ("rejected", "errors"):
+                for reason, n in entry[kind].items():
+                    total[kind][reason] = total[kind].get(reason, 0) + n
+    for entry in merged.values():
+        for kind in ("rejected", "errors"):
+            entry[kind] = dict(sorted(entry[kind].items()))
+    return merged
+
+
+def build_ledger(stages: dict[str, dict[str, Any]], documents_written: int) -> dict[str, Any]:
+    """The run's ledger, with the accounting identity checked against what was written."""
+    order = list(stages)
+    total_input = stages[order[0]]["input"] if order else 0
+    rejected = sum(sum(entry["rejected"].values()) for entry in stages.values())
+    errors = sum(sum(entry["errors"].values()) for entry in stages.values())
+    kept = stages[order[-1]]["kept"] if order else 0
+    chained = all(stages[a]["kept"] == stages[b]["input"] for a, b in itertools.pairwise(order))
+    return {
+        "stages": stages,
+        "totals": {"input": total_input, "kept": kept, "rejected": rejected, "errors": errors},
+        "documents_written": documents_written,
+        "identity_holds": chained
+        and total_input == kept + rejected + errors
+        and kept == documents_written,
+    }
+
+
+def render_funnel(ledger: dict[str, Any]) -> str:
+    """The funnel as the CLI prints it: one line per stage, then the identity."""
+    lines = [f"{'stage':<14}{'input':>10}{'kept':>10}{'rejected':>10}{'errors':>8}  top reasons"]
+    for stage, entry in ledger["stages"].items():
+        reasons = Counter({**entry["rejected"], **entry["errors"]}).most_common(3)
+        shown = ", ".join(f"{reason}={n}" for reason, n in reasons)
+        lines.append(
+            f"{stage:<14}{entry['input']:>10}{entry['kept']:>10}"
+            f"{sum(entry['rejected'].values()):>10}{sum(entry['errors'].values()):>8}  {shown}"
+        )
+    totals = ledger["totals"]
+    verdict = "holds" if ledger["identity_holds"] else "DOES NOT HOLD"
+    lines.append(
+        f"input {totals['input']} = kept {totals['kept']} + rejected {totals['rejected']}"
+        f" + errors {totals['errors']}: {verdict}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,260 @@
+"""The only module that talks to Ray: it plans, starts or joins Ray, and runs the passes.
+
+* Pass 1 maps ``DocumentPass`` over the pending shards with an actor pool (each actor
+  loads the stage models once). A shard's per-document stages run fused inside one
+  call, as Ray Data would fuse consecutive CPU maps anyway, which keeps a shard's rows
+  together so its outputs can be written atomically and named deterministically.
+* Pass 2 groups the exact-dedup digests of all shards with a Ray Data ``groupby``
+  (a distributed shuffle of 50-byte rows, never the texts) and writes, per shard, the
+  ids to drop.
+* Pass 3 maps ``finalize_shard`` over the shards.
+
+Resume: every pass skips what its markers say is finished, so rerunning a command
+after a crash finishes only the missing shards and gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from pipeline.config import ConfigError, CurateConfig
+from pipeline.curate import (
+    EXACT_DEDUP_STAGE,
+    DocumentPass,
+    RunLayout,
+    dedup_fingerprint,
+    documents_pass_done,
+    finalize_shard,
+)
+from pipeline.ledger import build_ledger, merge_stage_counts, render_funnel
+from pipeline.shards import (
+    Shard,
+    list_input,
+    plan_shards,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from stages import STAGES
+from stages.base import missing_requirements
+from stages.exact_dedup import DIGEST_COLUMN, choose_duplicates
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class CurateResult:
+    output_dir: str
+    ledger: dict[str, Any]
+    shards_run: int
+    shards_skipped: int
+    seconds: float
+
+
+def plan(config: CurateConfig) -> list[Shard]:
+    """List every input and group the files into shards; fails before Ray starts."""
+    listings = []
+    for spec in config.inputs:
+        try:
+            _, files = list_input(spec.path, spec.name or spec.path)
+        except (FileNotFoundError, OSError) as exc:
+            raise ConfigError(f"inputs: {exc}") from exc
+        listings.append(files)
+    return plan_shards(listings, config.shard_input_bytes)
+
+
+def check_requirements(config: CurateConfig) -> None:
+    """Name the pip package a stage lacks on the driver, before any worker starts."""
+    for name, stage_class in STAGES.items():
+        if getattr(config.stages, name) is None:
+            continue
+        missing = missing_requirements(stage_class)
+        if missing:
+            raise ConfigError(f"stages.{name} needs: pip install {' '.join(missing)}")
+
+
+def init_ray(address: str | None, config: CurateConfig) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS); otherwise start Ray in-process."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # A token file left by another Ray must not turn auth on for an embedded session.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address:
+        # Under `ray job submit` the job's runtime env (working dir) applies; add nothing.
+        ray.init(address=address)
+    else:
+        ray.init(
+            num_cpus=config.ray.num_cpus,
+            object_store_memory=config.ray.object_store_memory_bytes,
+            include_dashboard=False,
+        )
+
+
+def _cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int]) -> None:
+    import ray
+
+    if not pending:
+        return
+    workers = min(len(pending), _cluster_cpus())
+    dataset = ray.data.from_items([{"shard": index} for index in pending])
+    summaries = dataset.map_batches(
+        DocumentPass,
+        fn_constructor_kwargs={"config": config, "shards": shards},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+        num_cpus=1,
+    ).take_all()
+    log.info(
+        "documents pass: %d shards, %d documents kept",
+        len(summaries),
+        sum(row["documents"] for row in summaries),
+    )
+
+
+def _write_drops(group: pa.Table, layout: RunLayout, fingerprint: str) -> pa.Table:
+    """Writes one shard's drop list (a groupby group) into the decision's folder."""
+    shard = group.column("shard")[0].as_py()
+    group = group.sort_by("ordinal")
+    write_parquet_atomic(layout.filesystem, layout.drops(fingerprint, shard), group)
+    return pa.table({"shard": [shard], "dropped": [group.num_rows]})
+
+
+def _exact_dedup_pass(layout: RunLayout, shards: list[Shard], fingerprint: str) -> None:
+    import ray
+
+    done_marker = f"{layout.drops_dir(fingerprint)}/_SUCCESS"
+    if read_json(layout.filesystem, done_marker) is not None:
+        return
+    paths = [layout.work_documents(shard.index) for shard in shards]
+    digests = ray.data.read_parquet(paths, filesystem=layout.filesystem).select_columns(
+        ["id", "shard", "ordinal", DIGEST_COLUMN]
+    )
+    drops = digests.groupby(DIGEST_COLUMN).map_groups(choose_duplicates, batch_format="pyarrow")
+    written = (
+        drops.groupby("shard")
+        .map_groups(
+            _write_drops,
+            fn_kwargs={"layout": layout, "fingerprint": fingerprint},
+            batch_format="pyarrow",
+        )
+        .take_all()
+    )
+    write_json_atomic(layout.filesystem, done_marker, {"shards_with_duplicates": len(written)})
+
+
+def _finalize_pass(layout: RunLayout, pending: list[int], fingerprint: str, dedup: bool) -> None:
+    import ray
+
+    if not pending:
+        return
+
+    def finalize(batch: pa.Table) -> pa.Table:
+        stats = [
+            finalize_shard(layout, index, fingerprint, dedup)
+            for index in batch["shard"].to_pylist()
+        ]
+        return pa.table({"shard": [s["shard"] for s in stats]})
+
+    ray.data.from_items([{"shard": index} for index in pending]).map_batches(
+        finalize, batch_size=1, batch_format="pyarrow", num_cpus=0.5
+    ).take_all()
+
+
+def _finalized(layout: RunLayout, shard: int, fingerprint: str) -> bool:
+    stats = read_json(layout.filesystem, layout.stats(shard))
+    if stats is None or stats.get("dedup_fingerprint") != fingerprint:
+        return False
+    return layout.filesystem.get_file_info(layout.docs(shard)).type == pafs.FileType.File
+
+
+def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) -> None:
+    """A folder belongs to one configuration: refuse to mix outputs of two."""
+    fs = layout.filesystem
+    run_file = layout.path("run.json")
+    previous = read_json(fs, run_file)
+    fingerprint = config.fingerprint()
+    if previous is not None and previous.get("config_fingerprint") != fingerprint:
+        if not overwrite:
+            raise ConfigError(
+                f"output_dir {config.output_dir} holds a run of another configuration; "
+                "choose a new output_dir or pass --overwrite"
+            )
+        fs.delete_dir_contents(layout.root)
+    write_json_atomic(
+        fs, run_file, {"config_fingerprint": fingerprint, "config": config.model_dump(mode="json")}
+    )
+
+
+def run_curate(
+    config: CurateConfig, address: str | None = None, overwrite: bool = False
+) -> CurateResult:
+    """Plan, then run the three passes; returns the ledger (also written to disk)."""
+    started = time.monotonic()
+    check_requirements(config)
+    shards = plan(config)
+    layout = RunLayout.for_output(config.output_dir)
+    _claim_output_dir(layout, config, overwrite)
+    init_ray(address, config)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = bool(
+        os.environ.get("PIPELINE_PROGRESS", "1") != "0"
+    )
+
+    pending = [s.index for s in shards if documents_pass_done(layout, s.index) is None]
+    _documents_pass(config, shards, pending)
+    pass_stats = [documents_pass_done(layout, s.index) for s in shards]
+    if any(stats is None for stats in pass_stats):
+        raise RuntimeError("documents pass finished without writing every shard")
+    dedup = config.stages.exact_dedup
+    fingerprint = dedup_fingerprint(pass_stats, dedup)
+    if dedup is not None:
+        _exact_dedup_pass(layout, shards, fingerprint)
+    to_finalize = [s.index for s in shards if not _finalized(layout, s.index, fingerprint)]
+    _finalize_pass(layout, to_finalize, fingerprint, dedup is not None)
+
+    final_stats = [read_json(layout.filesystem, layout.stats(s.index)) for s in shards]
+    stages = merge_stage_counts(
+        (stats["stages"] for stats in final_stats), final_stats[0]["stage_order"]
+    )
+    written = sum(stats["docs"]["rows"] for stats in final_stats)
+    ledger = build_ledger(stages, written)
+    ledger["shards"] = len(shards)
+    write_json_atomic(layout.filesystem, layout.path("ledger.json"), ledger)
+    manifest = {
+        "config_fingerprint": config.fingerprint(),
+        "exact_dedup_stage": EXACT_DEDUP_STAGE if dedup else None,
+        "shards": [
+            {"file": f"docs/shard-{s['shard']:05d}.parquet", **s["docs"]} for s in final_stats
+        ],
+        "documents": written,
+    }
+    write_json_atomic(layout.filesystem, layout.path("manifest.json"), manifest)
+    write_bytes_atomic(layout.filesystem, layout.path("funnel.txt"), render_funnel(ledger).encode())
+    return CurateResult(
+        config.output_dir,
+        ledger,
+        len(pending),
+        len(shards) - len(pending),
+        time.monotonic() - started,
+    )

@@ -1,0 +1,249 @@
+"""HTML pages -> main text and title with trafilatura, under a per-page time limit.
+
+A few pages make trafilatura run for minutes (huge or deeply nested markup), and one
+such page must cost one ``error:extract_timeout`` row, not a stalled worker. Ray Data
+runs a task UDF on the worker's main thread but an actor-pool UDF on a pool thread
+(measured with Ray 2.60), and signals only reach the main thread. So on the main
+thread a one-shot SIGALRM interrupts the page at no measurable cost; elsewhere the
+pages go to a persistent child process, which is killed and restarted when a page
+overruns (this also survives a crash inside lxml's C code).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from pydantic import model_validator
+
+from stages.base import ERROR_PREFIX, Resources, Stage, StageConfig, set_column, with_reasons
+
+REASON_NO_CONTENT = "no_extractable_text"
+REASON_TIMEOUT = f"{ERROR_PREFIX}extract_timeout"
+REASON_CRASH = f"{ERROR_PREFIX}extract_crash"
+
+_CHILD_START_SECONDS = 120.0  # importing trafilatura on a loaded machine; not a page's time
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+class ExtractConfig(StageConfig):
+    favor_precision: bool = True
+    """Drop doubtful blocks. bench/extract.py: web/aeb token F1 0.961 vs 0.955 without."""
+    favor_recall: bool = False
+    """Keep doubtful blocks instead; the opposite trade, exclusive with favor_precision."""
+    include_comments: bool = False
+    """Keep reader comments: mostly short, repetitive text we do not want to train on."""
+    include_tables: bool = True
+    """Keep the text of <table> cells (data tables carry facts)."""
+    include_links: bool = False
+    """Keep link targets in the text (markdown style); off: URLs are noise for training."""
+    include_formatting: bool = False
+    """Render bold/italics/headings as markdown instead of plain text."""
+    deduplicate: bool = False
+    """trafilatura's in-process LRU of repeated segments; per worker, so not a real dedup."""
+    fast: bool = False
+    """Skip the fallback extractors (trafilatura's ``fast``/``no_fallback``): faster, less text."""
+    target_language: str | None = None
+    """ISO 639-1 code: trafilatura discards pages in other languages (None: keep all)."""
+    min_text_chars: int = 200
+    """Extracted text shorter than this is rejected as no_extractable_text."""
+    timeout_seconds: float = 5.0
+    """Wall-clock limit for one page; past it the row gets error:extract_timeout."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ExtractConfig:
+        if self.favor_precision and self.favor_recall:
+            raise ValueError("favor_precision and favor_recall exclude each other")
+        if self.min_text_chars < 0:
+            raise ValueError("min_text_chars must be >= 0")
+        if self.timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be > 0")
+        return self
+
+    def trafilatura_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``trafilatura.extract`` (the other fields are named as its
+        parameters), shared with the bench's bare loop so both use the same settings."""
+        options = self.model_dump(exclude={"min_text_chars", "timeout_seconds"})
+        return {**options, "output_format": "txt"}
+
+
+def extract_page(
+    html: str, url: str | None, options: dict[str, Any]
+) -> tuple[str | None, str | None]:
+    """(text, title) of one page. The page is parsed once and the title read from the
+    same tree: full trafilatura metadata (dates, authors) costs ~35% more time."""
+    import trafilatura
+    from trafilatura.metadata import examine_meta, extract_title
+    from trafilatura.utils import load_html
+
+    tree = load_html(html)
+    if tree is None:
+        return None, None
+    text = trafilatura.extract(tree, url=url, **options)  # works on a copy of the tree
+    if not text:
+        return None, None
+    title = examine_meta(tree).title or extract_title(tree)
+    return text, (" ".join(title.split()) or None) if title else None
+
+
+class _PageTimeout(BaseException):
+    """BaseException, so that trafilatura's own ``except Exception`` cannot swallow it."""
+
+
+def _raise_timeout(signum: int, frame: object) -> None:
+    raise _PageTimeout
+
+
+class _ChildExtractor:
+    """A child process that extracts pages sent over a pipe; killed on a time-out."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.process: subprocess.Popen[bytes] | None = None
+        self.lock = threading.Lock()  # one page at a time on the pipe, whatever the caller
+
+    def _start(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        code = (  # a bare package: stages/__init__ would import every other stage
+            f"import sys, types; stages = types.ModuleType('stages'); "
+            f"stages.__path__ = [{_PACKAGE_DIR!r}]; sys.modules['stages'] = stages; "
+            f"from stages.extract import _serve; _serve({to_child_r}, {from_child_w})"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            pass_fds=(to_child_r, from_child_w),
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.send = Connection(to_child_w, readable=False)
+        self.recv = Connection(from_child_r, writable=False)
+        try:
+            self.send.send(self.options)
+            if not self.recv.poll(_CHILD_START_SECONDS):
+                raise TimeoutError(f"no answer in {_CHILD_START_SECONDS} s")
+            self.recv.recv()  # the child is ready: its start-up is not charged to a page
+        except (EOFError, OSError) as exc:  # a broken environment must fail loudly
+            self.close()
+            raise RuntimeError("extract child process did not start (see its stderr)") from exc
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.send.close()
+            self.recv.close()
+            self.process = None
+
+    def run(self, html: str, url: str | None, timeout: float) -> tuple[Any, str | None]:
+        with self.lock:
+            return self._run(html, url, timeout)
+
+    def _run(self, html: str, url: str | None, timeout: float) -> tuple[Any, str | None]:
+        if self.process is not None and self.process.poll() is not None:
+            self.close()  # died between pages: not this page's fault
+        if self.process is None:
+            self._start()
+        try:
+            self.send.send((html, url))
+            if not self.recv.poll(timeout):
+                self.close()
+                return None, REASON_TIMEOUT
+            status, payload = self.recv.recv()
+        except (EOFError, OSError):  # the child died (segfault, out of memory)
+            self.close()
+            return None, REASON_CRASH
+        except BaseException:  # interrupted: a late reply must not answer the next page
+            self.close()
+            raise
+        return (payload, None) if status == "ok" else (None, f"{ERROR_PREFIX}{payload}")
+
+
+def _serve(read_fd: int, write_fd: int) -> None:
+    """Child process loop: (html, url) in, ("ok", (text, title)) or ("error", type) out."""
+    import trafilatura  # noqa: F401 - import before saying ready
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    requests, replies = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    options = requests.recv()
+    replies.send("ready")
+    try:
+        while True:
+            html, url = requests.recv()
+            try:
+                reply = ("ok", extract_page(html, url, options))
+            except Exception as exc:
+                reply = ("error", type(exc).__name__)
+            replies.send(reply)
+    except (EOFError, BrokenPipeError):  # the parent is gone
+        return
+
+
+class Extract(Stage):
+    """Fill ``text`` and ``title`` of html rows and free their ``html``."""
+
+    name = "extract"
+    requires = ("trafilatura",)
+    resources = Resources(cpus=1)
+    config_class = ExtractConfig
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        self.cfg = cfg
+        self.options = cfg.trafilatura_options()
+        self.child = _ChildExtractor(self.options)
+
+    def __del__(self) -> None:
+        if hasattr(self, "child"):
+            self.child.close()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGALRM, _raise_timeout) if on_main else None
+        try:
+            return self._extract_batch(batch, on_main)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGALRM, previous)
+
+    def _extract_batch(self, batch: pa.Table, on_main: bool) -> pa.Table:
+        formats = batch.column("format").to_pylist()
+        htmls = batch.column("html").to_pylist()
+        urls = batch.column("url").to_pylist()
+        texts = batch.column("text").to_pylist()
+        titles = batch.column("title").to_pylist()
+        reasons: list[str | None] = [None] * batch.num_rows
+        scores: list[float | None] = [None] * batch.num_rows
+        for i, (fmt, html, url) in enumerate(zip(formats, htmls, urls, strict=True)):
+            if fmt != "html":
+                continue
+            run = self._run_in_process if on_main else self.child.run
+            result, reasons[i] = run(html, url, self.cfg.timeout_seconds) if html else (None, None)
+            text, title = result or (None, None)
+            if reasons[i] is None and len(text or "") < max(self.cfg.min_text_chars, 1):
+                reasons[i], scores[i] = REASON_NO_CONTENT, float(len(text or ""))
+            if reasons[i] is None:  # rejected rows keep their page for excluded/
+                texts[i], titles[i], htmls[i] = text, title or titles[i], None
+        batch = set_column(batch, "text", pa.array(texts, pa.string()))
+        batch = set_column(batch, "title", pa.array(titles, pa.string()))
+        batch = set_column(batch, "html", pa.array(htmls, pa.string()))
+        return with_reasons(batch, reasons, scores)
+
+    def _run_in_process(self, html: str, url: str | None, timeout: float) -> tuple[Any, str | None]:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                return extract_page(html, url, self.options), None
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)  # one-shot: nothing fires after this
+        except _PageTimeout:
+            return None, REASON_TIMEOUT
+        except Exception as exc:  # one bad page must not end the run
+            return None, f"{ERROR_PREFIX}{type(exc).__name__}"

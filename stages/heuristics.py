@@ -1,0 +1,259 @@
+"""Rule-based quality filters for prose: Gopher quality, Gopher repetition, C4 and
+FineWeb, with their published default thresholds, applied in FineWeb's order.
+
+LongCat-Flash's web pipeline, like FineWeb's, runs these cheap heuristics before any
+model-based scoring. Each rule is one measure (``stages/heuristic_rules.py``) and one
+threshold; a document fails on the first rule it breaks, and that rule's reason and
+measured value become ``drop_reason`` and ``drop_score``. C4 also removes lines
+(navigation, cookie notices, lines without terminal punctuation), so the kept documents
+leave this stage with C4's cleaned text, and the presets after C4 judge that text, as in
+datatrove's FineWeb pipeline. Dropped documents keep the text they arrived with.
+
+Code documents pass untouched: these rules describe prose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from stages.base import Stage, StageConfig, map_documents, set_column, with_reasons
+from stages.heuristic_rules import (
+    FINEWEB_RULES,
+    GOPHER_QUALITY_RULES,
+    GOPHER_REPETITION_RULES,
+    STOP_WORD_THRESHOLD,
+    DocView,
+    Measure,
+    RuleSpec,
+    c4_clean,
+)
+
+Threshold = float | int | bool | None
+
+PRESETS: dict[str, dict[str, Threshold]] = {
+    # Rae et al. 2021, appendix A.1.1.
+    "gopher_quality": {
+        "min_words": 50,
+        "max_words": 100_000,
+        "min_mean_word_chars": 3,
+        "max_mean_word_chars": 10,
+        "max_hash_word_ratio": 0.1,
+        "max_ellipsis_word_ratio": 0.1,
+        "max_bullet_line_fraction": 0.9,
+        "max_ellipsis_line_fraction": 0.3,
+        "min_alpha_word_fraction": 0.8,
+        "min_stop_words": 2,
+    },
+    # Rae et al. 2021, table A1.
+    "gopher_repetition": {
+        "max_dup_paragraph_fraction": 0.3,
+        "max_dup_paragraph_char_fraction": 0.2,
+        "max_dup_line_fraction": 0.3,
+        "max_dup_line_char_fraction": 0.2,
+        "max_top_2gram_char_fraction": 0.2,
+        "max_top_3gram_char_fraction": 0.18,
+        "max_top_4gram_char_fraction": 0.16,
+        "max_dup_5gram_char_fraction": 0.15,
+        "max_dup_6gram_char_fraction": 0.14,
+        "max_dup_7gram_char_fraction": 0.13,
+        "max_dup_8gram_char_fraction": 0.12,
+        "max_dup_9gram_char_fraction": 0.11,
+        "max_dup_10gram_char_fraction": 0.10,
+    },
+    # Raffel et al. 2020, section 2.2, with TFDS/datatrove's extra line rules.
+    # FineWeb ran this with require_terminal_punctuation off (its own line rules replace it).
+    "c4": {
+        "remove_citations": True,
+        "max_word_chars": 1000,
+        "require_terminal_punctuation": True,
+        "min_line_words": 3,
+        "remove_javascript_lines": True,
+        "remove_policy_lines": True,
+        "reject_lorem_ipsum": True,
+        "reject_curly_bracket": True,
+        "min_sentences": 5,
+        "keep_blank_lines": False,
+    },
+    # Penedo et al. 2024, section 3.3.
+    "fineweb": {
+        "min_line_punctuation_fraction": 0.12,
+        "max_short_line_fraction": 0.67,
+        "short_line_max_chars": 30,
+        "max_dup_line_char_fraction": 0.01,
+        "max_newline_word_ratio": 0.3,
+    },
+}
+
+# Settings that shape a rule rather than switch one; None is not a value for them.
+_REQUIRED = {"short_line_max_chars", "keep_blank_lines"}
+_RULES: dict[str, tuple[RuleSpec, ...]] = {
+    "gopher_quality": GOPHER_QUALITY_RULES,
+    "gopher_repetition": GOPHER_REPETITION_RULES,
+    "fineweb": FINEWEB_RULES,
+}
+C4 = "c4"
+
+
+def _known(names: Any) -> str:
+    return ", ".join(sorted(names))
+
+
+class HeuristicsConfig(StageConfig):
+    """Which rule sets run, in which order, and any thresholds changed from the papers'."""
+
+    presets: list[str] = Field(
+        default_factory=lambda: ["gopher_repetition", "gopher_quality", "c4", "fineweb"]
+    )
+    """Rule sets to apply, in this order (FineWeb's order by default); keys of PRESETS."""
+
+    overrides: dict[str, dict[str, Threshold]] = Field(default_factory=dict)
+    """Per preset, thresholds to change from PRESETS, e.g.
+    ``{"c4": {"require_terminal_punctuation": False}}``; None switches that rule off."""
+
+    apply_to_formats: list[str] = Field(default_factory=lambda: ["html", "text"])
+    """Document formats judged; others (code) pass untouched. A null format is judged."""
+
+    stop_word_languages: list[str] | None = Field(default_factory=lambda: ["en"])
+    """Languages (the ``language`` column, lid.176 codes) the English stop-word rule
+    applies to; without that column, or for a null language, it applies to every
+    document. None applies it everywhere."""
+
+    @field_validator("presets")
+    @classmethod
+    def _check_presets(cls, presets: list[str]) -> list[str]:
+        unknown = [name for name in presets if name not in PRESETS]
+        if unknown:
+            raise ValueError(f"unknown preset(s) {unknown}; known presets: {_known(PRESETS)}")
+        if len(set(presets)) != len(presets):
+            raise ValueError(f"a preset is listed twice: {presets}")
+        return presets
+
+    @model_validator(mode="after")
+    def _check_overrides(self) -> HeuristicsConfig:
+        for preset, changes in self.overrides.items():
+            if preset not in self.presets:
+                raise ValueError(
+                    f"overrides name preset {preset!r}, which is not in presets {self.presets}"
+                )
+            defaults = PRESETS[preset]
+            for name, value in changes.items():
+                where = f"overrides[{preset!r}][{name!r}]"
+                if name not in defaults:
+                    raise ValueError(
+                        f"{where}: no such rule in preset {preset!r}; "
+                        f"known rules: {_known(defaults)}"
+                    )
+                _check_value(where, name, defaults[name], value)
+        return self
+
+    def thresholds(self, preset: str) -> dict[str, Threshold]:
+        """The preset's published thresholds with this config's overrides applied."""
+        return {**PRESETS[preset], **self.overrides.get(preset, {})}
+
+
+def _check_value(where: str, name: str, default: Threshold, value: Threshold) -> None:
+    if value is None:
+        if name in _REQUIRED:
+            raise ValueError(f"{where} cannot be None: it is a setting, not a rule")
+        return
+    if isinstance(default, bool) != isinstance(value, bool):
+        kind = "true/false" if isinstance(default, bool) else "a number"
+        raise ValueError(f"{where} must be {kind} or None, got {value!r}")
+    if not isinstance(value, bool) and value < 0:
+        raise ValueError(f"{where} must not be negative, got {value!r}")
+
+
+class _Rule:
+    """A RuleSpec bound to its threshold."""
+
+    __slots__ = ("is_max", "limit", "measure", "params", "reason", "stop_words")
+
+    def __init__(self, spec: RuleSpec, params: Mapping[str, Threshold]) -> None:
+        self.reason = spec.reason
+        self.measure: Measure = spec.measure
+        self.params = params
+        self.limit = float(params[spec.threshold])  # type: ignore[arg-type]
+        self.is_max = spec.threshold.startswith("max_")
+        self.stop_words = spec.threshold == STOP_WORD_THRESHOLD
+
+
+class Heuristics(Stage):
+    """Drops prose that fails a Gopher, C4 or FineWeb rule; applies C4's line removal."""
+
+    name: ClassVar[str] = "heuristics"
+    config_class: ClassVar[type[StageConfig]] = HeuristicsConfig
+
+    def __init__(self, cfg: HeuristicsConfig) -> None:
+        super().__init__(cfg)
+        self.cfg: HeuristicsConfig = cfg
+        # One step per preset: a list of bound rules, or C4's parameters for c4_clean.
+        self.steps: list[list[_Rule] | dict[str, Threshold]] = []
+        for preset in cfg.presets:
+            params = cfg.thresholds(preset)
+            if preset == C4:
+                self.steps.append(params)
+            else:
+                specs = [s for s in _RULES[preset] if params[s.threshold] is not None]
+                self.steps.append([_Rule(spec, params) for spec in specs])
+        self.formats = frozenset(cfg.apply_to_formats)
+        self.stop_languages = (
+            None if cfg.stop_word_languages is None else frozenset(cfg.stop_word_languages)
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        columns = batch.column_names
+        texts = batch.column("text").to_pylist() if "text" in columns else [None] * n
+        formats = batch.column("format").to_pylist() if "format" in columns else [None] * n
+        languages = batch.column("language").to_pylist() if "language" in columns else [None] * n
+
+        results, errors = map_documents(self._judge, zip(texts, formats, languages, strict=True))
+        reasons: list[str | None] = []
+        scores: list[float | None] = []
+        new_texts = list(texts)
+        for i, (result, error) in enumerate(zip(results, errors, strict=True)):
+            if error is not None:
+                reasons.append(error)
+                scores.append(None)
+                continue
+            reason, score, kept_text = result
+            reasons.append(reason)
+            scores.append(score)
+            if kept_text is not None:
+                new_texts[i] = kept_text
+        if new_texts != texts:
+            text_type = batch.schema.field("text").type
+            batch = set_column(batch, "text", pa.array(new_texts, text_type))
+        return with_reasons(batch, reasons, scores)
+
+    def _judge(
+        self, row: tuple[str | None, str | None, str | None]
+    ) -> tuple[str | None, float | None, str | None]:
+        """``(reason, score, kept_text)`` for one document; kept_text is None when the
+        text stays as it was."""
+        text, fmt, language = row
+        if fmt is not None and fmt not in self.formats:
+            return None, None, None
+        check_stop_words = (
+            self.stop_languages is None or language is None or language in self.stop_languages
+        )
+        doc = DocView(text or "")
+        for step in self.steps:
+            if isinstance(step, dict):
+                cleaned, reason, score = c4_clean(doc.text, step)
+                if reason is not None:
+                    return reason, score, None
+                if cleaned != doc.text:
+                    doc = DocView(cleaned)
+                continue
+            for rule in step:
+                if rule.stop_words and not check_stop_words:
+                    continue
+                value = rule.measure(doc, rule.params)
+                if value > rule.limit if rule.is_max else value < rule.limit:
+                    return rule.reason, value, None
+        return None, None, (doc.text if doc.text != (text or "") else None)
