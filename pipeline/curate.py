@@ -16,6 +16,7 @@ import hashlib
 import json
 import posixpath
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,22 +36,25 @@ from pipeline.shards import (
     write_parquet_atomic,
 )
 from stages import STAGES
-from stages.base import DROP_REASON, DROP_SCORE, DROP_STAGE, Stage, apply_to_live_rows
-from stages.exact_dedup import (
-    DIGEST_COLUMN,
-    DUPLICATE_SCHEMA,
-    REASON_EXACT_DUPLICATE,
-    ExactDedupConfig,
-    text_digests,
+from stages.base import (
+    DROP_REASON,
+    DROP_SCORE,
+    DROP_STAGE,
+    Stage,
+    StageConfig,
+    apply_to_live_rows,
+    set_column,
 )
+from stages.exact_dedup import DIGEST_COLUMN, text_digests
 from stages.readers import read_shard
 
 READ_STAGE = "read"
-EXACT_DEDUP_STAGE = "exact_dedup"
 REJECT_SNIPPET_CHARS = 500
 
 # Columns of a curated document shard, in order (later stages append theirs).
 OUTPUT_DROP_COLUMNS = ("html", DROP_REASON, DROP_SCORE, DROP_STAGE, "shard", "ordinal")
+# Columns only the global steps need (dropped before the curated shards are written).
+WORK_COLUMNS = (DIGEST_COLUMN,)
 
 REJECTS_SCHEMA = pa.schema(
     [
@@ -64,6 +68,7 @@ REJECTS_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("score", pa.float64()),
         ("duplicate_of", pa.string()),
+        ("cluster_id", pa.string()),
         ("snippet", pa.string()),
     ]
 )
@@ -90,11 +95,11 @@ class RunLayout:
     def work_stats(self, shard: int) -> str:
         return self.path("work", "documents", f"{shard_name(shard)}.json")
 
-    def drops_dir(self, fingerprint: str) -> str:
-        return self.path("work", "exact_dedup", fingerprint)
+    def decision_dir(self, step: str, fingerprint: str) -> str:
+        return self.path("work", step, fingerprint)
 
-    def drops(self, fingerprint: str, shard: int) -> str:
-        return posixpath.join(self.drops_dir(fingerprint), f"drops-{shard_name(shard)}.parquet")
+    def decision(self, step: str, fingerprint: str, shard: int) -> str:
+        return posixpath.join(self.decision_dir(step, fingerprint), f"{shard_name(shard)}.parquet")
 
     def docs(self, shard: int) -> str:
         return self.path("docs", f"shard-{shard_name(shard)}.parquet")
@@ -126,7 +131,6 @@ def rejects_table(rows: pa.Table) -> pa.Table:
     snippet = pc.utf8_slice_codeunits(
         pc.coalesce(column("text"), column("html")), 0, REJECT_SNIPPET_CHARS
     )
-    duplicate_of = column("duplicate_of")
     columns = {
         "id": rows.column("id"),
         "shard": rows.column("shard"),
@@ -137,7 +141,8 @@ def rejects_table(rows: pa.Table) -> pa.Table:
         "stage": rows.column(DROP_STAGE),
         "reason": rows.column(DROP_REASON),
         "score": rows.column(DROP_SCORE).cast(pa.float64()),
-        "duplicate_of": duplicate_of,
+        "duplicate_of": column("duplicate_of"),
+        "cluster_id": column("cluster_id"),
         "snippet": snippet,
     }
     return pa.table(columns, schema=REJECTS_SCHEMA)
@@ -203,59 +208,94 @@ def documents_pass_done(layout: RunLayout, shard_index: int) -> dict[str, Any] |
     return read_json(layout.filesystem, layout.work_stats(shard_index))
 
 
-def dedup_fingerprint(pass_stats: list[dict[str, Any]], dedup: ExactDedupConfig | None) -> str:
-    """Names the dedup decision: the exact pass-1 outputs plus the dedup settings."""
-    material = {
-        "documents": [stats["documents"]["sha256"] for stats in pass_stats],
-        "dedup": dedup.model_dump(mode="json") if dedup else None,
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class GlobalStep:
+    """A step that needs the whole corpus to decide (deduplication, template lines).
+
+    ``decide`` (Ray wiring, in ``pipeline/global_steps.py``) reads the documents that
+    survived the earlier steps and writes one decision table per shard;
+    ``apply`` (pure) turns a shard's documents and its decision into kept and dropped
+    rows. Decisions live under a fingerprint of everything they depend on, so a rerun
+    reuses them exactly when nothing upstream changed.
+    """
+
+    name: str
+    settings: StageConfig
+    decision_schema: pa.Schema
+    apply: Callable[[pa.Table, pa.Table, StageConfig], tuple[pa.Table, pa.Table]]
+    decide: Callable[..., None]
 
 
-def _duplicates_as_rejects(dropped: pa.Table, drops: pa.Table) -> pa.Table:
-    """Rejects rows for dropped copies, each naming the id of the copy that was kept."""
-    kept_copy = dict(
-        zip(drops.column("id").to_pylist(), drops.column("duplicate_of").to_pylist(), strict=True)
-    )
-    n = dropped.num_rows
-    rows = dropped
-    for name, values in (
-        ("duplicate_of", pa.array([kept_copy[i] for i in dropped.column("id").to_pylist()])),
-        (DROP_STAGE, pa.array([EXACT_DEDUP_STAGE] * n, pa.string())),
-        (DROP_REASON, pa.array([REASON_EXACT_DUPLICATE] * n, pa.string())),
-        (DROP_SCORE, pa.nulls(n, pa.float64())),
-    ):
-        rows = rows.append_column(name, values)
-    return rejects_table(rows)
+def documents_fingerprint(pass_stats: list[dict[str, Any]]) -> str:
+    """Names the exact pass-1 outputs every global decision is computed from."""
+    material = [stats["documents"]["sha256"] for stats in pass_stats]
+    return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:16]
+
+
+def step_fingerprints(base: str, steps: list[GlobalStep]) -> list[str]:
+    """One fingerprint per step, chained: a change upstream renames every later decision."""
+    fingerprints = []
+    previous = base
+    for step in steps:
+        material = {
+            "previous": previous,
+            "step": step.name,
+            "settings": step.settings.model_dump(mode="json"),
+        }
+        previous = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+        fingerprints.append(previous)
+    return fingerprints
+
+
+def apply_steps(
+    layout: RunLayout,
+    shard_index: int,
+    steps: list[GlobalStep],
+    fingerprints: list[str],
+    columns: list[str] | None = None,
+) -> tuple[pa.Table, list[tuple[str, pa.Table]]]:
+    """The shard's pass-1 documents with the given steps' decisions applied in order:
+    (surviving documents, [(step name, dropped rows)]). ``columns`` limits what is read."""
+    fs = layout.filesystem
+    documents = read_parquet(fs, layout.work_documents(shard_index), columns=columns)
+    dropped_by_step = []
+    for step, fingerprint in zip(steps, fingerprints, strict=True):
+        decision = read_parquet(
+            fs, layout.decision(step.name, fingerprint, shard_index), step.decision_schema
+        )
+        documents, dropped = step.apply(documents, decision, step.settings)
+        dropped_by_step.append((step.name, dropped))
+    return documents, dropped_by_step
 
 
 def finalize_shard(
-    layout: RunLayout, shard_index: int, fingerprint: str, dedup_enabled: bool
+    layout: RunLayout,
+    shard_index: int,
+    steps: list[GlobalStep],
+    fingerprints: list[str],
+    run_fingerprint: str,
 ) -> dict[str, Any]:
-    """Pass 3: drop the exact duplicates of one shard and write its curated documents."""
+    """Pass 3: apply every global decision to one shard; write its documents, its
+    rejects per step, and its stats (the shard's done marker, written last)."""
     fs = layout.filesystem
-    documents = read_parquet(fs, layout.work_documents(shard_index))
     pass_stats = read_json(fs, layout.work_stats(shard_index))
     stage_order = list(pass_stats["stage_order"])
     stages = {name: pass_stats["stages"][name] for name in stage_order}
-    drops = read_parquet(fs, layout.drops(fingerprint, shard_index), DUPLICATE_SCHEMA)
-    if dedup_enabled:
-        is_dropped = pc.is_in(documents.column("id"), value_set=drops.column("id"))
-        dropped = documents.filter(is_dropped)
-        documents = documents.filter(pc.invert(is_dropped))
-        rejected = _duplicates_as_rejects(dropped, drops)
-        write_parquet_atomic(fs, layout.rejects(EXACT_DEDUP_STAGE, shard_index), rejected)
+    documents, dropped_by_step = apply_steps(layout, shard_index, steps, fingerprints)
+    for name, dropped in dropped_by_step:
+        dropped = set_column(dropped, DROP_STAGE, pa.array([name] * dropped.num_rows, pa.string()))
+        write_parquet_atomic(fs, layout.rejects(name, shard_index), rejects_table(dropped))
         kept_before = stages[stage_order[-1]]["kept"]
-        reasons = Counter({REASON_EXACT_DUPLICATE: dropped.num_rows} if dropped.num_rows else {})
-        stages[EXACT_DEDUP_STAGE] = dedup_counts(kept_before, reasons)
-        stage_order.append(EXACT_DEDUP_STAGE)
+        reasons = Counter(dropped.column(DROP_REASON).to_pylist())
+        stages[name] = dedup_counts(kept_before, reasons)
+        stage_order.append(name)
     documents = documents.drop_columns(
-        [c for c in (*OUTPUT_DROP_COLUMNS, DIGEST_COLUMN) if c in documents.column_names]
+        [c for c in (*OUTPUT_DROP_COLUMNS, *WORK_COLUMNS) if c in documents.column_names]
     )
     entry = write_parquet_atomic(fs, layout.docs(shard_index), documents)
     stats = {
         "shard": shard_index,
-        "dedup_fingerprint": fingerprint,
+        "fingerprint": run_fingerprint,
         "docs": entry,
         "stage_order": stage_order,
         "stages": stages,

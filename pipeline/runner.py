@@ -26,13 +26,15 @@ import pyarrow.fs as pafs
 
 from pipeline.config import ConfigError, CurateConfig
 from pipeline.curate import (
-    EXACT_DEDUP_STAGE,
     DocumentPass,
+    GlobalStep,
     RunLayout,
-    dedup_fingerprint,
+    documents_fingerprint,
     documents_pass_done,
     finalize_shard,
+    step_fingerprints,
 )
+from pipeline.global_steps import build_global_steps, decision_done
 from pipeline.ledger import build_ledger, merge_stage_counts, render_funnel
 from pipeline.shards import (
     Shard,
@@ -41,11 +43,9 @@ from pipeline.shards import (
     read_json,
     write_bytes_atomic,
     write_json_atomic,
-    write_parquet_atomic,
 )
 from stages import STAGES
 from stages.base import missing_requirements
-from stages.exact_dedup import DIGEST_COLUMN, choose_duplicates
 
 log = logging.getLogger("pipeline")
 
@@ -131,38 +131,26 @@ def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int
     )
 
 
-def _write_drops(group: pa.Table, layout: RunLayout, fingerprint: str) -> pa.Table:
-    """Writes one shard's drop list (a groupby group) into the decision's folder."""
-    shard = group.column("shard")[0].as_py()
-    group = group.sort_by("ordinal")
-    write_parquet_atomic(layout.filesystem, layout.drops(fingerprint, shard), group)
-    return pa.table({"shard": [shard], "dropped": [group.num_rows]})
-
-
-def _exact_dedup_pass(layout: RunLayout, shards: list[Shard], fingerprint: str) -> None:
-    import ray
-
-    done_marker = f"{layout.drops_dir(fingerprint)}/_SUCCESS"
-    if read_json(layout.filesystem, done_marker) is not None:
-        return
-    paths = [layout.work_documents(shard.index) for shard in shards]
-    digests = ray.data.read_parquet(paths, filesystem=layout.filesystem).select_columns(
-        ["id", "shard", "ordinal", DIGEST_COLUMN]
-    )
-    drops = digests.groupby(DIGEST_COLUMN).map_groups(choose_duplicates, batch_format="pyarrow")
-    written = (
-        drops.groupby("shard")
-        .map_groups(
-            _write_drops,
-            fn_kwargs={"layout": layout, "fingerprint": fingerprint},
-            batch_format="pyarrow",
+def _global_steps(
+    layout: RunLayout, shards: list[Shard], steps: list[GlobalStep], fingerprints: list[str]
+) -> None:
+    """Decide each global step in order, on what the steps before it kept."""
+    for position, (step, fingerprint) in enumerate(zip(steps, fingerprints, strict=True)):
+        if decision_done(layout, step.name, fingerprint):
+            continue
+        step.decide(
+            layout, shards, steps[:position], fingerprints[:position], fingerprint, step.settings
         )
-        .take_all()
-    )
-    write_json_atomic(layout.filesystem, done_marker, {"shards_with_duplicates": len(written)})
+        log.info("%s: decided", step.name)
 
 
-def _finalize_pass(layout: RunLayout, pending: list[int], fingerprint: str, dedup: bool) -> None:
+def _finalize_pass(
+    layout: RunLayout,
+    pending: list[int],
+    steps: list[GlobalStep],
+    fingerprints: list[str],
+    run_fingerprint: str,
+) -> None:
     import ray
 
     if not pending:
@@ -170,7 +158,7 @@ def _finalize_pass(layout: RunLayout, pending: list[int], fingerprint: str, dedu
 
     def finalize(batch: pa.Table) -> pa.Table:
         stats = [
-            finalize_shard(layout, index, fingerprint, dedup)
+            finalize_shard(layout, index, steps, fingerprints, run_fingerprint)
             for index in batch["shard"].to_pylist()
         ]
         return pa.table({"shard": [s["shard"] for s in stats]})
@@ -180,9 +168,9 @@ def _finalize_pass(layout: RunLayout, pending: list[int], fingerprint: str, dedu
     ).take_all()
 
 
-def _finalized(layout: RunLayout, shard: int, fingerprint: str) -> bool:
+def _finalized(layout: RunLayout, shard: int, fingerprint: str | None) -> bool:
     stats = read_json(layout.filesystem, layout.stats(shard))
-    if stats is None or stats.get("dedup_fingerprint") != fingerprint:
+    if stats is None or stats.get("fingerprint") != fingerprint:
         return False
     return layout.filesystem.get_file_info(layout.docs(shard)).type == pafs.FileType.File
 
@@ -226,12 +214,12 @@ def run_curate(
     pass_stats = [documents_pass_done(layout, s.index) for s in shards]
     if any(stats is None for stats in pass_stats):
         raise RuntimeError("documents pass finished without writing every shard")
-    dedup = config.stages.exact_dedup
-    fingerprint = dedup_fingerprint(pass_stats, dedup)
-    if dedup is not None:
-        _exact_dedup_pass(layout, shards, fingerprint)
-    to_finalize = [s.index for s in shards if not _finalized(layout, s.index, fingerprint)]
-    _finalize_pass(layout, to_finalize, fingerprint, dedup is not None)
+    steps = build_global_steps(config)
+    fingerprints = step_fingerprints(documents_fingerprint(pass_stats), steps)
+    _global_steps(layout, shards, steps, fingerprints)
+    final = fingerprints[-1] if fingerprints else documents_fingerprint(pass_stats)
+    to_finalize = [s.index for s in shards if not _finalized(layout, s.index, final)]
+    _finalize_pass(layout, to_finalize, steps, fingerprints, final)
 
     final_stats = [read_json(layout.filesystem, layout.stats(s.index)) for s in shards]
     stages = merge_stage_counts(
@@ -243,7 +231,6 @@ def run_curate(
     write_json_atomic(layout.filesystem, layout.path("ledger.json"), ledger)
     manifest = {
         "config_fingerprint": config.fingerprint(),
-        "exact_dedup_stage": EXACT_DEDUP_STAGE if dedup else None,
         "shards": [
             {"file": f"docs/shard-{s['shard']:05d}.parquet", **s["docs"]} for s in final_stats
         ],

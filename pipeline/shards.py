@@ -148,11 +148,14 @@ def read_json(filesystem: pafs.FileSystem, path: str) -> Any | None:
 
 
 def read_parquet(
-    filesystem: pafs.FileSystem, path: str, schema: pa.Schema | None = None
+    filesystem: pafs.FileSystem,
+    path: str,
+    schema: pa.Schema | None = None,
+    columns: list[str] | None = None,
 ) -> pa.Table:
     """A Parquet file, or an empty table of ``schema`` when the file does not exist."""
     if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
         if schema is None:
             raise FileNotFoundError(path)
         return schema.empty_table()
-    return pq.read_table(path, filesystem=filesystem)
+    return pq.read_table(path, filesystem=filesystem, columns=columns)

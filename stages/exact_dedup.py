@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stages.base import StageConfig
+from stages.duplicates import DROPS_SCHEMA
 
 REASON_EXACT_DUPLICATE = "exact_duplicate"
 DIGEST_COLUMN = "text_digest"
@@ -53,40 +54,33 @@ def text_digests(texts: pa.Array | pa.ChunkedArray, cfg: ExactDedupConfig) -> pa
     return pa.array(digests, pa.string())
 
 
-DUPLICATE_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("shard", pa.int32()),
-        ("ordinal", pa.int64()),
-        ("duplicate_of", pa.string()),
-    ]
-)
-
-
 def choose_duplicates(group: pa.Table) -> pa.Table:
     """Given the rows of one digest group (columns id, shard, ordinal), return the rows
     to drop, each naming the id of the copy that is kept."""
     if group.num_rows < 2:
-        return DUPLICATE_SCHEMA.empty_table()
+        return DROPS_SCHEMA.empty_table()
     ordered = group.sort_by([("shard", "ascending"), ("ordinal", "ascending")])
     kept_id = ordered.column("id")[0].as_py()
     dropped = ordered.slice(1)
+    n = dropped.num_rows
     return pa.table(
         {
             "id": dropped.column("id").cast(pa.string()),
             "shard": dropped.column("shard").cast(pa.int32()),
             "ordinal": dropped.column("ordinal").cast(pa.int64()),
-            "duplicate_of": pa.array([kept_id] * dropped.num_rows, pa.string()),
+            "duplicate_of": pa.array([kept_id] * n, pa.string()),
+            "cluster_id": pa.nulls(n, pa.string()),
+            "similarity": pa.array([1.0] * n, pa.float64()),
         },
-        schema=DUPLICATE_SCHEMA,
+        schema=DROPS_SCHEMA,
     )
 
 
 def find_duplicates_in_memory(table: pa.Table) -> pa.Table:
     """The whole decision on one table (tests, small runs): group by digest locally."""
     if table.num_rows == 0:
-        return DUPLICATE_SCHEMA.empty_table()
-    results = [DUPLICATE_SCHEMA.empty_table()]
+        return DROPS_SCHEMA.empty_table()
+    results = [DROPS_SCHEMA.empty_table()]
     for digest in pc.unique(table.column(DIGEST_COLUMN)).to_pylist():
         group = table.filter(pc.equal(table.column(DIGEST_COLUMN), digest))
         results.append(choose_duplicates(group))

@@ -47,3 +47,17 @@ def test_first_copy_in_input_order_is_kept_whatever_the_row_order():
 
 def test_singleton_group_drops_nothing():
     assert choose_duplicates(_table([(0, 0, "a", "x")])).num_rows == 0
+
+
+def test_split_by_drops_names_the_kept_copy():
+    from stages.duplicates import split_by_drops
+
+    documents = pa.table({"id": ["a", "b", "c"], "text": ["x", "x", "y"]})
+    drops = find_duplicates_in_memory(
+        _table([(0, 0, "a", "x"), (0, 1, "b", "x"), (0, 2, "c", "y")])
+    )
+    kept, dropped = split_by_drops(documents, drops, "exact_duplicate")
+    assert kept.column("id").to_pylist() == ["a", "c"]
+    assert dropped.column("id").to_pylist() == ["b"]
+    assert dropped.column("duplicate_of").to_pylist() == ["a"]
+    assert dropped.column("drop_reason").to_pylist() == ["exact_duplicate"]

@@ -1,0 +1,180 @@
+"""The packed-shard format: the one contract between the packer (``stages/``) and the
+trainer (``model_hooks/``). The consumer defines what it consumes, so it lives here;
+it imports only pyarrow and numpy (no torch), so the packer can use it.
+
+A phase directory holds Arrow IPC files (``shard-00000.arrow``), memory-mappable and
+read zero-copy, and one ``manifest.json``:
+
+    packed/<phase>/
+      manifest.json
+      shard-00000.arrow
+      ...
+
+Each row is one training sequence of exactly ``seq_len`` tokens:
+
+* ``tokens``      list<uint32>[seq_len]: documents back to back, then ``pad_id``
+* ``cu_seqlens``  list<int32>: segment boundaries, ``[0, len_0, len_0+len_1, ..., used]``;
+                  the padding after ``used`` is not a segment
+* ``doc_ids``     list<string>: the curated document id of each segment
+* ``domains``     list<string>: the data domain of each segment (loss per domain)
+* ``doc_offsets`` list<int64>: where each segment starts inside its document (a
+                  document longer than ``seq_len`` is split into several segments)
+* ``n_tokens``    int32: tokens in use (``cu_seqlens[-1]``)
+
+The trainer masks attention per segment (no attention across documents), resets
+positions at each segment start, and puts no loss on padding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+PACKED_SCHEMA = pa.schema(
+    [
+        ("tokens", pa.list_(pa.uint32())),
+        ("cu_seqlens", pa.list_(pa.int32())),
+        ("doc_ids", pa.list_(pa.string())),
+        ("domains", pa.list_(pa.string())),
+        ("doc_offsets", pa.list_(pa.int64())),
+        ("n_tokens", pa.int32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    file: str  # relative to the phase directory
+    rows: int
+    tokens: int  # tokens in use (padding excluded)
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ComponentShare:
+    name: str
+    declared_share: float  # weight in the mix YAML
+    realised_share: float  # share of the phase's non-padding tokens
+    tokens: int
+    documents: int
+    epochs: float  # tokens taken / tokens available in the selection
+
+
+@dataclass(frozen=True)
+class PhaseManifest:
+    phase: str
+    seq_len: int
+    rope_theta: float | None
+    pad_id: int
+    eos_id: int
+    vocab_size: int
+    seed: int
+    shards: list[ShardEntry]
+    components: list[ComponentShare] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
+    padding_fraction: float = 0.0
+    split_document_fraction: float = 0.0
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.shards)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PhaseManifest:
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"packed shards of format {data.get('format_version')}, "
+                f"this code reads {FORMAT_VERSION}"
+            )
+        data = dict(data)
+        data["shards"] = [ShardEntry(**s) for s in data["shards"]]
+        data["components"] = [ComponentShare(**c) for c in data.get("components", [])]
+        return cls(**data)
+
+
+def read_manifest(phase_dir: str | os.PathLike[str]) -> PhaseManifest:
+    path = Path(phase_dir) / MANIFEST_NAME
+    return PhaseManifest.from_dict(json.loads(path.read_text()))
+
+
+def write_manifest(phase_dir: str | os.PathLike[str], manifest: PhaseManifest) -> None:
+    path = Path(phase_dir) / MANIFEST_NAME
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(manifest.to_json())
+    temporary.replace(path)
+
+
+def validate_rows(table: pa.Table, seq_len: int) -> None:
+    """Raise if a table breaks the row contract (used by the packer and tests)."""
+    if table.schema != PACKED_SCHEMA:
+        raise ValueError(f"packed table schema {table.schema} != {PACKED_SCHEMA}")
+    for row in table.to_pylist():
+        if len(row["tokens"]) != seq_len:
+            raise ValueError(f"row of {len(row['tokens'])} tokens, seq_len is {seq_len}")
+        cu = row["cu_seqlens"]
+        segments = len(cu) - 1
+        if cu[0] != 0 or any(b <= a for a, b in itertools.pairwise(cu)):
+            raise ValueError(f"cu_seqlens not strictly increasing from 0: {cu}")
+        if cu[-1] != row["n_tokens"] or row["n_tokens"] > seq_len:
+            raise ValueError(f"cu_seqlens end {cu[-1]} != n_tokens {row['n_tokens']}")
+        if not (len(row["doc_ids"]) == len(row["domains"]) == len(row["doc_offsets"]) == segments):
+            raise ValueError("doc_ids, domains and doc_offsets need one entry per segment")
+
+
+def write_shard(path: str | os.PathLike[str], table: pa.Table) -> ShardEntry:
+    """Write one Arrow IPC shard atomically (tmp then rename); return its manifest entry.
+
+    Uncompressed IPC on purpose: a reader memory-maps it and hands token slices to the
+    trainer without a copy."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, PACKED_SCHEMA) as writer:
+        writer.write_table(table, max_chunksize=1024)
+    data = temporary.read_bytes()
+    temporary.replace(path)
+    used = int(np.asarray(table.column("n_tokens").to_numpy()).sum()) if table.num_rows else 0
+    return ShardEntry(path.name, table.num_rows, used, hashlib.sha256(data).hexdigest())
+
+
+def open_shard(path: str | os.PathLike[str]) -> pa.Table:
+    """Memory-map one shard: the returned table's buffers point into the page cache."""
+    source = pa.memory_map(str(path), "r")
+    return pa.ipc.open_file(source).read_all()
+
+
+def row_tokens(table: pa.Table, row: int) -> np.ndarray:
+    """The tokens of one row as a uint32 numpy view (no copy) into the mapped file."""
+    column = table.column("tokens")
+    chunk_index, offset = _locate(column, row)
+    chunk = column.chunk(chunk_index)
+    start = chunk.offsets[offset].as_py()
+    end = chunk.offsets[offset + 1].as_py()
+    return chunk.values.to_numpy(zero_copy_only=True)[start:end]
+
+
+def _locate(column: pa.ChunkedArray, row: int) -> tuple[int, int]:
+    for index, chunk in enumerate(column.chunks):
+        if row < len(chunk):
+            return index, row
+        row -= len(chunk)
+    raise IndexError("row out of range")

@@ -1,0 +1,115 @@
+"""Ray wiring of the global curation steps: the decisions that need the whole corpus.
+
+Each step reads the documents that survived the steps before it (``surviving``), decides
+with Ray Data's distributed ``groupby`` (no process sees every document), and writes one
+decision table per shard, then a ``_SUCCESS`` marker. The pure halves (how a group is
+decided, how a shard applies its decision) live in the stage modules.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from pipeline.config import CurateConfig
+from pipeline.curate import GlobalStep, RunLayout, apply_steps
+from pipeline.shards import Shard, read_json, write_json_atomic, write_parquet_atomic
+from stages.duplicates import DROPS_SCHEMA, split_by_drops
+from stages.exact_dedup import (
+    DIGEST_COLUMN,
+    REASON_EXACT_DUPLICATE,
+    ExactDedupConfig,
+    choose_duplicates,
+)
+
+
+def surviving(
+    layout: RunLayout,
+    shards: Sequence[Shard],
+    earlier: list[GlobalStep],
+    fingerprints: list[str],
+    columns: list[str],
+):
+    """A Ray dataset of the documents left after the earlier steps, one block per shard,
+    projected to ``columns`` (the texts stay on disk unless a step asks for them)."""
+    import ray
+
+    needed = list(dict.fromkeys(["id", *columns]))  # decisions are applied by id
+
+    def load(batch: pa.Table) -> pa.Table:
+        tables = [
+            apply_steps(layout, index, earlier, fingerprints, needed)[0].select(columns)
+            for index in batch.column("shard").to_pylist()
+        ]
+        return pa.concat_tables(tables)
+
+    return ray.data.from_items([{"shard": s.index} for s in shards]).map_batches(
+        load, batch_size=1, batch_format="pyarrow", num_cpus=0.5
+    )
+
+
+def write_decisions(group: pa.Table, layout: RunLayout, step: str, fingerprint: str) -> pa.Table:
+    """One shard's decision rows (a ``groupby("shard")`` group), written atomically."""
+    shard = group.column("shard")[0].as_py()
+    group = group.sort_by("ordinal")
+    write_parquet_atomic(layout.filesystem, layout.decision(step, fingerprint, shard), group)
+    return pa.table({"shard": [shard], "rows": [group.num_rows]})
+
+
+def decision_done(layout: RunLayout, step: str, fingerprint: str) -> bool:
+    marker = posixpath.join(layout.decision_dir(step, fingerprint), "_SUCCESS")
+    return read_json(layout.filesystem, marker) is not None
+
+
+def mark_decision_done(layout: RunLayout, step: str, fingerprint: str, summary: dict) -> None:
+    marker = posixpath.join(layout.decision_dir(step, fingerprint), "_SUCCESS")
+    write_json_atomic(layout.filesystem, marker, summary)
+
+
+def decide_exact_duplicates(
+    layout: RunLayout,
+    shards: Sequence[Shard],
+    earlier: list[GlobalStep],
+    fingerprints: list[str],
+    fingerprint: str,
+    settings: ExactDedupConfig,
+) -> None:
+    """Group digests across all shards; per shard, write the copies to drop."""
+    documents = surviving(
+        layout, shards, earlier, fingerprints, ["id", "shard", "ordinal", DIGEST_COLUMN]
+    )
+    drops = documents.groupby(DIGEST_COLUMN).map_groups(choose_duplicates, batch_format="pyarrow")
+    written = (
+        drops.groupby("shard")
+        .map_groups(
+            write_decisions,
+            fn_kwargs={"layout": layout, "step": "exact_dedup", "fingerprint": fingerprint},
+            batch_format="pyarrow",
+        )
+        .take_all()
+    )
+    mark_decision_done(layout, "exact_dedup", fingerprint, {"shards_with_decisions": len(written)})
+
+
+def _apply_exact(
+    documents: pa.Table, decision: pa.Table, settings: ExactDedupConfig
+) -> tuple[pa.Table, pa.Table]:
+    return split_by_drops(documents, decision, REASON_EXACT_DUPLICATE)
+
+
+def build_global_steps(config: CurateConfig) -> list[GlobalStep]:
+    """The enabled global steps, in run order."""
+    steps = []
+    if config.stages.exact_dedup is not None:
+        steps.append(
+            GlobalStep(
+                name="exact_dedup",
+                settings=config.stages.exact_dedup,
+                decision_schema=DROPS_SCHEMA,
+                apply=_apply_exact,
+                decide=decide_exact_duplicates,
+            )
+        )
+    return steps
