@@ -64,7 +64,9 @@ STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 # Gopher says "a bullet point"; datatrove checks "•" and "-". We add the other common ones.
 BULLETS = ("•", "●", "○", "◦", "▪", "▫", "‣", "⁃", "·", "-", "*")
 ELLIPSES = ("...", "…")
-# C4 keeps lines ending in ! . " ? (TFDS and datatrove also accept ').
+# C4 keeps lines ending in ! . " ? (TFDS and datatrove also accept '). c4_clean checks
+# the multilingual FineWeb set below: the same for English, and a Chinese line ending in
+# 。 is not "unterminated".
 C4_END_PUNCTUATION = (".", "?", "!", '"', "'")
 # FineWeb: datatrove uses Unicode's sentence terminals plus quotes; these are the common ones.
 FINEWEB_END_PUNCTUATION = (
@@ -87,7 +89,11 @@ _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")  # Wikipedia marker
 # A sentence ends at . ! ? (or CJK/Arabic equivalents), maybe closed by quotes or brackets,
 # before whitespace or the end of the line. "Dr. Smith" counts two: C4 used NLTK's punkt.
 # Possessive, and only from the start of a run: "......x" must not cost quadratic time.
-_SENTENCE_END = re.compile(r"(?<![.!?。！？؟])[.!?。！？؟]++[\"'”’)\]]*+(?=\s|$)")
+# A sentence ends at . ! ? followed by a space or the end of the line; full-width marks
+# (Chinese, Japanese) end one even with the next sentence right after them.
+_SENTENCE_END = re.compile(
+    r"(?<![.!?。！？؟])[.!?؟]++[\"'”’)\]]*+(?=\s|$)|(?<![。！？])[。！？]++[”’」』）]*+"
+)
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for the rolling n-gram hash
 
 
@@ -385,7 +391,7 @@ def c4_clean(text: str, params: Params) -> tuple[str, str | None, float | None]:
         if params["remove_citations"]:
             line = _CITATION.sub("", line)
         if params["require_terminal_punctuation"] and (
-            not line.endswith(C4_END_PUNCTUATION) or line.endswith("...")
+            not line.endswith(FINEWEB_END_PUNCTUATION) or line.endswith("...")
         ):
             continue
         if min_line_words is not None and len(words) < min_line_words:

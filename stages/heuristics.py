@@ -97,6 +97,20 @@ _RULES: dict[str, tuple[RuleSpec, ...]] = {
 }
 C4 = "c4"
 
+# lid.176 codes of languages written without spaces between words.
+UNSPACED_LANGUAGES = ("zh", "ja", "th", "lo", "km", "my", "bo", "wuu", "yue")
+# The rules that count whitespace-separated words, switched off for those languages.
+_UNSPACED_OFF: dict[str, dict[str, Threshold]] = {
+    "gopher_quality": {
+        "min_words": None,
+        "max_words": None,
+        "min_mean_word_chars": None,
+        "max_mean_word_chars": None,
+    },
+    "c4": {"min_line_words": None},
+    "fineweb": {"max_newline_word_ratio": None},
+}
+
 
 def _known(names: Any) -> str:
     return ", ".join(sorted(names))
@@ -122,6 +136,15 @@ class HeuristicsConfig(StageConfig):
     applies to; without that column, or for a null language, it applies to every
     document. None applies it everywhere."""
 
+    language_overrides: dict[str, dict[str, dict[str, Threshold]]] = Field(
+        default_factory=lambda: {lang: _UNSPACED_OFF for lang in UNSPACED_LANGUAGES}
+    )
+    """Per language (the ``language`` column), per preset, thresholds that replace the
+    ones above for documents of that language. The default switches off the rules that
+    count whitespace-separated words for languages written without spaces (Chinese,
+    Japanese, Thai, ...), where one "word" is a whole clause: as published they would
+    reject every such document. ``{}`` applies the English thresholds everywhere."""
+
     @field_validator("presets")
     @classmethod
     def _check_presets(cls, presets: list[str]) -> list[str]:
@@ -134,25 +157,35 @@ class HeuristicsConfig(StageConfig):
 
     @model_validator(mode="after")
     def _check_overrides(self) -> HeuristicsConfig:
-        for preset, changes in self.overrides.items():
-            if preset not in self.presets:
-                raise ValueError(
-                    f"overrides name preset {preset!r}, which is not in presets {self.presets}"
-                )
-            defaults = PRESETS[preset]
-            for name, value in changes.items():
-                where = f"overrides[{preset!r}][{name!r}]"
-                if name not in defaults:
-                    raise ValueError(
-                        f"{where}: no such rule in preset {preset!r}; "
-                        f"known rules: {_known(defaults)}"
-                    )
-                _check_value(where, name, defaults[name], value)
+        _check_override_table("overrides", self.overrides, self.presets)
+        for language, table in self.language_overrides.items():
+            active = {p: t for p, t in table.items() if p in self.presets}  # others are moot
+            _check_override_table(f"language_overrides[{language!r}]", active, self.presets)
         return self
 
-    def thresholds(self, preset: str) -> dict[str, Threshold]:
-        """The preset's published thresholds with this config's overrides applied."""
-        return {**PRESETS[preset], **self.overrides.get(preset, {})}
+    def thresholds(self, preset: str, language: str | None = None) -> dict[str, Threshold]:
+        """The preset's published thresholds with this config's overrides applied (and
+        the language's own, when it has some)."""
+        merged = {**PRESETS[preset], **self.overrides.get(preset, {})}
+        if language is not None:
+            merged.update(self.language_overrides.get(language, {}).get(preset, {}))
+        return merged
+
+
+def _check_override_table(
+    label: str, overrides: dict[str, dict[str, Threshold]], presets: list[str]
+) -> None:
+    for preset, changes in overrides.items():
+        if preset not in presets:
+            raise ValueError(f"{label} names preset {preset!r}, which is not in presets {presets}")
+        defaults = PRESETS[preset]
+        for name, value in changes.items():
+            where = f"{label}[{preset!r}][{name!r}]"
+            if name not in defaults:
+                raise ValueError(
+                    f"{where}: no such rule in preset {preset!r}; known rules: {_known(defaults)}"
+                )
+            _check_value(where, name, defaults[name], value)
 
 
 def _check_value(where: str, name: str, default: Threshold, value: Threshold) -> None:
@@ -190,19 +223,24 @@ class Heuristics(Stage):
     def __init__(self, cfg: HeuristicsConfig) -> None:
         super().__init__(cfg)
         self.cfg: HeuristicsConfig = cfg
-        # One step per preset: a list of bound rules, or C4's parameters for c4_clean.
-        self.steps: list[list[_Rule] | dict[str, Threshold]] = []
-        for preset in cfg.presets:
-            params = cfg.thresholds(preset)
-            if preset == C4:
-                self.steps.append(params)
-            else:
-                specs = [s for s in _RULES[preset] if params[s.threshold] is not None]
-                self.steps.append([_Rule(spec, params) for spec in specs])
+        self.steps = self._build_steps(None)
+        self.steps_by_language = {lang: self._build_steps(lang) for lang in cfg.language_overrides}
         self.formats = frozenset(cfg.apply_to_formats)
         self.stop_languages = (
             None if cfg.stop_word_languages is None else frozenset(cfg.stop_word_languages)
         )
+
+    def _build_steps(self, language: str | None) -> list[list[_Rule] | dict[str, Threshold]]:
+        """One step per preset: a list of bound rules, or C4's parameters for c4_clean."""
+        steps: list[list[_Rule] | dict[str, Threshold]] = []
+        for preset in self.cfg.presets:
+            params = self.cfg.thresholds(preset, language)
+            if preset == C4:
+                steps.append(params)
+            else:
+                specs = [s for s in _RULES[preset] if params[s.threshold] is not None]
+                steps.append([_Rule(spec, params) for spec in specs])
+        return steps
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -242,7 +280,7 @@ class Heuristics(Stage):
             self.stop_languages is None or language is None or language in self.stop_languages
         )
         doc = DocView(text or "")
-        for step in self.steps:
+        for step in self.steps_by_language.get(language, self.steps):
             if isinstance(step, dict):
                 cleaned, reason, score = c4_clean(doc.text, step)
                 if reason is not None:

@@ -388,3 +388,29 @@ def test_ngram_measures_count_overlaps_once():
     assert hr.top_ngram_char_fraction(doc, {}, n=2) == pytest.approx(3 * 13 / len(doc.text))
     once = hr.DocView("one two three four five six seven")
     assert hr.top_ngram_char_fraction(once, {}, n=2) == 0.0
+
+
+CHINESE = (
+    "去年春天，我决定把每天的通勤方式从开车改成骑自行车。从家到公司大约八公里，开车在早高峰常常要花四十分钟。"
+    "一年下来，这个决定带来的变化比我想象的要多。\n\n"
+    "最明显的变化是身体状况。刚开始的几周，我每天到公司都觉得腿很酸，但一个月之后就慢慢适应了。"
+    "现在我的体重比去年减轻了五公斤，晚上也睡得更好。\n\n"
+    "骑车也让我重新认识了这座城市。坐在车里的时候，我只关心前面的红绿灯。骑车时却能注意到路边新开的面包店。"
+)
+
+
+def test_unspaced_language_is_judged_without_whitespace_word_rules():
+    stage = Heuristics(HeuristicsConfig())
+    rows = pa.table(
+        {"text": [CHINESE, CHINESE], "format": ["html", "html"], "language": ["zh", "en"]}
+    )
+    reasons = stage(rows).column("drop_reason").to_pylist()
+    assert reasons[0] is None
+    assert reasons[1] == "gopher_too_few_words"  # English thresholds count clauses as words
+    strict = Heuristics(HeuristicsConfig(language_overrides={}))
+    assert strict(rows).column("drop_reason").to_pylist()[0] is not None
+
+
+def test_language_override_with_unknown_rule_is_a_validation_error():
+    with pytest.raises(ValidationError, match=r"language_overrides\['zh'\]"):
+        HeuristicsConfig(language_overrides={"zh": {"c4": {"min_wordz": None}}})
