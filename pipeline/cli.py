@@ -80,9 +80,11 @@ def _demo(out: Path, seed: int, address: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",
     )
+    # One line per pass with its counts, whatever the verbosity: long runs show progress.
+    logging.getLogger("pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         if args.command == "curate":
             return _curate(args.config, args.address, args.overwrite)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -141,7 +142,11 @@ def _global_steps(
         step.decide(
             layout, shards, steps[:position], fingerprints[:position], fingerprint, step.settings
         )
-        log.info("%s: decided", step.name)
+        summary = read_json(
+            layout.filesystem,
+            posixpath.join(layout.decision_dir(step.name, fingerprint), "_SUCCESS"),
+        )
+        log.info("%s: decided (%s)", step.name, summary)
 
 
 def _finalize_pass(
@@ -210,6 +215,13 @@ def run_curate(
     )
 
     pending = [s.index for s in shards if documents_pass_done(layout, s.index) is None]
+    log.info(
+        "plan: %d input files in %d shards; %d to run, %d already done",
+        sum(len(s.files) for s in shards),
+        len(shards),
+        len(pending),
+        len(shards) - len(pending),
+    )
     _documents_pass(config, shards, pending)
     pass_stats = [documents_pass_done(layout, s.index) for s in shards]
     if any(stats is None for stats in pass_stats):
@@ -220,6 +232,11 @@ def run_curate(
     final = fingerprints[-1] if fingerprints else documents_fingerprint(pass_stats)
     to_finalize = [s.index for s in shards if not _finalized(layout, s.index, final)]
     _finalize_pass(layout, to_finalize, steps, fingerprints, final)
+    log.info(
+        "finalize: %d shards written, %d already done",
+        len(to_finalize),
+        len(shards) - len(to_finalize),
+    )
 
     final_stats = [read_json(layout.filesystem, layout.stats(s.index)) for s in shards]
     stages = merge_stage_counts(

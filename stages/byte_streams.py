@@ -1,0 +1,283 @@
+"""Bytes in, bounded memory: the plain and gzip chunk sources, the buffered reader the
+line-based formats share, and charset decoding with binary sniffing.
+
+Files are read as streams and gzip is inflated in chunks with a cap on output, so memory
+stays bounded by ``max_doc_bytes``. A multi-member gzip source remembers where each member
+starts, so a record can be named by the byte offset of its gzip member (the offset Common
+Crawl's index uses), and the records before a corrupt member are kept.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+REASON_CORRUPT_GZIP = "corrupt_gzip"
+REASON_TRUNCATED = "truncated_record"
+REASON_TOO_LARGE = "too_large"
+REASON_BINARY = "binary_content"
+REASON_INVALID_ENCODING = "invalid_encoding"
+
+LINE_MAX_BYTES = 64 << 10
+_CHUNK_BYTES = 1 << 20
+_COMPACT_BYTES = 1 << 20
+_SNIFF_BYTES = 64 << 10  # binary / text-likeness is judged on the first 64 KiB
+_META_SNIFF_BYTES = 16 << 10
+_BOMB_DOCS = 10  # a gzip member may inflate to this many max_doc_bytes before the ratio test
+_MAX_REPLACED_SHARE = 0.01  # a declared charset may leave 1% undecodable characters
+_MIN_TEXT_SHARE = 0.85  # ASCII text share for the last-resort cp1252 decode
+_MAX_CONTROL_SHARE = 0.03
+_MAX_NUL_SHARE = 0.001
+
+_META_CHARSET = re.compile(rb"<meta[^>]{0,512}?charset\s*=\s*[\"']?\s*([\w.:+-]+)", re.I)
+_HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([\w.:+-]+)", re.I)
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13, 27))
+_ASCII_TEXT_BYTES = bytes([9, 10, 13, *range(32, 127)])
+_BINARY_MAGIC = (b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b"%PDF-", b"PK\x03\x04", b"\x1f\x8b")
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8-sig"),
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+# WHATWG: these labels mean a superset in practice; latin-1 pages use cp1252's 0x80-0x9f.
+_CHARSET_ALIASES = {
+    "iso-8859-1": "cp1252", "iso8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252",
+    "us-ascii": "cp1252", "ascii": "cp1252", "gb2312": "gb18030", "gbk": "gb18030",
+    "x-gbk": "gb18030", "shift_jis": "cp932", "x-sjis": "cp932", "sjis": "cp932",
+    "euc-kr": "cp949", "ks_c_5601-1987": "cp949", "tis-620": "cp874",
+}  # fmt: skip
+
+
+class ReadError(Exception):
+    """Stops the rest of a file: the stream cannot be trusted past this point."""
+
+    def __init__(self, reason: str, score: float | None = None, offset: int | None = None):
+        super().__init__(reason)
+        self.reason, self.score, self.offset = reason, score, offset
+
+
+# --- decoding ----------------------------------------------------------------------------
+
+
+def decode_bytes(data: bytes, declared: Sequence[str] = ()) -> tuple[str | None, str | None]:
+    """``(text, None)`` or ``(None, reason)``. Order: BOM, strict UTF-8, the declared
+    charsets, then cp1252 only for bytes that look like text, so binary junk is rejected
+    rather than turned into mojibake."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec), None
+            except UnicodeDecodeError:
+                break
+    if _looks_binary(data):
+        return None, REASON_BINARY
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        pass
+    for name in declared:
+        label = name.strip().strip("\"'").lower()
+        try:
+            text = data.decode(_CHARSET_ALIASES.get(label, label), errors="replace")
+        except (LookupError, UnicodeError, ValueError):  # unknown or non-text codec
+            continue
+        if text.count("\ufffd") <= len(text) * _MAX_REPLACED_SHARE:
+            return text, None
+    if _looks_like_text(data):
+        return data.decode("cp1252", errors="replace"), None
+    return None, REASON_INVALID_ENCODING
+
+
+def _looks_binary(data: bytes) -> bool:
+    sample = data[:_SNIFF_BYTES]
+    if not sample:
+        return False
+    if sample.startswith(_BINARY_MAGIC):
+        return True
+    controls = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
+    nul_share = sample.count(0) / len(sample)
+    return nul_share > _MAX_NUL_SHARE or controls / len(sample) > _MAX_CONTROL_SHARE
+
+
+def _looks_like_text(data: bytes) -> bool:
+    sample = data[:_SNIFF_BYTES]
+    other = len(sample.translate(None, _ASCII_TEXT_BYTES))
+    return bool(sample) and 1 - other / len(sample) >= _MIN_TEXT_SHARE
+
+
+def declared_charsets(content_type: str | None, html: bytes) -> list[str]:
+    """Declared charsets, HTTP header first (it overrides the page, as browsers do)."""
+    found = [m.group(1) for m in [_HEADER_CHARSET.search(content_type or "")] if m]
+    meta = _META_CHARSET.search(html[:_META_SNIFF_BYTES])
+    if meta:
+        found.append(meta.group(1).decode("ascii", "replace"))
+    return found
+
+
+# --- byte streams ------------------------------------------------------------------------
+
+
+class PlainSource:
+    def __init__(self, raw: pa.NativeFile) -> None:
+        self.raw = raw
+
+    def next_chunk(self) -> bytes:
+        return self.raw.read(_CHUNK_BYTES)
+
+    def locate(self, position: int) -> str:
+        return str(position)
+
+
+class GzipSource:
+    """Inflates a (multi-member) gzip stream in bounded chunks and remembers where each
+    member starts, so a record can be named by its compressed offset."""
+
+    def __init__(self, raw: pa.NativeFile, max_doc_bytes: int, max_ratio: float) -> None:
+        self.raw, self.pending, self.pending_offset = raw, b"", 0
+        self.inflater: Any = None
+        self.max_member_bytes = _BOMB_DOCS * max_doc_bytes
+        self.failed: ReadError | None = None
+        self.max_ratio = max_ratio
+        self.out_total = self.member_in = self.member_out = 0
+        self.starts: list[int] = []  # decompressed position where each member begins
+        self.offsets: list[int] = []  # compressed offset of that member
+
+    def next_chunk(self) -> bytes:
+        if self.failed is None:
+            try:
+                return self._inflate()
+            except ReadError as err:
+                self.failed = err
+        raise self.failed  # the stream stays broken once it broke
+
+    def _inflate(self) -> bytes:
+        while True:
+            if not self.pending:
+                self.pending = self.raw.read(_CHUNK_BYTES)
+                if not self.pending:
+                    if self.inflater is not None:
+                        raise ReadError(REASON_TRUNCATED, offset=self.offsets[-1])
+                    return b""
+            if self.inflater is None:
+                self.inflater = zlib.decompressobj(31)
+                self.starts.append(self.out_total)
+                self.offsets.append(self.pending_offset)
+                self.member_in = self.member_out = 0
+            try:
+                out = self.inflater.decompress(self.pending, _CHUNK_BYTES)
+            except zlib.error as exc:
+                raise ReadError(REASON_CORRUPT_GZIP, offset=self.offsets[-1]) from exc
+            eof = self.inflater.eof
+            rest = self.inflater.unused_data if eof else self.inflater.unconsumed_tail
+            used = len(self.pending) - len(rest)
+            self.pending, self.pending_offset = rest, self.pending_offset + used
+            self.member_in += used
+            self.member_out += len(out)
+            self.out_total += len(out)
+            if eof:
+                self.inflater = None
+            if (
+                self.member_out > self.max_member_bytes
+                and self.member_out > self.max_ratio * self.member_in
+            ):
+                raise ReadError(REASON_TOO_LARGE, float(self.member_out), self.offsets[-1])
+            if out:
+                return out
+
+    def locate(self, position: int) -> str:
+        index = bisect.bisect_right(self.starts, position) - 1
+        if index < 0:
+            return str(position)
+        inner = position - self.starts[index]
+        return f"{self.offsets[index]}+{inner}" if inner else str(self.offsets[index])
+
+
+class ByteReader:
+    """Buffered reads over a chunk source: lines, peeks and skips, with a movable
+    ``keep_from`` mark so a WARC record can be re-scanned after a bad Content-Length."""
+
+    def __init__(self, source: PlainSource | GzipSource) -> None:
+        self.source, self.buf, self.pos, self.base, self.eof = source, bytearray(), 0, 0, False
+        self.keep_from: int | None = None
+
+    def tell(self) -> int:
+        return self.base + self.pos
+
+    def seek(self, position: int) -> None:
+        if not self.base <= position <= self.base + len(self.buf):
+            raise ValueError("position no longer buffered")
+        self.pos = position - self.base
+
+    def locate(self, position: int) -> str:
+        return self.source.locate(position)
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.source.next_chunk()
+        if not chunk:
+            self.eof = True
+            return False
+        keep = self.pos if self.keep_from is None else min(self.pos, self.keep_from - self.base)
+        if keep > _COMPACT_BYTES:
+            del self.buf[:keep]
+            self.base += keep
+            self.pos -= keep
+        self.buf += chunk
+        return True
+
+    def peek(self, size: int) -> bytes:
+        while len(self.buf) - self.pos < size and self._fill():
+            pass
+        return bytes(self.buf[self.pos : self.pos + size])
+
+    def readline(self, limit: int) -> bytes:
+        """Up to and including the next newline, or ``limit`` bytes, or what is left."""
+        scanned = 0
+        while True:
+            end = self.buf.find(b"\n", self.pos + scanned, self.pos + limit)
+            if end >= 0:
+                end += 1
+                break
+            scanned = len(self.buf) - self.pos
+            if scanned >= limit or not self._fill():
+                end = min(len(self.buf), self.pos + limit)
+                break
+        line = bytes(self.buf[self.pos : end])
+        self.pos = end
+        return line
+
+    def skip(self, size: int) -> int:
+        """Discard ``size`` bytes without holding them; returns how many there were."""
+        available = len(self.buf) - self.pos
+        if size <= available:
+            self.pos += size
+            return size
+        self.base += len(self.buf)
+        self.buf, self.pos, self.keep_from = bytearray(), 0, None
+        left = size - available
+        while left:
+            chunk = b"" if self.eof else self.source.next_chunk()
+            if not chunk:
+                self.eof = True
+                return size - left
+            taken = min(left, len(chunk))
+            self.base += taken
+            left -= taken
+            self.buf = bytearray(chunk[taken:])
+        return size
+
+    def skip_line(self) -> int:
+        skipped = 0
+        while True:
+            piece = self.readline(LINE_MAX_BYTES)
+            skipped += len(piece)
+            if not piece or piece.endswith(b"\n"):
+                return skipped
