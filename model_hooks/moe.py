@@ -26,6 +26,13 @@ class RouterInfo(NamedTuple):
     probs_TE: torch.Tensor  # fp32 softmax over all N+Z experts, carries the graph
     topk_TK: torch.Tensor  # chosen expert ids; ids >= N are zero experts
 
+    def select(self, keep_T: torch.Tensor) -> RouterInfo:
+        """The routing of the kept tokens (e.g. no padding), for the balance loss, the
+        bias controller and the statistics; the gather keeps the graph for the loss."""
+        if bool(keep_T.all()) or not bool(keep_T.any()):
+            return self
+        return RouterInfo(self.probs_TE[keep_T], self.topk_TK[keep_T])
+
 
 class Router(nn.Module):
     """Softmax over N+Z experts in fp32; top-K on probabilities plus a bias buffer."""

@@ -6,7 +6,12 @@ clip, AdamW (eps 1e-16) -> bias controller update -> one JSONL metrics line.
 Checkpoints hold the fixed keys ``model``, ``optimizer``, ``data``, ``train_state``,
 ``model_config`` and load with ``torch.load(..., weights_only=True)``.
 
-Run a toy on synthetic data: ``python -m model_hooks.train --out runs/toy --steps 200``.
+Data comes from a source with ``state_dict`` / ``load_state_dict``: a ``TokenStream``
+over packed phases (phase after phase; each batch brings its phase's RoPE base, and the
+metrics name the phase and count the tokens seen) or synthetic batches.
+
+    python -m model_hooks.train --phases packed/p1 packed/p2 --out runs/x --steps 500
+    python -m model_hooks.train --out runs/toy --steps 200      # synthetic batches
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from model_hooks.model import Model, ModelConfig, grow
@@ -32,12 +38,14 @@ from model_hooks.moe import (
     routing_stats,
 )
 from model_hooks.synthetic import BATCH_KEYS, SyntheticBatches
+from model_hooks.token_stream import StreamLoader, TokenStream
 
 CKPT_NAME, METRICS_NAME = "ckpt.pt", "metrics.jsonl"
 
 
 class BatchSource(Protocol):
-    """What the loop needs from data: batches (see synthetic.py) and a tiny state."""
+    """What the loop needs from data: batches (see synthetic.py and token_stream.py) and
+    a tiny state. StopIteration ends the run early."""
 
     def __next__(self) -> dict: ...
     def state_dict(self) -> dict: ...
@@ -140,9 +148,9 @@ def domain_metrics(ce_BT: torch.Tensor, batch: dict, infos: list[RouterInfo], n_
         counts = torch.bincount(dom_BT[where_BT], minlength=nd).tolist()
         return [s / n if n else None for s, n in zip(sums.tolist(), counts, strict=True)]
 
-    everywhere_BT = torch.ones_like(mask_BT)
+    real_BT = batch["token_mask"]  # padding routes too, but is no data
     ffn_LD = [  # layers x domains
-        per_domain_mean((info.topk_TK < n_ffn).sum(-1).view(dom_BT.shape), everywhere_BT)
+        per_domain_mean((info.topk_TK < n_ffn).sum(-1).view(dom_BT.shape), real_BT)
         for info in infos
     ]
     return {
@@ -156,6 +164,9 @@ def domain_metrics(ce_BT: torch.Tensor, batch: dict, infos: list[RouterInfo], n_
 def train_step(
     model: Model, opt: torch.optim.Optimizer, batch: dict, cfg: TrainConfig, step: int
 ) -> dict:
+    theta = batch.get("rope_theta")  # a phase's RoPE base, from its manifest
+    if theta is not None and float(theta) != model.cfg.rope_theta:
+        model.cfg = model.cfg.model_copy(update={"rope_theta": float(theta)})
     mcfg, device = model.cfg, next(model.parameters()).device
     batch = {k: (v.to(device) if k in BATCH_KEYS else v) for k, v in batch.items()}
     B, T = batch["tokens"].shape
@@ -169,9 +180,10 @@ def train_step(
     mask_BT = batch["loss_mask"].float()
     lm_loss = (ce_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1.0)
     n_ffn, k_e = mcfg.n_ffn_experts, mcfg.target_ffn_experts
+    real = [i.select(batch["token_mask"].flatten()) for i in infos]  # padding excluded
     # Mean over layers, so alpha keeps its meaning when the model grows deeper.
     lb_loss = torch.stack(
-        [balance_loss(i, n_ffn, cfg.balance_groups, k_e, cfg.balance_alpha) for i in infos]
+        [balance_loss(i, n_ffn, cfg.balance_groups, k_e, cfg.balance_alpha) for i in real]
     ).mean()
     z_loss = hidden_z_loss(h_BTD, cfg.z_loss_lambda)
     measure = cfg.grad_ratio_every > 0 and step % cfg.grad_ratio_every == 0
@@ -183,12 +195,13 @@ def train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
     opt.step()
     mu = bias_mu(step, cfg.bias_mu0, cfg.bias_mu_decay_steps, cfg.bias_mu_min)
-    for layer, info in zip(model.layers, infos, strict=True):
+    for layer, info in zip(model.layers, real, strict=True):
         layer.moe.router.update_bias(info.topk_TK, mu, k_e)
-    stats = [routing_stats(info, n_ffn) for info in infos]
+    stats = [routing_stats(info, n_ffn) for info in real]
     cos = [router_cosine_similarity(layer.moe.router) for layer in model.layers]
     return {
         "step": step + 1,  # optimiser steps done, as saved in train_state
+        "phase": batch.get("phase"),
         "lr": get_lr(step, cfg),
         "lm_loss": lm_loss.item(),
         **domain_metrics(ce_BT.detach(), batch, infos, n_ffn),
@@ -202,7 +215,7 @@ def train_step(
         "zero_expert_share": [s["zero_expert_share"] for s in stats],
         "load_max_over_mean": [s["load_max_over_mean"] for s in stats],
         "bias_mu": mu,
-        "tokens": B * T,
+        "tokens": int(batch["token_mask"].sum()),  # padding excluded
     }
 
 
@@ -249,9 +262,10 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 def train(
     cfg: TrainConfig, source: BatchSource, model_cfg: ModelConfig | None = None
 ) -> list[dict]:
-    """Runs (or resumes) to cfg.steps and returns this call's metric records. With a
-    checkpoint in out_dir its model_config is used unless model_cfg is given (e.g. a new
-    rope_theta for a long-context phase); shapes must match either way."""
+    """Runs (or resumes) to cfg.steps, or until the source ends, and returns this call's
+    metric records. With a checkpoint in out_dir its model_config is used unless model_cfg
+    is given; shapes must match either way. A batch's ``rope_theta`` overrides the RoPE
+    base (each curriculum phase brings its own)."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / CKPT_NAME, out / METRICS_NAME
@@ -264,47 +278,73 @@ def train(
     if model.cfg.n_ffn_experts % cfg.balance_groups:
         raise ValueError("balance_groups must divide n_ffn_experts")
     opt = build_optimizer(model, cfg)
-    step = 0
+    state = {"step": 0, "tokens_seen": 0, "phase": None}  # saved as train_state
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         source.load_state_dict(ckpt["data"])
-        step = int(ckpt["train_state"]["step"])
-        _keep_metrics_until(metrics_path, step)
+        state.update(ckpt["train_state"])
+        _keep_metrics_until(metrics_path, state["step"])
     elif metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
-    records = []
+    records, saved = [], state["step"]
     with metrics_path.open("a") as log:
-        while step < cfg.steps:
+        while state["step"] < cfg.steps:
             started = time.perf_counter()
-            record = train_step(model, opt, next(source), cfg, step)
-            step += 1
+            batch = next(source, None)
+            if batch is None:
+                break  # the curriculum is done
+            record = train_step(model, opt, batch, cfg, state["step"])
+            record["phase_start"] = record["phase"] != state["phase"]
+            state = {"step": state["step"] + 1, "phase": record["phase"],
+                     "tokens_seen": state["tokens_seen"] + record["tokens"]}  # fmt: skip
+            record["tokens_seen"] = state["tokens_seen"]
             record["step_time_s"] = time.perf_counter() - started
             log.write(json.dumps(record) + "\n")
             log.flush()
             records.append(record)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                save_checkpoint(ckpt_path, model, opt, source.state_dict(), {"step": step})
+            if state["step"] % cfg.ckpt_every == 0 or state["step"] == cfg.steps:
+                save_checkpoint(ckpt_path, model, opt, source.state_dict(), state)
+                saved = state["step"]
+    if saved != state["step"]:
+        save_checkpoint(ckpt_path, model, opt, source.state_dict(), state)
     return records
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train the toy MoE on synthetic batches.")
+    parser = argparse.ArgumentParser(description="Train the LongCat-style toy MoE.")
+    parser.add_argument("--phases", nargs="+", help="packed phase folders, trained in order "
+                        "(default: synthetic batches)")  # fmt: skip
     parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, help="default: every batch of the phases, or 200")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=1, help="passes over each phase")
+    parser.add_argument("--seq-len", type=int, default=128, help="synthetic batches only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader processes")
+    parser.add_argument("--model", help="JSON or YAML file of ModelConfig fields")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
-    model_cfg = ModelConfig()
-    cfg = TrainConfig(out_dir=args.out, steps=args.steps, device=args.device)
-    source = SyntheticBatches(args.batch_size, args.seq_len, model_cfg.vocab_size)
-    for record in train(cfg, source, model_cfg):
-        if record["step"] % 10 == 0 or record["step"] == cfg.steps:
-            print(
-                f"step {record['step']:5d} lm {record['lm_loss']:.3f} "
-                f"ffn/token {record['ffn_experts_per_token']} R_g {record['grad_norm_ratio']}"
-            )
+    fields = yaml.safe_load(Path(args.model).read_text()) if args.model else {}
+    source: BatchSource
+    if args.phases:
+        stream = TokenStream(args.phases, batch_size=args.batch_size, seed=args.seed,
+                             epochs=args.epochs)  # fmt: skip
+        fields = {"vocab_size": max(p.vocab_size for p in stream.phases), **fields}
+        steps = args.steps or stream.num_batches()
+        source = StreamLoader(stream, args.num_workers) if args.num_workers else stream
+    else:
+        steps = args.steps or 200
+        vocab = fields.get("vocab_size", ModelConfig().vocab_size)
+        source = SyntheticBatches(args.batch_size, args.seq_len, vocab, seed=args.seed)
+    cfg = TrainConfig(out_dir=args.out, steps=steps, lr=args.lr, seed=args.seed,
+                      device=args.device)  # fmt: skip
+    resuming = (Path(args.out) / CKPT_NAME).exists()  # then the checkpoint's config holds
+    for r in train(cfg, source, None if resuming else ModelConfig(**fields)):
+        if r["phase_start"] or r["step"] % 10 == 0 or r["step"] == cfg.steps:
+            print(f"step {r['step']:5d} {r['phase'] or ''} tokens {r['tokens_seen']} "
+                  f"lm {r['lm_loss']:.3f} ffn/token {r['ffn_experts_per_token']}")  # fmt: skip
     return 0
 
 

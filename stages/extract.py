@@ -31,6 +31,8 @@ REASON_CRASH = f"{ERROR_PREFIX}extract_crash"
 
 _CHILD_START_SECONDS = 120.0  # importing trafilatura on a loaded machine; not a page's time
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_NOTHING = (None, None)
+Outcome = tuple[tuple[str | None, str | None], str | None]  # ((text, title), reason)
 
 
 class ExtractConfig(StageConfig):
@@ -107,7 +109,7 @@ class _ChildExtractor:
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
         self.process: subprocess.Popen[bytes] | None = None
-        self.lock = threading.Lock()  # one page at a time on the pipe, whatever the caller
+        self.lock = threading.Lock()  # one batch at a time on the pipe, whatever the caller
 
     def _start(self) -> None:
         to_child_r, to_child_w = os.pipe()
@@ -143,32 +145,46 @@ class _ChildExtractor:
             self.recv.close()
             self.process = None
 
-    def run(self, html: str, url: str | None, timeout: float) -> tuple[Any, str | None]:
+    def run(self, pages: list[tuple[str, str | None]], timeout: float) -> list[Outcome]:
+        """One outcome per page. The whole batch goes over in one message and the child
+        works through it without waiting for us between pages; a page's time starts
+        when the reply to the page before it arrives."""
         with self.lock:
-            return self._run(html, url, timeout)
+            outcomes: list[Outcome] = []
+            while len(outcomes) < len(pages):  # after a time-out, a new child takes the rest
+                outcomes += self._run_until_failure(pages[len(outcomes) :], timeout)
+            return outcomes
 
-    def _run(self, html: str, url: str | None, timeout: float) -> tuple[Any, str | None]:
+    def _run_until_failure(
+        self, pages: list[tuple[str, str | None]], timeout: float
+    ) -> list[Outcome]:
         if self.process is not None and self.process.poll() is not None:
-            self.close()  # died between pages: not this page's fault
+            self.close()  # died between batches: not this page's fault
         if self.process is None:
             self._start()
+        outcomes: list[Outcome] = []
         try:
-            self.send.send((html, url))
-            if not self.recv.poll(timeout):
-                self.close()
-                return None, REASON_TIMEOUT
-            status, payload = self.recv.recv()
+            self.send.send(pages)
+            for _ in pages:
+                if not self.recv.poll(timeout):
+                    self.close()
+                    return [*outcomes, (_NOTHING, REASON_TIMEOUT)]
+                status, payload = self.recv.recv()
+                outcomes.append(
+                    (payload, None) if status == "ok" else (_NOTHING, ERROR_PREFIX + payload)
+                )
         except (EOFError, OSError):  # the child died (segfault, out of memory)
             self.close()
-            return None, REASON_CRASH
-        except BaseException:  # interrupted: a late reply must not answer the next page
+            outcomes.append((_NOTHING, REASON_CRASH))
+        except BaseException:  # interrupted: late replies must not answer the next batch
             self.close()
             raise
-        return (payload, None) if status == "ok" else (None, f"{ERROR_PREFIX}{payload}")
+        return outcomes
 
 
 def _serve(read_fd: int, write_fd: int) -> None:
-    """Child process loop: (html, url) in, ("ok", (text, title)) or ("error", type) out."""
+    """Child process loop: a list of (html, url) in; per page ("ok", (text, title)) or
+    ("error", exception type) out."""
     import trafilatura  # noqa: F401 - import before saying ready
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -177,12 +193,12 @@ def _serve(read_fd: int, write_fd: int) -> None:
     replies.send("ready")
     try:
         while True:
-            html, url = requests.recv()
-            try:
-                reply = ("ok", extract_page(html, url, options))
-            except Exception as exc:
-                reply = ("error", type(exc).__name__)
-            replies.send(reply)
+            for html, url in requests.recv():
+                try:
+                    reply = ("ok", extract_page(html, url, options))
+                except Exception as exc:
+                    reply = ("error", type(exc).__name__)
+                replies.send(reply)
     except (EOFError, BrokenPipeError):  # the parent is gone
         return
 
@@ -214,19 +230,20 @@ class Extract(Stage):
                 signal.signal(signal.SIGALRM, previous)
 
     def _extract_batch(self, batch: pa.Table, on_main: bool) -> pa.Table:
-        formats = batch.column("format").to_pylist()
         htmls = batch.column("html").to_pylist()
         urls = batch.column("url").to_pylist()
         texts = batch.column("text").to_pylist()
         titles = batch.column("title").to_pylist()
         reasons: list[str | None] = [None] * batch.num_rows
         scores: list[float | None] = [None] * batch.num_rows
-        for i, (fmt, html, url) in enumerate(zip(formats, htmls, urls, strict=True)):
-            if fmt != "html":
-                continue
-            run = self._run_in_process if on_main else self.child.run
-            result, reasons[i] = run(html, url, self.cfg.timeout_seconds) if html else (None, None)
-            text, title = result or (None, None)
+        rows = [i for i, fmt in enumerate(batch.column("format").to_pylist()) if fmt == "html"]
+        pages = [(htmls[i], urls[i]) for i in rows if htmls[i]]
+        if on_main:
+            outcomes = iter([self._run_in_process(html, url) for html, url in pages])
+        else:
+            outcomes = iter(self.child.run(pages, self.cfg.timeout_seconds) if pages else [])
+        for i in rows:
+            (text, title), reasons[i] = next(outcomes) if htmls[i] else (_NOTHING, None)
             if reasons[i] is None and len(text or "") < max(self.cfg.min_text_chars, 1):
                 reasons[i], scores[i] = REASON_NO_CONTENT, float(len(text or ""))
             if reasons[i] is None:  # rejected rows keep their page for excluded/
@@ -236,14 +253,14 @@ class Extract(Stage):
         batch = set_column(batch, "html", pa.array(htmls, pa.string()))
         return with_reasons(batch, reasons, scores)
 
-    def _run_in_process(self, html: str, url: str | None, timeout: float) -> tuple[Any, str | None]:
+    def _run_in_process(self, html: str, url: str | None) -> Outcome:
         try:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
+            signal.setitimer(signal.ITIMER_REAL, self.cfg.timeout_seconds)
             try:
                 return extract_page(html, url, self.options), None
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)  # one-shot: nothing fires after this
         except _PageTimeout:
-            return None, REASON_TIMEOUT
+            return _NOTHING, REASON_TIMEOUT
         except Exception as exc:  # one bad page must not end the run
-            return None, f"{ERROR_PREFIX}{type(exc).__name__}"
+            return _NOTHING, f"{ERROR_PREFIX}{type(exc).__name__}"

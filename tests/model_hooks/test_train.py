@@ -26,7 +26,8 @@ METRIC_KEYS = {
     "step", "lr", "lm_loss", "loss_by_domain", "ffn_experts_per_token_by_domain",
     "balance_loss", "z_loss", "grad_norm", "grad_norm_ratio", "router_cosine_sim",
     "router_cosine_sim_per_layer", "ffn_experts_per_token", "zero_expert_share",
-    "load_max_over_mean", "bias_mu", "tokens", "step_time_s",
+    "load_max_over_mean", "bias_mu", "tokens", "step_time_s", "phase", "phase_start",
+    "tokens_seen",
 }  # fmt: skip
 
 

@@ -183,17 +183,17 @@ def test_timeout_off_main_thread_kills_child_and_restarts() -> None:
         stage.child.close()
 
 
-def test_child_crash_is_an_error_and_child_restarts() -> None:
-    cfg = ExtractConfig()
-    child = _ChildExtractor(cfg.trafilatura_options())
+def test_child_crash_is_an_error_and_a_new_child_takes_the_rest() -> None:
+    child = _ChildExtractor(ExtractConfig().trafilatura_options())
     try:
-        child.run("<html></html>", None, timeout=30)  # starts the child
+        child.run([("<html></html>", None)], timeout=30)  # starts the child
         assert child.process is not None
         threading.Timer(0.3, child.process.kill).start()
-        assert child.run(slow_page(), None, timeout=60) == (None, REASON_CRASH)
-        result, reason = child.run(ARTICLE_HTML, None, timeout=30)
+        crashed, after = child.run([(slow_page(), None), (ARTICLE_HTML, None)], timeout=60)
+        assert crashed == ((None, None), REASON_CRASH)
+        (text, _), reason = after
         assert reason is None
-        assert PARAGRAPHS[-1] in result[0]
+        assert PARAGRAPHS[-1] in text
     finally:
         child.close()
 

@@ -1,0 +1,124 @@
+"""Do zero-computation experts save compute? Training tokens per second of the same
+tiny LongCat-style model with zero experts (K_e = 2/3 of K FFN experts per token on
+average) against without (every one of the K picks is an FFN expert), on CPU.
+
+Both models have the same N FFN experts, top-K and widths; the zero-expert model adds
+Z identity experts. With a router near uniform at the start, the expected FFN experts
+per token is K * N / (N + Z), so N = 2Z gives K_e = 2K/3 from the first step and the
+bias controller holds it there. Two figures: the MoE block alone (forward + backward)
+and a whole train_step; the prediction for each is the ratio of matmul work per token
+(2 x active weights), which is what zero experts can save.
+
+Times are CPU seconds of this process with one torch thread (best of the timed steps).
+
+    python -m bench.moe [--steps 6] [--batch-size 8] [--seq-len 256] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+from model_hooks.model import Model, ModelConfig
+from model_hooks.moe import MoE, routing_stats
+from model_hooks.synthetic import SyntheticBatches
+from model_hooks.train import TrainConfig, build_optimizer, train_step
+
+BASE = {
+    "vocab_size": 256, "d_model": 128, "n_layers": 2, "n_heads": 4, "q_lora_rank": 64,
+    "kv_lora_rank": 32, "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "v_head_dim": 32,
+    "d_ffn": 256, "d_expert": 128, "n_ffn_experts": 16, "top_k": 6,
+}  # fmt: skip
+WITH_ZERO = ModelConfig(**BASE, n_zero_experts=8, target_ffn_experts=4.0)
+WITHOUT_ZERO = ModelConfig(**BASE, n_zero_experts=0, target_ffn_experts=6.0)
+
+
+def matmul_weights_per_token(cfg: ModelConfig, ffn_per_token: float) -> float:
+    """Weights a token multiplies with (the embedding is a lookup, not a matmul)."""
+    model = Model(cfg)
+    total = sum(p.numel() for n, p in model.named_parameters() if "experts" not in n)
+    total -= model.embed.weight.numel()
+    per_expert = sum(p.numel() for p in model.layers[0].moe.experts[0].parameters())
+    return total + cfg.n_layers * ffn_per_token * per_expert
+
+
+def train_tokens_per_second(cfg: ModelConfig, args: argparse.Namespace) -> tuple[float, float]:
+    """(tokens/s of train_step, measured FFN experts per token), after warm-up steps."""
+    torch.manual_seed(0)
+    model = Model(cfg)
+    tcfg = TrainConfig(out_dir="unused", steps=1000, warmup_steps=2, grad_ratio_every=0)
+    opt = build_optimizer(model, tcfg)
+    source = SyntheticBatches(args.batch_size, args.seq_len, cfg.vocab_size)
+    for step in range(args.warmup):
+        train_step(model, opt, next(source), tcfg, step)
+    best, ffn = math.inf, []
+    for step in range(args.warmup, args.warmup + args.steps):
+        batch = next(source)
+        start = time.process_time()
+        record = train_step(model, opt, batch, tcfg, step)
+        best = min(best, time.process_time() - start)
+        ffn.append(sum(record["ffn_experts_per_token"]) / cfg.n_layers)
+    return args.batch_size * args.seq_len / best, sum(ffn) / len(ffn)
+
+
+def moe_tokens_per_second(cfg: ModelConfig, tokens: int, repeat: int) -> tuple[float, float]:
+    """(tokens/s of one MoE block, forward + backward, FFN experts per token)."""
+    torch.manual_seed(0)
+    moe = MoE(cfg.d_model, cfg.d_expert, cfg.n_ffn_experts, cfg.n_zero_experts, cfg.top_k,
+              cfg.gamma)  # fmt: skip
+    torch.nn.init.normal_(moe.router.weight, std=cfg.init_std)
+    x_TD = torch.randn(tokens, cfg.d_model, requires_grad=True)
+    best, ffn = math.inf, 0.0
+    for _ in range(repeat):
+        start = time.process_time()
+        out_TD, info = moe(x_TD)
+        out_TD.square().mean().backward()
+        best = min(best, time.process_time() - start)
+        ffn = routing_stats(info, cfg.n_ffn_experts)["ffn_experts_per_token"]
+    return tokens / best, ffn
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=6, help="timed train steps (best of)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.batch_size, args.seq_len, args.rounds = 1, 1, 2, 64, 1
+    torch.set_num_threads(1)
+    configs = {"with_zero": WITH_ZERO, "without_zero": WITHOUT_ZERO}
+    train = {name: (0.0, 0.0) for name in configs}
+    block = {name: (0.0, 0.0) for name in configs}
+    for _ in range(args.rounds):  # interleaved: load changes hit both models alike
+        for name, cfg in configs.items():
+            train[name] = max(train[name], train_tokens_per_second(cfg, args))
+            tokens = args.batch_size * args.seq_len
+            block[name] = max(block[name], moe_tokens_per_second(cfg, tokens, args.steps + 2))
+    weights = {name: matmul_weights_per_token(cfg, train[name][1]) for name, cfg in configs.items()}
+    result = {
+        "K": WITH_ZERO.top_k,
+        "K_e_target": WITH_ZERO.target_ffn_experts,
+        "ffn_experts_per_token_train": {n: round(train[n][1], 3) for n in configs},
+        "ffn_experts_per_token_block": {n: round(block[n][1], 3) for n in configs},
+        "train_tokens_per_s": {n: round(train[n][0]) for n in configs},
+        "train_speedup": round(train["with_zero"][0] / train["without_zero"][0], 3),
+        "train_speedup_predicted": round(weights["without_zero"] / weights["with_zero"], 3),
+        "moe_block_tokens_per_s": {n: round(block[n][0]) for n in configs},
+        "moe_block_speedup": round(block["with_zero"][0] / block["without_zero"][0], 3),
+        "moe_block_speedup_predicted": round(block["without_zero"][1] / block["with_zero"][1], 3),
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

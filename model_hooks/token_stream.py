@@ -1,0 +1,264 @@
+"""The token stream: packed shards (``shard_format.py``) into training batches.
+
+``TokenStream`` is a ``torch.utils.data.IterableDataset`` over one phase's packed
+shards, or over a curriculum (several phase folders consumed in order). Shards are
+memory-mapped; a row's tokens are read as a numpy view into the map and copied once,
+straight into the int64 batch tensor (the only copy; the embedding needs int64).
+
+Order. Phase p, epoch e is a permutation of the phase's rows drawn from
+``(seed, p, e)`` only, so the global order never depends on the world size. Each
+step consumes one global batch of ``batch_size * world_size`` consecutive positions
+of that order; rank r takes positions ``s + r, s + r + W, ...``. At the end of a
+phase-epoch the last global batch is shorter: every rank still gets the same number
+of rows, padded with dummy rows (all padding, no loss, ``sample_index`` -1), so
+data-parallel ranks stay in step. A batch never mixes two phase-epochs. DataLoader
+workers take every n-th local batch, so a ``DataLoader(stream, batch_size=None,
+num_workers=n)`` yields the same batches in the same order as the stream itself.
+
+State. ``state_dict()`` is ``{version, seed, fingerprint, phase, epoch, sample}``:
+``sample`` counts the global positions of (phase, epoch) consumed so far. Resuming
+with any world size or batch size continues at the exact next global position; the
+fingerprint (from the shard checksums) rejects a resume on other data.
+
+Batch (what ``model_hooks.train`` consumes; (B, T) tensors unless said):
+``tokens``, ``targets`` (the next token of the same segment, else ``IGNORE_INDEX``),
+``loss_mask`` (False on padding and on each segment's last token), ``token_mask``
+(False on padding), ``positions`` (restart at 0 per segment and in the padding),
+``doc_index`` (segment of each token; the padding is a segment of its own),
+``domain_ids`` (into ``domain_names``), ``cu_seqlens`` (int32, boundaries of every
+segment, padding included, over the flattened B*T tokens), ``sample_index`` (B,) and
+the plain values ``domain_names``, ``phase``, ``phase_index``, ``seq_len``,
+``rope_theta`` (from the manifest, None if unset) and ``stream_position``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from model_hooks.packed_rows import ARRAY_KEYS, IGNORE_INDEX, RowTable, domain_vocabulary
+from model_hooks.shard_format import open_shard, read_manifest
+
+__all__ = ["IGNORE_INDEX", "PhaseInfo", "StreamLoader", "TokenStream", "collate"]
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PhaseInfo:
+    """What the trainer needs to know about one phase, from its manifest."""
+
+    name: str
+    path: Path
+    seq_len: int
+    rope_theta: float | None
+    pad_id: int
+    vocab_size: int
+    rows: int
+    tokens: int  # non-padding tokens
+
+
+class TokenStream(IterableDataset):
+    """Resumable, rank-sharded batches over the packed shards of one or more phases.
+
+    ``batch_size`` is the rows per rank per step; None yields single samples (the same
+    keys, no batch dimension; see ``collate``; with DataLoader workers, exact resume
+    needs a batch_size). Each phase is read ``epochs`` times, then the next phase
+    starts; the stream ends after the last phase.
+
+    ``next(stream)`` (the trainer's way) advances the position that ``state_dict()``
+    saves; ``iter(stream)`` (a for loop, a DataLoader) starts at the position and
+    leaves it alone, so worker copies can iterate; ``StreamLoader`` tracks the
+    position from the batches it hands out.
+    """
+
+    def __init__(
+        self,
+        phases: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        batch_size: int | None = 8,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        epochs: int = 1,
+        shuffle: bool = True,
+    ) -> None:
+        dirs = [phases] if isinstance(phases, str | os.PathLike) else list(phases)
+        if not dirs or (batch_size is not None and batch_size < 1) or epochs < 1:
+            raise ValueError("need at least one phase, batch_size >= 1 (or None), epochs >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.dirs = [Path(d) for d in dirs]
+        self.manifests = [read_manifest(d) for d in self.dirs]
+        self.phases = [
+            PhaseInfo(m.phase, d, m.seq_len, m.rope_theta, m.pad_id, m.vocab_size, m.rows, m.tokens)
+            for m, d in zip(self.manifests, self.dirs, strict=True)
+        ]
+        self.domain_names = domain_vocabulary(self.manifests, self.dirs)
+        self.batch_size, self.seed, self.epochs, self.shuffle = batch_size, seed, epochs, shuffle
+        self.rank, self.world_size = rank, world_size
+        digest = hashlib.sha256()
+        for m in self.manifests:
+            digest.update("\n".join([m.phase, *(s.sha256 for s in m.shards)]).encode())
+        self.fingerprint = int(digest.hexdigest()[:15], 16)
+        self._position = (0, 0, 0)  # phase, epoch, global sample position in that epoch
+        self._tables: dict[int, RowTable] = {}
+        self._iter: Iterator[dict] | None = None
+
+    def __getstate__(self) -> dict:  # worker processes reopen the maps themselves
+        return {**self.__dict__, "_tables": {}, "_iter": None}
+
+    # -- state ---------------------------------------------------------------------------
+    def _normalised(self, phase: int, epoch: int, sample: int) -> tuple[int, int, int]:
+        """Roll a finished epoch over to the next epoch or phase."""
+        while phase < len(self.phases) and sample >= self.phases[phase].rows:
+            phase, epoch, sample = (
+                (phase, epoch + 1, 0) if epoch + 1 < self.epochs else (phase + 1, 0, 0)
+            )
+        return phase, epoch, sample
+
+    def state_dict(self) -> dict[str, int]:
+        phase, epoch, sample = self._normalised(*self._position)
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "fingerprint": self.fingerprint,
+            "phase": phase,
+            "epoch": epoch,
+            "sample": sample,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        want = {"version": STATE_VERSION, "seed": self.seed, "fingerprint": self.fingerprint}
+        for key, value in want.items():
+            if state.get(key) != value:
+                raise ValueError(f"stream state {key}={state.get(key)}, this stream has {value}")
+        self._position = (int(state["phase"]), int(state["epoch"]), int(state["sample"]))
+        self._iter = None
+
+    # -- order ---------------------------------------------------------------------------
+    def order(self, phase: int, epoch: int) -> np.ndarray:
+        """The global order of a phase's rows in one epoch: a function of (seed, phase,
+        epoch) only."""
+        rows = self.phases[phase].rows
+        if not self.shuffle:
+            return np.arange(rows)
+        return np.random.Generator(np.random.PCG64([self.seed, phase, epoch])).permutation(rows)
+
+    def schedule(self) -> Iterator[tuple[int, int, np.ndarray, tuple[int, int, int]]]:
+        """This rank's batches from the current position, without reading data:
+        (phase, epoch, row ids with -1 for dummies, position after the batch)."""
+        B, W, r = self.batch_size or 1, self.world_size, self.rank
+        phase, epoch, start = self._normalised(*self._position)
+        while phase < len(self.phases):
+            rows = self.phases[phase].rows
+            order = self.order(phase, epoch)
+            pos = np.arange(start + r, start + W * -(-(rows - start) // W), W)
+            ids = np.where(pos < rows, order[np.minimum(pos, rows - 1)], -1)
+            for i in range(0, len(ids), B):
+                after = (phase, epoch, min(start + W * (i + B), rows))
+                yield phase, epoch, ids[i : i + B], after
+            phase, epoch, start = self._normalised(phase, epoch, rows)
+
+    def num_batches(self) -> int:
+        """Batches this rank yields from the current position to the end."""
+        return sum(1 for _ in self.schedule())
+
+    # -- data ----------------------------------------------------------------------------
+    def table(self, phase: int) -> RowTable:
+        if phase not in self._tables:
+            info, manifest = self.phases[phase], self.manifests[phase]
+            batches = (
+                b for s in manifest.shards for b in open_shard(info.path / s.file).to_batches()
+            )
+            self._tables[phase] = RowTable(batches, info.seq_len, info.pad_id, self.domain_names)
+            if self._tables[phase].rows != info.rows:
+                raise ValueError(
+                    f"{info.path}: shards hold {self._tables[phase].rows} rows, "
+                    f"the manifest says {info.rows}"
+                )
+        return self._tables[phase]
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
+        for phase, _epoch, ids, after in itertools.islice(
+            self.schedule(), worker_id, None, workers
+        ):
+            info = self.phases[phase]
+            arrays = self.table(phase).batch(ids)
+            if self.batch_size is None:  # one sample: no batch dimension
+                arrays = {
+                    k: v if k == "cu_seqlens" else v.reshape(v.shape[1:]) for k, v in arrays.items()
+                }
+            batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+            yield batch | {
+                "domain_names": self.domain_names,
+                "phase": info.name,
+                "phase_index": phase,
+                "seq_len": info.seq_len,
+                "rope_theta": info.rope_theta,
+                "stream_position": after,
+            }
+
+    def __next__(self) -> dict:
+        """In-process iteration for the trainer; the position follows consumed batches."""
+        if self._iter is None:
+            self._iter = iter(self)
+        batch = next(self._iter)
+        self._position = batch["stream_position"]
+        return batch
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """Per-sample dicts (``TokenStream(batch_size=None)``) of one phase into a batch."""
+    first, T = samples[0], samples[0]["seq_len"]
+    if any(s["phase_index"] != first["phase_index"] for s in samples):
+        raise ValueError("a batch cannot mix phases (seq_len and rope_theta differ)")
+    batch = {k: torch.stack([s[k] for s in samples]) for k in (*ARRAY_KEYS, "sample_index")}
+    ends = [s["cu_seqlens"][1:] + i * T for i, s in enumerate(samples)]
+    batch["cu_seqlens"] = torch.cat([torch.zeros(1, dtype=torch.int32), *ends])
+    meta = ("domain_names", "phase", "phase_index", "seq_len", "rope_theta")
+    return batch | {k: first[k] for k in meta} | {"stream_position": samples[-1]["stream_position"]}
+
+
+class StreamLoader:
+    """A ``TokenStream`` read by DataLoader worker processes, as a trainer source: the
+    position follows the batches handed out (not the ones prefetched), so
+    ``state_dict()`` resumes at the exact next batch."""
+
+    def __init__(self, stream: TokenStream, num_workers: int = 2, pin_memory: bool = False):
+        if stream.batch_size is None:
+            raise ValueError("StreamLoader needs a TokenStream with a batch_size")
+        self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
+        self._iter: Iterator[dict] | None = None
+
+    def __iter__(self) -> StreamLoader:
+        return self
+
+    def __next__(self) -> dict:
+        if self._iter is None:
+            loader = DataLoader(
+                self.stream,
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+            )
+            self._iter = iter(loader)
+        batch = next(self._iter)
+        self.stream._position = tuple(int(x) for x in batch["stream_position"])
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.stream.load_state_dict(state)
+        self._iter = None
