@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: install
 	$(PY) -m pipeline demo
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -34,3 +34,10 @@ bench: install
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Headless Chromium for the report's browser test (tests/test_report.py skips without it).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium) || \
+	  echo "chromium could not be installed: the report's browser test will skip"

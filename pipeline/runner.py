@@ -63,11 +63,11 @@ class CurateResult:
 def plan(config: CurateConfig) -> list[Shard]:
     """List every input and group the files into shards; fails before Ray starts."""
     listings = []
-    for spec in config.inputs:
+    for index, spec in enumerate(config.inputs):
         try:
             _, files = list_input(spec.path, spec.name or spec.path)
         except (FileNotFoundError, OSError) as exc:
-            raise ConfigError(f"inputs: {exc}") from exc
+            raise ConfigError(f"inputs[{index}].path: {exc}") from exc
         listings.append(files)
     return plan_shards(listings, config.shard_input_bytes)
 
@@ -97,7 +97,10 @@ def init_ray(address: str | None, config: CurateConfig) -> None:
         # Under `ray job submit` the job's runtime env (working dir) applies; add nothing.
         ray.init(address=address)
     else:
+        # address="local": a cluster someone started on this machine is not joined by
+        # accident; joining one is what --address / RAY_ADDRESS are for.
         ray.init(
+            address="local",
             num_cpus=config.ray.num_cpus,
             object_store_memory=config.ray.object_store_memory_bytes,
             include_dashboard=False,
@@ -193,9 +196,14 @@ def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) 
                 "choose a new output_dir or pass --overwrite"
             )
         fs.delete_dir_contents(layout.root)
-    write_json_atomic(
-        fs, run_file, {"config_fingerprint": fingerprint, "config": config.model_dump(mode="json")}
-    )
+    try:
+        write_json_atomic(
+            fs,
+            run_file,
+            {"config_fingerprint": fingerprint, "config": config.model_dump(mode="json")},
+        )
+    except OSError as exc:  # a file in the way, no permission: a config problem, pre-Ray
+        raise ConfigError(f"output_dir: cannot write to {config.output_dir}: {exc}") from exc
 
 
 def run_curate(
@@ -245,6 +253,12 @@ def run_curate(
     written = sum(stats["docs"]["rows"] for stats in final_stats)
     ledger = build_ledger(stages, written)
     ledger["shards"] = len(shards)
+    for step, fingerprint in zip(steps, fingerprints, strict=True):
+        # A step's own figures (template lines: the top removed lines) go under its entry.
+        marker = posixpath.join(layout.decision_dir(step.name, fingerprint), "_SUCCESS")
+        summary = read_json(layout.filesystem, marker) or {}
+        if "report" in summary:
+            ledger["stages"][step.name]["report"] = summary["report"]
     write_json_atomic(layout.filesystem, layout.path("ledger.json"), ledger)
     manifest = {
         "config_fingerprint": config.fingerprint(),

@@ -5,8 +5,9 @@ function of the listing (sorted paths), so shard numbers, and with them document
 order and the choice of which duplicate survives, are the same on every run.
 
 Writes follow one rule: write to a temporary name, rename into place, then write the
-marker that says the shard is done. A crash leaves at most a temporary file that the
-rerun overwrites; a marker only exists for a complete shard.
+marker that says the shard is done. A crash leaves at most a hidden temporary file
+(``.NAME.tmp-*``: folder readers such as pyarrow datasets skip dot files); a marker only
+exists for a complete shard.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 def write_bytes_atomic(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
     filesystem.create_dir(posixpath.dirname(path), recursive=True)
-    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    folder, name = posixpath.split(path)
+    temporary = posixpath.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")  # hidden if left
     with filesystem.open_output_stream(temporary) as stream:
         stream.write(data)
     filesystem.move(temporary, path)

@@ -1,0 +1,295 @@
+"""The report's figures: matplotlib on the Agg canvas, returned as PNG data URIs.
+
+Why ``Figure`` + ``FigureCanvasAgg`` and not ``pyplot``: no global figure state and no
+GUI backend is ever looked up, so the report renders the same in a job on a headless
+node as on a laptop, and figures are freed as soon as they are encoded. Why PNG
+data URIs: the page stays one self-contained file that opens anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import NullFormatter
+
+# Fixed colours for the pipeline's domains, so a domain looks the same in every plot.
+DOMAIN_COLOURS = {"web": "#4C78A8", "stem": "#F58518", "code": "#54A24B", "books": "#B279A2"}
+OTHER_COLOURS = ("#E45756", "#72B7B2", "#EECA3B", "#9D755D", "#BAB0AC", "#FF9DA6")
+PAD_COLOUR = "#D9D9D9"
+DPI = 100
+
+
+def domain_colour(name: str, known: Sequence[str] = ()) -> str:
+    if name in DOMAIN_COLOURS:
+        return DOMAIN_COLOURS[name]
+    others = [d for d in sorted(known) if d not in DOMAIN_COLOURS]
+    index = others.index(name) if name in others else sum(name.encode())
+    return OTHER_COLOURS[index % len(OTHER_COLOURS)]
+
+
+def new_figure(width: float, height: float, rows: int = 1, cols: int = 1):
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes.ravel()
+
+
+def to_data_uri(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def funnel(stages: list[str], inputs: list[int], kept: list[int]) -> str:
+    """Documents into and out of every stage, first stage at the top."""
+    fig, (ax,) = new_figure(9, 0.5 * len(stages) + 1.2)
+    y = np.arange(len(stages))[::-1]
+    ax.barh(y + 0.2, inputs, height=0.4, color="#BBCCEE", label="input")
+    ax.barh(y - 0.2, kept, height=0.4, color="#4C78A8", label="kept")
+    for yy, value in zip(y - 0.2, kept, strict=True):
+        ax.annotate(
+            f"{value:,}",
+            (value, yy),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_yticks(y, stages)
+    ax.set_xlabel("documents")
+    ax.legend(loc="lower right")
+    return to_data_uri(fig)
+
+
+def reasons(rows: list[tuple[str, str, int, bool]]) -> str:
+    """Rejected (solid) and failed (hatched) documents per reason, coloured by stage."""
+    fig, (ax,) = new_figure(9, 0.32 * len(rows) + 1.3)
+    stages = list(dict.fromkeys(stage for stage, *_ in rows))
+    colours = {s: OTHER_COLOURS[i % len(OTHER_COLOURS)] for i, s in enumerate(stages)}
+    y = np.arange(len(rows))[::-1]
+    for yy, (stage, _, n, error) in zip(y, rows, strict=True):
+        ax.barh(yy, n, color=colours[stage], hatch="//" if error else None, edgecolor="white")
+    ax.set_yticks(y, [f"{stage}: {reason}" for stage, reason, *_ in rows], fontsize=8)
+    ax.set_xlabel("documents")
+    ax.legend(handles=[Patch(color=colours[s], label=s) for s in stages], fontsize=8)
+    return to_data_uri(fig)
+
+
+def counts_bars(panels: list[tuple[str, dict[str, float], str]]) -> str:
+    """One bar chart per (title, {label: value}, unit) panel, side by side."""
+    fig, axes = new_figure(4.2 * len(panels), 3.2, 1, len(panels))
+    for ax, (title, values, unit) in zip(axes, panels, strict=True):
+        labels = list(values)
+        colours = [domain_colour(x, labels) if x in DOMAIN_COLOURS else "#4C78A8" for x in labels]
+        ax.bar(range(len(labels)), list(values.values()), color=colours)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(unit)
+    return to_data_uri(fig)
+
+
+def histograms(panels: list[tuple[str, np.ndarray, str, bool]]) -> str:
+    """One histogram per (title, values, x label, log x) panel."""
+    fig, axes = new_figure(4.2 * len(panels), 3.2, 1, len(panels))
+    for ax, (title, values, xlabel, log_x) in zip(axes, panels, strict=True):
+        if log_x and values.min() > 0:
+            bins = np.geomspace(values.min(), max(values.max(), values.min() * 1.01), 30)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide
+        else:
+            bins = 30
+        ax.hist(values, bins=bins, color="#4C78A8", edgecolor="white")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("documents")
+    return to_data_uri(fig)
+
+
+def labelled_bars(counts: dict[str, int], xlabel: str, ylabel: str) -> str:
+    """Counts per ordered label (bins such as "9-16" included), one bar each."""
+    fig, (ax,) = new_figure(5, 2.6)
+    ax.bar(range(len(counts)), list(counts.values()), color="#4C78A8")
+    ax.set_xticks(range(len(counts)), list(counts))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return to_data_uri(fig)
+
+
+def mix_shares(phases: list[tuple[str, list[str], list[float], list[float]]]) -> str:
+    """Per phase, declared against realised token share of each component."""
+    fig, axes = new_figure(9, 2.6 * len(phases) + 0.4, len(phases), 1)
+    for ax, (phase, names, declared, realised) in zip(axes, phases, strict=True):
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, declared, width=0.4, color="#BBCCEE", label="declared")
+        bars = ax.bar(x + 0.2, realised, width=0.4, color="#4C78A8", label="realised")
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_ylabel("token share")
+        ax.set_title(f"phase {phase}", fontsize=10)
+        ax.legend(fontsize=8)
+    return to_data_uri(fig)
+
+
+def phase_totals(phases: list[str], tokens: list[int], epochs: dict[str, list[float]]) -> str:
+    """Tokens per phase, and the epochs each component used in each phase."""
+    fig, (left, right) = new_figure(10, 3.4, 1, 2)
+    left.bar(phases, tokens, color="#4C78A8")
+    left.set_ylabel("tokens (padding excluded)")
+    left.set_title("tokens per phase", fontsize=10)
+    width = 0.8 / max(len(phases), 1)
+    names = list(epochs)
+    x = np.arange(len(names))
+    for i, phase in enumerate(phases):
+        values = [epochs[n][i] for n in names]
+        right.bar(x + (i - (len(phases) - 1) / 2) * width, values, width=width, label=phase)
+    right.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    right.set_ylabel("epochs over the selection")
+    right.set_title("epochs per component", fontsize=10)
+    right.legend(fontsize=8)
+    return to_data_uri(fig)
+
+
+def packing(segments: np.ndarray, example: dict | None, seq_len: int, domains: list[str]) -> str:
+    """Segments per sequence (histogram) and one sequence drawn as its segments."""
+    fig, (hist, row) = new_figure(10, 2.8, 1, 2)
+    if segments.size:
+        edges = np.arange(segments.min(), segments.max() + 2) - 0.5
+        hist.hist(segments, bins=edges, color="#4C78A8", edgecolor="white")
+    hist.set_xlabel("segments (documents or pieces) per sequence")
+    hist.set_ylabel("sequences")
+    hist.xaxis.get_major_locator().set_params(integer=True)
+    if example:
+        bounds = example["cu_seqlens"]
+        for i, domain in enumerate(example["domains"]):
+            start, end = bounds[i], bounds[i + 1]
+            row.add_patch(
+                Rectangle(
+                    (start, 0),
+                    end - start,
+                    1,
+                    facecolor=domain_colour(domain, domains),
+                    edgecolor="black",
+                    linewidth=0.6,
+                )
+            )
+        row.add_patch(
+            Rectangle(
+                (bounds[-1], 0),
+                seq_len - bounds[-1],
+                1,
+                facecolor=PAD_COLOUR,
+                hatch="//",
+                edgecolor="grey",
+                linewidth=0.6,
+            )
+        )
+        shown = sorted(set(example["domains"]))
+        handles = [Patch(color=domain_colour(d, domains), label=d) for d in shown]
+        row.legend(
+            handles=[*handles, Patch(color=PAD_COLOUR, label="padding")],
+            fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.35),
+            ncol=len(handles) + 1,
+        )
+    row.set_xlim(0, seq_len)
+    row.set_ylim(0, 1)
+    row.set_yticks([])
+    row.set_xlabel("token position")
+    count = len(example["domains"]) if example else 0
+    row.set_title(f"example sequence: {count} segment{'' if count == 1 else 's'}", fontsize=10)
+    return to_data_uri(fig)
+
+
+def _boundaries(ax, boundaries: list[tuple[float, str]], label: bool) -> None:
+    for x, name in boundaries:
+        ax.axvline(x, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
+        if label:
+            ax.annotate(
+                name,
+                (x, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -10),
+                textcoords="offset points",
+                fontsize=8,
+            )
+
+
+def losses(x: np.ndarray, lm: np.ndarray, by_domain: dict[str, np.ndarray], boundaries) -> str:
+    """LM loss and loss per domain against tokens seen, phase boundaries dashed."""
+    fig, (ax,) = new_figure(10, 3.6)
+    ax.plot(x, lm, color="black", linewidth=1.6, label="lm loss (all)")
+    for name, values in by_domain.items():
+        if not np.isfinite(values).any():
+            continue  # a domain this run never measured
+        colour = domain_colour(name, list(by_domain))
+        marker = "." if np.isnan(values).any() else None  # a gappy series stays visible
+        ax.plot(x, values, linewidth=1.0, color=colour, marker=marker, label=name)
+    _boundaries(ax, boundaries, label=True)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("cross-entropy")
+    ax.legend(fontsize=8, ncol=min(len(by_domain) + 1, 6))
+    return to_data_uri(fig)
+
+
+def stability(
+    x: np.ndarray, panels: list[tuple[str, dict[str, np.ndarray], float | None]], boundaries
+) -> str:
+    """A grid of (title, {series: values}, reference line) panels against tokens seen."""
+    cols = 2
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = new_figure(10, 2.6 * rows, rows, cols)
+    for ax, (title, series, reference) in zip(axes, panels, strict=False):
+        many = len(series) > 1
+        for name, values in series.items():
+            ax.plot(
+                x,
+                values,
+                linewidth=1.0 if many else 1.4,
+                label=name,
+                marker="." if np.isnan(values).any() else None,
+            )
+        if reference is not None:
+            ax.axhline(reference, color="red", linestyle=":", label=f"{reference:g}")
+            finite = np.concatenate([v[np.isfinite(v)] for v in series.values()])
+            if finite.size and finite.min() > 0:
+                ax.set_yscale("log")  # the limit stays readable next to values far above it
+        _boundaries(ax, boundaries, label=False)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("tokens seen", fontsize=8)
+        if many or reference is not None:
+            ax.legend(fontsize=7, ncol=2)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    return to_data_uri(fig)
+
+
+def heatmap(matrix: np.ndarray, domains: list[str], layers: list[str]) -> str:
+    """Mean FFN experts per token, domains by layers, each cell annotated."""
+    fig, (ax,) = new_figure(max(5, 1.0 * len(layers) + 3), 0.6 * len(domains) + 1.6)
+    image = ax.imshow(matrix, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_yticks(range(len(domains)), domains)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("data domain")
+    finite = matrix[np.isfinite(matrix)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        if np.isfinite(value):
+            ax.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if value > middle else "white",
+            )
+    fig.colorbar(image, ax=ax, label="FFN experts per token")
+    return to_data_uri(fig)

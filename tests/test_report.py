@@ -1,0 +1,310 @@
+"""The run report: every section shows real data, its tables equal the ledger and the
+manifests, and the page renders in a real headless Chromium.
+
+The run folder is built by ``tests/report_run.py``, small and synthetic but in the
+real layouts. The browser test saves its screenshot under ``runs/test-artifacts/report/``
+(or ``$REPORT_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from model_hooks.shard_format import read_manifest
+from pipeline.cli import main as cli_main
+from pipeline.report import write_report
+from pipeline.report_data import stage_order
+from pipeline.report_training import expert_matrix, phase_boundaries
+from tests.report_run import DOMAINS, build_run, entry
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("REPORT_ARTIFACTS", REPO / "runs" / "test-artifacts" / "report"))
+SECTIONS = ("funnel", "corpus", "mix", "packing", "training", "experts")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return build_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def report(run_dir: Path) -> tuple[Path, dict]:
+    path = write_report(run_dir)
+    return path, parse(path.read_text())
+
+
+# -- reading the page back -------------------------------------------------------------
+
+
+class _Page(HTMLParser):
+    """Sections by id: status, image sources, tables (cells as (text, data-value))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: dict[str, dict] = {}
+        self.current: dict | None = None
+        self.table: list | None = None
+        self.cell: list | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self.current = {"status": a["data-status"], "images": [], "tables": {}, "text": []}
+            self.sections[a["id"]] = self.current
+        elif self.current is None:
+            return
+        elif tag == "img":
+            self.current["images"].append(a["src"])
+        elif tag == "table":
+            self.table = self.current["tables"].setdefault(a["data-table"], [])
+        elif tag == "tr" and self.table is not None:
+            self.table.append([])
+        elif tag in ("td", "th") and self.table is not None:
+            self.cell = ["", a.get("data-value")]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None and self.table is not None:
+            self.table[-1].append(tuple(self.cell))
+            self.cell = None
+        elif tag == "table":
+            self.table = None
+        elif tag == "section":
+            self.current = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell[0] += data
+        elif self.current is not None:
+            self.current["text"].append(data)
+
+
+def parse(text: str) -> dict:
+    page = _Page()
+    page.feed(text)
+    return page.sections
+
+
+def rows(section: dict, name: str) -> list[list]:
+    """Body rows of a table: text cells as str, number cells as their exact value."""
+    body = section["tables"][name][1:]
+    return [[text if value is None else _number(value) for text, value in row] for row in body]
+
+
+def _number(value: str) -> int | float | None:
+    if value == "":
+        return None
+    return int(value) if value.lstrip("-").isdigit() else float(value)
+
+
+def png_sizes(sources: list[str]) -> list[tuple[int, int]]:
+    from PIL import Image
+
+    sizes = []
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1])
+        assert len(data) > 3000, "an image this small draws nothing"
+        sizes.append(Image.open(io.BytesIO(data)).size)
+    return sizes
+
+
+# -- the tests -------------------------------------------------------------------------
+
+
+def test_every_section_shows_data(report) -> None:
+    path, sections = report
+    text = path.read_text()
+    assert list(sections) == list(SECTIONS)
+    for name in SECTIONS:
+        section = sections[name]
+        assert section["status"] == "ok", name
+        assert section["images"], f"{name} has no plot"
+        assert all(width >= 400 for width, _ in png_sizes(section["images"])), name
+        assert any(len(t) > 1 for t in section["tables"].values()), f"{name} has no table rows"
+    assert 'class="missing"' not in text  # every optional input exists in this run
+    assert "http://" not in text and "https://" not in text  # self-contained
+
+
+def test_funnel_equals_the_ledger(report, run_dir: Path) -> None:
+    ledger = json.loads((run_dir / "curated" / "ledger.json").read_text())
+    stages = ledger["stages"]
+    funnel = report[1]["funnel"]
+    shown = rows(funnel, "funnel")
+    # The order comes from funnel.txt, not from the JSON's sorted keys.
+    assert [r[0] for r in shown][:3] == ["read", "extract", "langid"]
+    assert shown == [
+        [name, e["input"], e["kept"], sum(e["rejected"].values()), sum(e["errors"].values())]
+        for name, e in ((r[0], stages[r[0]]) for r in shown)
+    ]
+    assert len(shown) == len(stages)
+    checks = rows(funnel, "identity")
+    assert all(check[3] == "yes" and check[1] == check[2] for check in checks)
+    run = next(c for c in checks if c[0].startswith("run:"))
+    totals = ledger["totals"]
+    assert run[1:3] == [totals["input"], totals["kept"] + totals["rejected"] + totals["errors"]]
+    reasons = {(r[0], r[1]): (r[3], r[4]) for r in rows(funnel, "reasons")}
+    expected = {(s, reason): n for s, e in stages.items() for kind in ("rejected", "errors")
+                for reason, n in e[kind].items()}  # fmt: skip
+    assert {key: ledger_n for key, (ledger_n, _) in reasons.items()} == expected
+    assert all(ledger_n == sink_n for ledger_n, sink_n in reasons.values())
+    downstream = {r[0]: r[1:] for r in rows(funnel, "downstream")}
+    tokenized = pq.read_table(run_dir / "tokenized" / "docs")
+    assert downstream["tokenize"][:2] == [
+        ledger["documents_written"],
+        sum(tokenized["n_tokens"].to_pylist()),
+    ]
+    for phase in ("pretrain", "long"):
+        manifest = read_manifest(run_dir / "packed" / phase)
+        assert downstream[f"pack: {phase}"][1:] == [manifest.tokens, manifest.rows]
+
+
+def test_corpus_counts_and_dedup_figures(report, run_dir: Path) -> None:
+    corpus = report[1]["corpus"]
+    docs = pq.read_table(run_dir / "curated" / "docs")
+    counts = {(r[0], r[1]): r[2] for r in rows(corpus, "corpus-counts")}
+    for value, n in zip(*np.unique(docs["language"].to_numpy(zero_copy_only=False),
+                                   return_counts=True), strict=True):  # fmt: skip
+        assert counts[("language", value)] == n
+    assert counts[("domain", "web")] == sum(d == "web" for d in docs["domain"].to_pylist())
+    tokenized = pq.read_table(run_dir / "tokenized" / "docs")
+    web = [n for d, n in zip(tokenized["domain"].to_pylist(), tokenized["n_tokens"].to_pylist(),
+                             strict=True) if d == "web"]  # fmt: skip
+    assert counts[("tokens by domain", "web")] == sum(web)
+    assert rows(corpus, "clusters") == [["2", 2], ["3", 1]]
+    assert rows(corpus, "template-lines")[0] == ["Subscribe to our newsletter", 9]
+
+
+def test_mix_and_packing_equal_the_manifests(report, run_dir: Path) -> None:
+    sections = report[1]
+    phases = rows(sections["mix"], "phases")
+    assert [p[0] for p in phases] == ["pretrain", "long"]  # curriculum order, not by name
+    for name in ("pretrain", "long"):
+        manifest = read_manifest(run_dir / "packed" / name)
+        assert phases[[p[0] for p in phases].index(name)][3:] == [manifest.tokens, manifest.rows]
+        assert rows(sections["mix"], f"mix-{name}") == [
+            [c.name, c.declared_share, c.realised_share, c.realised_share - c.declared_share,
+             c.tokens, c.documents, c.epochs] for c in manifest.components
+        ]  # fmt: skip
+    for row in rows(sections["packing"], "packing"):
+        manifest = read_manifest(run_dir / "packed" / row[0])
+        slots = manifest.rows * manifest.seq_len
+        assert row[1:5] == [manifest.seq_len, manifest.rows, manifest.tokens,
+                            manifest.padding_fraction]  # fmt: skip
+        assert row[5] == pytest.approx(1 - manifest.tokens / slots)
+        assert row[6] == manifest.split_document_fraction
+    assert len(sections["packing"]["images"]) == 2  # one drawing per phase
+
+
+def test_training_and_expert_heatmap_equal_the_metrics(report, run_dir: Path) -> None:
+    records = [
+        json.loads(x) for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
+    training = dict((r[0], r[1]) for r in rows(report[1]["training"], "training"))
+    assert training["steps"] == len(records)
+    assert training["tokens seen"] == records[-1]["tokens_seen"]
+    assert training["phases"] == "pretrain → long"
+    assert training["loss books, last measured"] == 5.0  # None entries are skipped
+    experts = rows(report[1]["experts"], "experts")
+    assert [r[0] for r in experts] == list(DOMAINS)
+    for row in experts:
+        per_step = np.array([r["ffn_experts_per_token_by_domain"][row[0]] for r in records])
+        assert row[1:] == pytest.approx(per_step.mean(axis=0).tolist(), abs=1e-12)
+
+
+def test_partial_run_and_cli(tmp_path: Path, run_dir: Path, capsys) -> None:
+    """Only curation ran: the funnel and corpus show data, the rest say what is missing;
+    a broken identity is shown as broken."""
+    shutil.copytree(run_dir / "curated", tmp_path / "curated")
+    ledger_path = tmp_path / "curated" / "ledger.json"
+    ledger = json.loads(ledger_path.read_text())
+    ledger["stages"]["langid"]["kept"] -= 1
+    ledger_path.write_text(json.dumps(ledger))
+    assert cli_main(["report", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == str(tmp_path / "report.html")
+    sections = parse(Path(printed).read_text())
+    assert sections["funnel"]["status"] == sections["corpus"]["status"] == "ok"
+    for name in ("mix", "packing", "training", "experts"):
+        assert sections[name]["status"] == "missing" and not sections[name]["images"]
+    assert "DOES NOT HOLD" in "".join(sections["funnel"]["text"])
+    assert cli_main(["report", str(tmp_path / "absent")]) == 2
+
+
+def test_fallbacks_for_older_or_partial_files(tmp_path: Path) -> None:
+    """Without funnel.txt the stage order is the pipeline's; a trainer that logged one
+    number per domain gives a one-column heatmap; phase starts come from the metrics."""
+    ledger = {"stages": {name: entry(5, {}) for name in ("tokenize", "extract", "read")}}
+    assert stage_order(ledger, tmp_path / "absent.txt") == (
+        ["read", "extract", "tokenize"],
+        "canonical",
+    )
+    records = [
+        {"ffn_experts_per_token_by_domain": {"web": 2.0, "code": None}},
+        {"ffn_experts_per_token_by_domain": {"web": 3.0, "code": 1.0}},
+    ]
+    matrix, domains, layers = expert_matrix(records)
+    assert (domains, layers, matrix.tolist()) == (["web", "code"], ["all layers"], [[2.5], [1.0]])
+    marks = phase_boundaries([{"phase": "a"}, {"phase": "a"}, {"phase": "b"}], np.array([1, 2, 3]))
+    assert marks == [(0.0, "a"), (2.0, "b")]
+
+
+# -- the page in a real browser --------------------------------------------------------
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--enable-logging=stderr", "--virtual-time-budget=10000",
+]  # fmt: skip
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    pytest.skip("chromium not found: `make test` installs it (apt-get install chromium)")
+
+
+def _browse(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_page_renders_in_headless_chromium(report, tmp_path: Path) -> None:
+    from PIL import Image
+
+    chromium = _chromium()
+    path, sections = report
+    url = path.resolve().as_uri()
+    dom = _browse(chromium, tmp_path / "profile", "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    images = sum(len(s["images"]) for s in sections.values())
+    assert f'data-images-total="{images}"' in dom.stdout, dom.stderr[-2000:]
+    assert f'data-images-rendered="{images}"' in dom.stdout  # every PNG decoded
+    assert dom.stdout.count("<img ") == images
+    for problem in ("Uncaught", "ERROR:CONSOLE", "Not allowed to load"):
+        assert problem not in dom.stderr
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    shot.unlink(missing_ok=True)
+    shutil.copy(path, ARTIFACTS / "report.html")
+    taken = _browse(chromium, tmp_path / "profile", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1200,4000", url)  # fmt: skip
+    assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
+    print(f"report screenshot: {shot}")
+    picture = np.asarray(Image.open(shot).convert("RGB"))
+    assert picture.shape[:2] == (4000, 1200)
+    drawn = (picture < 235).any(axis=2).mean()  # not a blank page
+    assert drawn > 0.05, f"only {drawn:.1%} of the screenshot is drawn"
+    packed = picture.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
+    assert len(np.unique(packed)) > 50  # coloured plots, not only text
