@@ -135,6 +135,26 @@ def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int
     )
 
 
+DECIDE_ATTEMPTS = 3
+
+
+def _with_retries(name: str, decide: Any) -> None:
+    """Run a global decision, again if Ray loses it. Ray Data retries lost tasks itself,
+    but a node that dies mid-shuffle can also surface as a task error (its log files
+    vanish under a running task). A decision is idempotent (its files are written
+    atomically under its fingerprint), so running it again is always safe."""
+    from ray.exceptions import RayError
+
+    for attempt in range(1, DECIDE_ATTEMPTS + 1):
+        try:
+            decide()
+            return
+        except RayError as exc:
+            if attempt == DECIDE_ATTEMPTS:
+                raise
+            log.warning("%s: attempt %d failed (%s); retrying", name, attempt, type(exc).__name__)
+
+
 def _global_steps(
     layout: RunLayout, shards: list[Shard], steps: list[GlobalStep], fingerprints: list[str]
 ) -> None:
@@ -142,8 +162,16 @@ def _global_steps(
     for position, (step, fingerprint) in enumerate(zip(steps, fingerprints, strict=True)):
         if decision_done(layout, step.name, fingerprint):
             continue
-        step.decide(
-            layout, shards, steps[:position], fingerprints[:position], fingerprint, step.settings
+        _with_retries(
+            step.name,
+            lambda step=step, position=position, fingerprint=fingerprint: step.decide(
+                layout,
+                shards,
+                steps[:position],
+                fingerprints[:position],
+                fingerprint,
+                step.settings,
+            ),
         )
         summary = read_json(
             layout.filesystem,

@@ -53,10 +53,14 @@ _NOT_COPIED = ("books.jsonl", "crawl-00001.warc.gz", "crawl-00002.warc.gz")
 
 def ray_env(**extra: str) -> dict[str, str]:
     """The environment for a Ray a test starts: auth and usage stats set explicitly, no
-    inherited cluster address, this interpreter's ``python`` first on PATH."""
+    inherited cluster address, this interpreter's ``python`` first on PATH, and every
+    port on 127.0.0.1. (Ray swaps 127.0.0.1 for the machine's address and its GCS listens
+    on all interfaces unless multi-node mode is flagged off, which is all this flag does
+    on Linux: a head started with it takes no ``ray start --address`` workers.)"""
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env.update(
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         RAY_AUTH_MODE="disabled",
         RAY_USAGE_STATS_ENABLED="0",
         PIPELINE_PROGRESS="0",
