@@ -138,16 +138,16 @@ def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int
 DECIDE_ATTEMPTS = 3
 
 
-def _with_retries(name: str, decide: Any) -> None:
-    """Run a global decision, again if Ray loses it. Ray Data retries lost tasks itself,
-    but a node that dies mid-shuffle can also surface as a task error (its log files
-    vanish under a running task). A decision is idempotent (its files are written
-    atomically under its fingerprint), so running it again is always safe."""
+def _with_retries(name: str, run_pass: Any) -> None:
+    """Run a pass, again if Ray loses it. Ray Data retries lost tasks itself, but a node
+    that dies mid-shuffle can also surface as a task error (its log files vanish under a
+    running task). Every pass is idempotent (atomic writes, markers, fingerprints) and
+    each retry skips what its markers say is done, so running it again is always safe."""
     from ray.exceptions import RayError
 
     for attempt in range(1, DECIDE_ATTEMPTS + 1):
         try:
-            decide()
+            run_pass()
             return
         except RayError as exc:
             if attempt == DECIDE_ATTEMPTS:
@@ -258,7 +258,12 @@ def run_curate(
         len(pending),
         len(shards) - len(pending),
     )
-    _documents_pass(config, shards, pending)
+    _with_retries(
+        "documents pass",
+        lambda: _documents_pass(
+            config, shards, [i for i in pending if documents_pass_done(layout, i) is None]
+        ),
+    )
     pass_stats = [documents_pass_done(layout, s.index) for s in shards]
     if any(stats is None for stats in pass_stats):
         raise RuntimeError("documents pass finished without writing every shard")
@@ -267,7 +272,16 @@ def run_curate(
     _global_steps(layout, shards, steps, fingerprints)
     final = fingerprints[-1] if fingerprints else documents_fingerprint(pass_stats)
     to_finalize = [s.index for s in shards if not _finalized(layout, s.index, final)]
-    _finalize_pass(layout, to_finalize, steps, fingerprints, final)
+    _with_retries(
+        "finalize",
+        lambda: _finalize_pass(
+            layout,
+            [i for i in to_finalize if not _finalized(layout, i, final)],
+            steps,
+            fingerprints,
+            final,
+        ),
+    )
     log.info(
         "finalize: %d shards written, %d already done",
         len(to_finalize),
