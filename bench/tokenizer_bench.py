@@ -120,8 +120,9 @@ def bench_in_process(table: pa.Table, tokenizer_path: Path, batch_rows: int, rou
 
 def bench_ray(table: pa.Table, tokenizer_path: Path, shards: int) -> dict:
     """The distributed path on ``shards`` curated shards, Ray start-up excluded."""
+    from pipeline.runner import init_ray
     from pipeline.shards import resolve_filesystem, write_json_atomic, write_parquet_atomic
-    from pipeline.token_runner import run_tokenize, start_ray
+    from pipeline.token_runner import run_tokenize
     from pipeline.tokenizing import TokenizeRunConfig
 
     root = Path(tempfile.mkdtemp(prefix="tokbench-"))
@@ -138,7 +139,7 @@ def bench_ray(table: pa.Table, tokenizer_path: Path, shards: int) -> dict:
         output_dir=str(root / "tokenized"),
         tokenizer=TokenizeConfig(tokenizer_path=str(tokenizer_path)),
     )
-    start_ray(None, None)
+    init_ray(None)
     started = time.perf_counter()
     result = run_tokenize(config)
     seconds = time.perf_counter() - started

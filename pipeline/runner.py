@@ -82,29 +82,34 @@ def check_requirements(config: CurateConfig) -> None:
             raise ConfigError(f"stages.{name} needs: pip install {' '.join(missing)}")
 
 
-def init_ray(address: str | None, config: CurateConfig) -> None:
-    """Join the cluster at ``address`` (or $RAY_ADDRESS); otherwise start Ray in-process."""
+def init_ray(
+    address: str | None,
+    num_cpus: int | None = None,
+    object_store_memory_bytes: int | None = None,
+) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS); otherwise start Ray in-process.
+    Every command that uses Ray starts it here."""
     import ray
+    from ray.data import DataContext
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # A token file left by another Ray must not turn auth on for an embedded session.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address:
-        # Under `ray job submit` the job's runtime env (working dir) applies; add nothing.
-        ray.init(address=address)
-    else:
-        # address="local": a cluster someone started on this machine is not joined by
-        # accident; joining one is what --address / RAY_ADDRESS are for.
-        ray.init(
-            address="local",
-            num_cpus=config.ray.num_cpus,
-            object_store_memory=config.ray.object_store_memory_bytes,
-            include_dashboard=False,
-        )
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            # Under `ray job submit` the job's runtime env (working dir) applies; add nothing.
+            ray.init(address=address)
+        else:
+            # A token file left by another Ray must not turn auth on for an embedded
+            # session, and address="local" keeps a cluster someone started on this
+            # machine from being joined by accident (--address / RAY_ADDRESS do that).
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                object_store_memory=object_store_memory_bytes,
+                include_dashboard=False,
+            )
+    DataContext.get_current().enable_progress_bars = os.environ.get("PIPELINE_PROGRESS", "1") != "0"
 
 
 def _cluster_cpus() -> int:
@@ -243,12 +248,7 @@ def run_curate(
     shards = plan(config)
     layout = RunLayout.for_output(config.output_dir)
     _claim_output_dir(layout, config, overwrite)
-    init_ray(address, config)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = bool(
-        os.environ.get("PIPELINE_PROGRESS", "1") != "0"
-    )
+    init_ray(address, config.ray.num_cpus, config.ray.object_store_memory_bytes)
 
     pending = [s.index for s in shards if documents_pass_done(layout, s.index) is None]
     log.info(

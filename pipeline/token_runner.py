@@ -14,7 +14,6 @@ The plain work lives in ``pipeline/tokenizing.py`` and ``pipeline/mixing.py``.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from pipeline.mixing import (
     run_mix,
     slice_shard,
 )
+from pipeline.runner import init_ray
 from pipeline.tokenizing import (
     TokenizeRunConfig,
     TokenizeShards,
@@ -54,26 +54,6 @@ class TokenizeResult:
     seconds: float
 
 
-def start_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join ``address`` (or $RAY_ADDRESS), else start Ray in-process (as ``runner.init_ray``)."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # "local" starts our own instance: without it ray.init joins any cluster that
-    # `ray start` left on this machine, and num_cpus becomes an error.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = os.environ.get("PIPELINE_PROGRESS") != "0"
-
-
 def _cpus() -> int:
     import ray
 
@@ -90,7 +70,7 @@ def run_tokenize(config: TokenizeRunConfig, address: str | None = None) -> Token
     if pending:
         import ray
 
-        start_ray(address, config.ray.num_cpus)
+        init_ray(address, config.ray.num_cpus)
         numbers = [{"shard": int(shard_number(e))} for e in pending]
         threads = max(1, round(stage.resources.cpus))
         ray.data.from_items(numbers).map_batches(
@@ -145,5 +125,5 @@ def run_mix_on_ray(
 ) -> MixResult:
     """``run_mix`` with the slicing and packing distributed by Ray (``prepared`` comes
     from ``prepare_mix``, so every data-dependent error is raised before Ray starts)."""
-    start_ray(address, None)
+    init_ray(address)
     return run_mix(mix, prepared, out_dir, seed, ray_map_windows)
