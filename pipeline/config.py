@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -167,16 +167,27 @@ def _resolve_relative(value: str, base: Path) -> str:
     return str((base / value).resolve())
 
 
-def load_curate_config(path: str | Path, overrides: dict[str, Any] | None = None) -> CurateConfig:
-    """Read, validate and resolve a curation config (relative paths against its folder)."""
-    path = Path(path)
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validate_yaml(
+    path: Path, schema: type[Model], overrides: dict[str, Any] | None = None
+) -> Model:
+    """Read ``path`` and validate it against ``schema``; every failure is a ConfigError
+    naming the file and key. The one way each command's YAML is loaded."""
     data = read_yaml(path)
     if overrides:
         data = {**data, **overrides}
     try:
-        config = CurateConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(path, exc)) from exc
+
+
+def load_curate_config(path: str | Path, overrides: dict[str, Any] | None = None) -> CurateConfig:
+    """Read, validate and resolve a curation config (relative paths against its folder)."""
+    path = Path(path)
+    config = validate_yaml(path, CurateConfig, overrides)
     base = path.resolve().parent
     inputs = [
         spec.model_copy(

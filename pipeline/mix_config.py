@@ -29,9 +29,9 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from pipeline.config import ConfigError, _Strict, format_validation_error, read_yaml
+from pipeline.config import ConfigError, _Strict, validate_yaml
 from stages.mix import PLAN_VERSION, ComponentConfig, component_targets
 
 LONG_DOCS = "long_docs"
@@ -157,10 +157,7 @@ class Mix:
 
 
 def _read_mix(path: Path) -> MixConfig:
-    try:
-        return MixConfig.model_validate(read_yaml(path))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(path, exc)) from exc
+    return validate_yaml(path, MixConfig)
 
 
 def load_mix(path: str | Path, scale: float = 1.0) -> Mix:

@@ -27,15 +27,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from pipeline.config import (
     ConfigError,
     RayConfig,
     _resolve_relative,
     _Strict,
-    format_validation_error,
-    read_yaml,
+    validate_yaml,
 )
 from pipeline.shards import (
     read_json,
@@ -81,10 +80,7 @@ class TokenizeRunConfig(_Strict):
 def load_tokenize_config(path: str | Path) -> TokenizeRunConfig:
     """Read and validate; relative paths are relative to the config file's folder."""
     path = Path(path)
-    try:
-        config = TokenizeRunConfig.model_validate(read_yaml(path))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(path, exc)) from exc
+    config = validate_yaml(path, TokenizeRunConfig)
     base = path.resolve().parent
     tokenizer = config.tokenizer.model_copy(
         update={"tokenizer_path": _resolve_relative(config.tokenizer.tokenizer_path, base)}

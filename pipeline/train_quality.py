@@ -29,9 +29,9 @@ from typing import Annotated, Any
 
 import numpy as np
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.config import ConfigError, format_validation_error, read_yaml
+from pipeline.config import ConfigError, validate_yaml
 from pipeline.shards import list_input
 from stages.base import DROP_REASON, apply_to_live_rows
 from stages.extract import Extract, ExtractConfig
@@ -124,10 +124,7 @@ class TrainQualityConfig(_Strict):
 def load_train_config(path: str | Path) -> TrainQualityConfig:
     """Read and validate; relative source paths and output_dir resolve against the file."""
     path = Path(path)
-    try:
-        config = TrainQualityConfig.model_validate(read_yaml(path))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(path, exc)) from exc
+    config = validate_yaml(path, TrainQualityConfig)
     base = path.resolve().parent
 
     def resolve(value: str) -> str:
