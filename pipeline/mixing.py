@@ -16,7 +16,10 @@ For each phase of a mix file, in order:
 Steps 2 and 3 are a shuffle by window: on Ray a ``groupby(window)``, here a local loop
 (``pack_phase_locally``) that tests and benchmarks use. Both give the same bytes,
 because each window's output depends only on its units, sorted by plan position.
-A phase whose manifest already carries this configuration's fingerprint is skipped.
+A phase whose manifest already carries this configuration's fingerprint is skipped. A
+phase cut short by a crash keeps the windows it finished: each packed window leaves a
+stats marker (``<phase>/.windows/<window>.json``, written after its shard), and a rerun
+with the same fingerprint (``<phase>/.progress.json``) packs only the missing windows.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from pipeline.tokenizing import read_index, read_tokenized_manifest
 from stages.mix import PLAN_SCHEMA, phase_plan, stable_seed
 from stages.pack import UNITS_SCHEMA, pack_window, slice_units
 
+PROGRESS_NAME, WINDOWS_DIR = ".progress.json", ".windows"
 SHARE_WARNING = 0.01  # the summary flags a realised share further than this from its weight
 
 WINDOW_STATS_SCHEMA = pa.schema(
@@ -76,6 +80,7 @@ class PhaseJob:
     tokenized_dir: str
     plan_path: str
     phase_dir: str
+    done_windows: tuple[int, ...] = ()  # packed before a crash: not sliced or packed again
 
 
 def plan_path(out_dir: str, phase: str) -> str:
@@ -112,7 +117,10 @@ def slice_shard(jobs: list[PhaseJob], shard: int, file: str) -> pa.Table:
     tokens = None
     tables = [UNITS_SCHEMA.append(pa.field("phase", pa.string())).empty_table()]
     for job in jobs:
-        plan = pq.read_table(job.plan_path, filters=[("shard", "=", shard)], schema=PLAN_SCHEMA)
+        filters = [("shard", "=", shard)]
+        if job.done_windows:
+            filters.append(("window", "not in", list(job.done_windows)))
+        plan = pq.read_table(job.plan_path, filters=filters, schema=PLAN_SCHEMA)
         if plan.num_rows == 0:
             continue
         if tokens is None:
@@ -134,7 +142,38 @@ def pack_and_write(jobs: list[PhaseJob], units: pa.Table) -> pa.Table:
         job.phase, window, entry.file, entry.rows, entry.tokens, entry.sha256,
         stats.padding_tokens, stats.documents, stats.split_documents,
     ]  # fmt: skip
+    row = dict(zip(WINDOW_STATS_SCHEMA.names, values, strict=True))
+    write_json_file(window_marker(job.phase_dir, window), row)  # after the shard: "done"
     return pa.table([[v] for v in values], schema=WINDOW_STATS_SCHEMA)
+
+
+def window_marker(directory: str, window: int) -> Path:
+    return Path(directory) / WINDOWS_DIR / f"{window:05d}.json"
+
+
+def write_json_file(path: Path, value: dict[str, Any]) -> None:
+    """Atomic (temporary name, then rename): a crash leaves the old file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, sort_keys=True))
+    temporary.replace(path)
+
+
+def finished_windows(directory: str, fingerprint: str) -> dict[int, dict[str, Any]]:
+    """The windows a crashed run of this same configuration packed, by window; empty
+    when the folder was started by another configuration (or never)."""
+    try:
+        progress = json.loads((Path(directory) / PROGRESS_NAME).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    if progress.get("fingerprint") != fingerprint:
+        return {}
+    found = {}
+    for marker in sorted((Path(directory) / WINDOWS_DIR).glob("[0-9]*.json")):
+        row = json.loads(marker.read_text())
+        if (Path(directory) / row["file"]).is_file():
+            found[int(row["window"])] = row
+    return found
 
 
 def pack_locally(jobs: list[PhaseJob], shards: list[dict[str, Any]]) -> pa.Table:
@@ -160,6 +199,12 @@ class PhaseWork:
     plan: pa.Table
     masks: list[np.ndarray]
     fingerprint: str
+    resumed: dict[int, dict[str, Any]]  # windows packed before a crash: their stats rows
+
+    @property
+    def pending(self) -> bool:
+        windows = set(pc.unique(self.plan.column("window")).to_pylist())
+        return bool(windows - set(self.resumed))
 
 
 def phase_manifest(
@@ -261,6 +306,7 @@ class MixResult:
     out_dir: str
     manifests: list[PhaseManifest]
     skipped: list[str]  # phases already packed with this exact configuration
+    windows_resumed: int = 0  # windows a crashed run had packed, not packed again
 
 
 @dataclass(frozen=True)
@@ -282,22 +328,27 @@ def prepare_mix(mix: Mix, tokenized_dir: str) -> Prepared:
 
 
 def _start_phase(mix: Mix, phase: Phase, prepared: Prepared, out_dir: str, seed: int):
-    """The phase's fingerprint and job; its plan written, unless already packed."""
+    """The phase's fingerprint and job, its plan written, and the windows a crashed run
+    of the same configuration already packed; None when the phase is complete."""
     tokenized = prepared.tokenized
     fingerprint = phase.fingerprint(
         seed, mix.config.packing.window_sequences, tokenized["fingerprint"]
     )
-    job = PhaseJob(
-        phase.name, phase.seq_len, tokenized["pad_id"], seed, prepared.tokenized_dir,
-        plan_path(out_dir, phase.name), phase_dir(out_dir, phase.name),
-    )  # fmt: skip
-    if is_done(job.phase_dir, fingerprint):
+    directory = phase_dir(out_dir, phase.name)
+    if is_done(directory, fingerprint):
         return None
     masks = prepared.masks[phase.name]
     plan = build_plan(mix, phase, prepared.index, masks, seed)
-    write_plan(job.plan_path, plan)
-    reset_phase_dir(job.phase_dir)
-    return PhaseWork(phase, job, plan, masks, fingerprint)
+    write_plan(plan_path(out_dir, phase.name), plan)
+    resumed = finished_windows(directory, fingerprint)
+    if not resumed:
+        reset_phase_dir(directory)
+        write_json_file(Path(directory) / PROGRESS_NAME, {"fingerprint": fingerprint})
+    job = PhaseJob(
+        phase.name, phase.seq_len, tokenized["pad_id"], seed, prepared.tokenized_dir,
+        plan_path(out_dir, phase.name), directory, tuple(sorted(resumed)),
+    )  # fmt: skip
+    return PhaseWork(phase, job, plan, masks, fingerprint, resumed)
 
 
 def run_mix(
@@ -306,8 +357,17 @@ def run_mix(
     """Plan every phase, slice and pack all of them in one pass over the tokenized
     shards (``map_windows``), then write each phase's manifest."""
     started = {p.name: _start_phase(mix, p, prepared, out_dir, seed) for p in mix.phases}
-    work = [w for w in started.values() if w is not None]
-    windows = map_windows([w.job for w in work], prepared.tokenized["shards"]) if work else None
+    work = [w for w in started.values() if w is not None and w.pending]
+    packed = [
+        map_windows([w.job for w in work], prepared.tokenized["shards"])
+        if work
+        else WINDOW_STATS_SCHEMA.empty_table()
+    ]
+    for item in started.values():
+        if item is not None and item.resumed:
+            rows = [item.resumed[w] for w in sorted(item.resumed)]
+            packed.append(pa.Table.from_pylist(rows, schema=WINDOW_STATS_SCHEMA))
+    windows = pa.concat_tables(packed)
     manifests = []
     for phase in mix.phases:
         item = started[phase.name]
@@ -323,7 +383,9 @@ def run_mix(
         write_manifest(item.job.phase_dir, manifest)
         manifests.append(manifest)
     write_curriculum(out_dir, mix, manifests)
-    return MixResult(out_dir, manifests, [name for name, w in started.items() if w is None])
+    resumed = sum(len(w.resumed) for w in started.values() if w is not None)
+    skipped = [name for name, w in started.items() if w is None]
+    return MixResult(out_dir, manifests, skipped, resumed)
 
 
 def render_summary(result: MixResult) -> str:
@@ -343,4 +405,6 @@ def render_summary(result: MixResult) -> str:
                 f"  {c.tokens:>12,} tokens  {c.epochs:.3f} epochs"
                 + ("  <- off by over a point: budget small next to the documents?" if off else "")
             )
+    if result.windows_resumed:
+        lines.append(f"({result.windows_resumed} windows packed by an earlier run kept)")
     return "\n".join(lines)

@@ -4,48 +4,19 @@ one an undisturbed run gives."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import time
 
 import pytest
 
 from tests.cluster_scripts.harness import (
     VENV_BIN,
     comparable_outputs,
-    kill_session,
     pass_markers,
-    ray_env,
     run_logged,
+    sigkill_when,
     write_tiny_run,
 )
 from tests.cluster_scripts.reference import tiny_reference
-
-START_TIMEOUT_S = 240
-
-
-def _kill_after_first_shard(command: list[str], output_dir, log_path) -> int:
-    """Run ``command`` until one shard's documents pass is complete, then SIGKILL the
-    driver (and the embedded Ray it started, which dies with it). Returns the shards
-    that were complete at that moment."""
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command, env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while pass_markers(output_dir) < 1:
-            assert process.poll() is None, f"finished before the kill:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, log_path.read_text()[-4000:]
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        kill_session(process.pid, grace_s=0.0)
-    assert process.returncode == -signal.SIGKILL
-    return pass_markers(output_dir)
 
 
 @pytest.mark.slow
@@ -58,7 +29,8 @@ def test_sigkill_then_rerun_finishes_only_missing_shards(
     config = write_tiny_run(demo_corpus, tmp_path, output_dir)
     command = [str(VENV_BIN / "python"), "-m", "pipeline", "curate", str(config)]
 
-    done = _kill_after_first_shard(command, output_dir, tmp_path / "killed.log")
+    sigkill_when(command, lambda: pass_markers(output_dir) >= 1, tmp_path / "killed.log")
+    done = pass_markers(output_dir)
     assert 1 <= done < shards, f"the kill should land mid-pass ({done} of {shards} done)"
     assert not (output_dir / "ledger.json").exists()
 

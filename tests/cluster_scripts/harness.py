@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,3 +243,30 @@ def run_logged(
         kill_session(process.pid, grace_s=1.0)  # leftovers (an embedded Ray) go with it
     seconds = time.monotonic() - started
     return subprocess.CompletedProcess(process.args, process.returncode, output, None), seconds
+
+
+def sigkill_when(
+    command: Sequence[str], ready: Callable[[], bool], log_path: Path, timeout_s: float = 240.0
+) -> subprocess.Popen:
+    """Run ``command`` in its own session until ``ready()`` (polled every few ms), then
+    SIGKILL the driver and, at once, everything its session started (an embedded Ray's
+    workers die with it, as on a real crash). Returns the killed process."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            list(command), env=ray_env(), stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if process.poll() is not None:
+                raise AssertionError(f"finished before the kill:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not ready in {timeout_s} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        kill_session(process.pid, grace_s=0.0)
+    assert process.returncode == -signal.SIGKILL
+    return process
