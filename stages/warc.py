@@ -122,11 +122,16 @@ def _warc_record(
         is_page = is_response and _http_page(reader.peek(_HTTP_HEAD_MAX_BYTES)) is not None
         if reader.skip(length) < length:
             raise ReadError(REASON_TRUNCATED)
-        if not _at_boundary(reader):
+        terminated = _terminated(reader)
+        junk_at = _junk_after(reader)
+        if junk_at is not None and not terminated:
             yield WarcRecord(**about, reason=REASON_MALFORMED_WARC)
             _resync(reader)
-        elif is_page:
+            return
+        if is_page:
             yield WarcRecord(**about, reason=REASON_TOO_LARGE, score=float(length))
+        if junk_at is not None:
+            yield from _junk(reader, junk_at)
         return
     block = reader.peek(length)
     if len(block) < length:
@@ -136,35 +141,62 @@ def _warc_record(
         _resync(reader)
         return
     reader.skip(length)
-    if not _at_boundary(reader):  # wrong Content-Length: rescan this block for a record
+    terminated = _terminated(reader)
+    junk_at = _junk_after(reader)
+    if junk_at is not None and not terminated:
+        # wrong Content-Length: rescan this block for a record
         yield WarcRecord(**about, reason=REASON_MALFORMED_WARC)
         reader.seek(block_start)
         _resync(reader)
         return
-    if not is_response:
-        return
+    if is_response:
+        yield from _page(block, about, max_doc_bytes)
+    if junk_at is not None:  # a whole record, then bytes that are no record
+        yield from _junk(reader, junk_at)
+
+
+def _page(block: bytes, about: dict, max_doc_bytes: int) -> Iterator[WarcRecord]:
     page = _http_page(block)
     if page is None:
         yield WarcRecord(**about, reason=REASON_MALFORMED_HTTP)
-    else:
-        status, http, body_start = page
-        if status == 200 and _is_html(http.get("content-type"), block[body_start:]):
-            payload = _http_payload(block[body_start:], http, max_doc_bytes)
-            declared = tuple(declared_charsets(http.get("content-type"), payload))
-            yield WarcRecord(**about, payload=payload, declared=declared)
+        return
+    status, http, body_start = page
+    if status == 200 and _is_html(http.get("content-type"), block[body_start:]):
+        payload = _http_payload(block[body_start:], http, max_doc_bytes)
+        declared = tuple(declared_charsets(http.get("content-type"), payload))
+        yield WarcRecord(**about, payload=payload, declared=declared)
 
 
-def _at_boundary(reader: ByteReader) -> bool:
-    """After a record block: blank lines, then the next ``WARC/`` line or the end."""
+def _terminated(reader: ByteReader) -> bool:
+    """Whether the block is followed by the blank line that ends a record (``CRLF CRLF``,
+    or bare newlines). That tells a record with junk after it (keep the record) from one
+    whose Content-Length is wrong (its block runs on or stops short)."""
+    try:
+        head = reader.peek(4)
+    except ReadError:
+        return True  # the record itself is whole; the next one reports the damage
+    return not head or head.startswith((b"\r\n\r\n", b"\n\n", b"\r\n\n"))
+
+
+def _junk_after(reader: ByteReader) -> int | None:
+    """After a record block: skip blank lines up to the next ``WARC/`` line or the end
+    (None), or return where the first other line starts, having read that line."""
     while True:
         try:
             head = reader.peek(8)
         except ReadError:
-            return True  # the record itself is whole; the next one reports the damage
+            return None  # the record itself is whole; the next one reports the damage
         if not head or _WARC_LINE.match(head):
-            return True
+            return None
+        start = reader.tell()
         if reader.readline(LINE_MAX_BYTES).strip():
-            return False
+            return start
+
+
+def _junk(reader: ByteReader, start: int) -> Iterator[WarcRecord]:
+    """Bytes between records that are no record: one rejection, then the next record."""
+    yield WarcRecord(record=f"offset:{reader.locate(start)}", reason=REASON_MALFORMED_WARC)
+    _resync(reader)
 
 
 def _resync(reader: ByteReader) -> None:

@@ -235,12 +235,12 @@ def _warcs(plan: FuzzPlan, texts: GoodTexts, rng: random.Random) -> None:
     mixed.add(warc_record(uri("x5"), page("x5"), header_lines=lines), "warc", "header no colon")
     mixed.add(warc_record(uri("m5"), page("m5")), "good")
     mixed.add(warc_record(uri("m6"), page("m6")), "good")
+    # A record whose WARC line is garbage, after a whole record (its block ends with the
+    # blank line): the record before it stays, the garbage is one rejection.
+    mixed.add(warc_record(uri("x6"), page("x6"), first_line=b"GARBAGE/9.9 \x00\xff"), "warc",
+              "garbage WARC line after a good record")  # fmt: skip
     mixed.add(warc_record(uri("x7"), b"NOT HTTP AT ALL\r\n" + bytes(range(256))),
               {"malformed_http_response", "malformed_warc_record"}, "broken HTTP head")  # fmt: skip
-    # A record whose WARC line is garbage cannot be told from the tail of the record
-    # before it: that one is rejected (its Content-Length is suspect) and the garbage goes
-    # with it. So it follows a bad record here; after a good one, the good one is lost.
-    mixed.add(warc_record(uri("x6"), page("x6"), first_line=b"GARBAGE/9.9 \x00\xff"), None)
     mixed.add(warc_record(uri("m7"), page("m7")), "good")
     huge = http_response(b"<html><body>" + b"<p>word </p>" * (MAX_DOC_BYTES // 10 * 3))
     mixed.add(warc_record(uri("x8"), huge), "large", "7 MB page, streamed past")

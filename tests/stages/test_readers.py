@@ -339,3 +339,20 @@ def test_gzip_bomb_inside_warc_stops_the_file(tmp_path):
     rows = _shard_rows(tmp_path, "bomb.warc.gz")
     assert _reasons(rows) == [None, REASON_TOO_LARGE]
     assert rows[1]["record"] == f"offset:{len(first)}"
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_junk_after_a_whole_record_costs_the_junk_not_the_record(tmp_path, gzipped):
+    junk = b"\x00\x17 not a record at all\r\nmore junk\r\n"
+    records = [_good_record(1) + junk, _good_record(2), _good_record(3) + b"trailing junk"]
+    name = "j.warc.gz" if gzipped else "j.warc"
+    data = b"".join(gzip.compress(r) for r in records) if gzipped else b"".join(records)
+    rows = _shard_rows(tmp_path, name, data)
+    kept = [r["url"] for r in rows if r[DROP_REASON] is None]
+    assert kept == [f"https://ok.example/{n}" for n in (1, 2, 3)]
+    junk_rows = [r for r in rows if r[DROP_REASON] is not None]
+    assert [r[DROP_REASON] for r in junk_rows] == [REASON_MALFORMED_WARC] * 2
+    assert all(r["url"] is None for r in junk_rows)
+    first_junk = len(_good_record(1))
+    expected = f"offset:0+{first_junk}" if gzipped else f"offset:{first_junk}"
+    assert junk_rows[0]["record"] == expected
