@@ -210,10 +210,17 @@ def _resolve_eval_files(config: CurateConfig, path: Path, base: Path) -> CurateC
     specs = []
     for index, spec in enumerate(decontaminate.eval_files):
         resolved = _resolve_relative(spec.path, base)
-        if "://" not in resolved and not Path(resolved).is_file():
-            key = f"stages.decontaminate.eval_files[{index}].path"
-            raise ConfigError(f"{path}: {key}: file not found: {resolved}")
-        specs.append(spec.model_copy(update={"path": resolved}))
+        key = f"stages.decontaminate.eval_files[{index}]"
+        digest = spec.sha256
+        if "://" not in resolved:
+            if not Path(resolved).is_file():
+                raise ConfigError(f"{path}: {key}.path: file not found: {resolved}")
+            digest = hashlib.sha256(Path(resolved).read_bytes()).hexdigest()
+            if spec.sha256 is not None and spec.sha256 != digest:
+                raise ConfigError(
+                    f"{path}: {key}.sha256: {resolved} has sha256 {digest}, not {spec.sha256}"
+                )
+        specs.append(spec.model_copy(update={"path": resolved, "sha256": digest}))
     decontaminate = decontaminate.model_copy(update={"eval_files": specs})
     stages = config.stages.model_copy(update={"decontaminate": decontaminate})
     return config.model_copy(update={"stages": stages})

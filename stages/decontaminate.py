@@ -53,6 +53,11 @@ class EvalFile(StageConfig):
     """JSONL field(s) holding the text to protect (e.g. [question, answer]); ignored
     for plain text."""
 
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """The file's digest. Filled in when the run config is loaded (local files), so a
+    changed eval set changes the run's fingerprint instead of resuming on stale
+    decisions; set it to pin the file (another digest is then an error)."""
+
 
 class DecontaminateConfig(StageConfig):
     """Which evaluation sets to protect and what to do with a document that overlaps."""

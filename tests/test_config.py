@@ -67,3 +67,19 @@ def test_missing_input_path_fails_at_planning(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_curate_config(tmp_path / "absent.yaml")
+
+
+def test_eval_file_digest_enters_the_fingerprint(tmp_path):
+    """A changed evaluation set must not resume on decisions made against the old one."""
+    eval_file = tmp_path / "bench.jsonl"
+    eval_file.write_text('{"text": "one two three"}\n')
+    text = GOOD + "  decontaminate:\n    eval_files:\n      - {path: bench.jsonl, name: bench}\n"
+    path = _write(tmp_path, text)
+    first = load_curate_config(path)
+    spec = first.stages.decontaminate.eval_files[0]
+    assert spec.path == str(eval_file) and len(spec.sha256) == 64
+    eval_file.write_text('{"text": "one two four"}\n')
+    assert load_curate_config(path).fingerprint() != first.fingerprint()
+    pinned = text.replace("name: bench}", f"name: bench, sha256: {spec.sha256}}}")
+    with pytest.raises(ConfigError, match=r"eval_files\[0\]\.sha256"):
+        load_curate_config(_write(tmp_path, pinned))
