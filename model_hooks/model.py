@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +170,11 @@ class ModelConfig(BaseModel):
     """Whether gamma also scales zero-expert outputs (transformers/vLLM: yes; SGLang: no)."""
     norm_eps: float = Field(default=1e-6, gt=0)
     init_std: float = Field(default=0.02, gt=0)
+    """Init std of the hidden matrices and the unembedding (residual output projections
+    get init_std / sqrt(5 n_layers)). Width transfer divides it by sqrt(width ratio)."""
+    embed_init_std: float | None = Field(default=None, gt=0)
+    """Init std of the token embedding; None means init_std. Width transfer keeps the
+    proxy's, since the embedding's fan-in (one-hot) does not grow with the width."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -185,6 +191,10 @@ class ModelConfig(BaseModel):
     @property
     def gamma(self) -> float:
         return self.moe_gamma if self.moe_gamma is not None else self.d_ffn / self.d_expert
+
+    @property
+    def embedding_std(self) -> float:
+        return self.embed_init_std if self.embed_init_std is not None else self.init_std
 
 
 class Model(nn.Module):
@@ -204,7 +214,9 @@ class Model(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=out_std)
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear | nn.Embedding | Router):
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.embedding_std)
+        elif isinstance(module, nn.Linear | Router):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
 
     def forward(
@@ -226,6 +238,18 @@ class Model(nn.Module):
             infos.append(info)
         logits_BTN = self.lm_head(self.norm(x_BTD))
         return logits_BTN, x_BTD, infos
+
+
+ParameterKind = Literal["embedding", "hidden", "vector"]
+
+
+def parameter_kind(name: str, param: torch.Tensor) -> ParameterKind:
+    """The width-transfer class of a parameter: the token embedding, a hidden matrix
+    (attention, FFNs, experts, router and the unembedding ``lm_head``: their fan-in is
+    the width), or a vector (norm gains)."""
+    if param.ndim < 2:
+        return "vector"
+    return "embedding" if name == "embed.weight" else "hidden"
 
 
 _LAYER = re.compile(r"^layers\.(\d+)\.")

@@ -12,6 +12,10 @@ metrics name the phase and count the tokens seen) or synthetic batches.
 
     python -m model_hooks.train --phases packed/p1 packed/p2 --out runs/x --steps 500
     python -m model_hooks.train --out runs/toy --steps 200      # synthetic batches
+
+The pipeline's way in is ``python -m pipeline train TRAIN.yaml`` (``pipeline/train_cmd.py``:
+a validated config, a curriculum.json, model growth, width transfer, Ray Train); this
+command stays for quick runs without a config file.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_hooks.model import Model, ModelConfig, grow
+from model_hooks.model import Model, ModelConfig, grow, parameter_kind
 from model_hooks.moe import (
     RouterInfo,
     balance_loss,
@@ -66,6 +70,10 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(default=10, ge=0)
     decay_steps: int | None = Field(default=None, ge=0)
     """Length of the final cosine decay; None decays over every post-warmup step."""
+    hidden_lr_scale: float = Field(default=1.0, gt=0)
+    """LR multiplier of the hidden matrices and the unembedding (the embedding and the norm
+    gains keep ``lr``). Width transfer sets it to 1/s for a model s times wider than the
+    tuned proxy (``model_hooks/width_transfer.py``); 1.0 keeps one LR for everything."""
     weight_decay: float = Field(default=0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     adam_eps: float = Field(default=1e-16, gt=0)
@@ -109,12 +117,24 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
 
 def build_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over named parameters (grow() maps moments by name); matrices decay,
-    norm gains do not."""
+    norm gains do not. Each group's ``lr_scale`` multiplies the schedule's lr: with a
+    ``hidden_lr_scale`` other than 1 the hidden matrices get a group of their own (width
+    transfer), otherwise there are the two groups checkpoints have always held."""
     named = list(model.named_parameters())
-    groups = [
-        {"params": [(n, p) for n, p in named if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [(n, p) for n, p in named if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    kinds = {n: parameter_kind(n, p) for n, p in named}
+
+    def group(members: set[str], weight_decay: float, lr_scale: float) -> dict:
+        params = [(n, p) for n, p in named if kinds[n] in members]
+        return {"params": params, "weight_decay": weight_decay, "lr_scale": lr_scale}
+
+    if cfg.hidden_lr_scale == 1.0:
+        groups = [group({"embedding", "hidden"}, cfg.weight_decay, 1.0)]
+    else:
+        groups = [
+            group({"hidden"}, cfg.weight_decay, cfg.hidden_lr_scale),
+            group({"embedding"}, cfg.weight_decay, 1.0),
+        ]
+    groups.append(group({"vector"}, 0.0, 1.0))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
 
 
@@ -170,8 +190,8 @@ def train_step(
     mcfg, device = model.cfg, next(model.parameters()).device
     batch = {k: (v.to(device) if k in BATCH_KEYS else v) for k, v in batch.items()}
     B, T = batch["tokens"].shape
-    for group in opt.param_groups:
-        group["lr"] = get_lr(step, cfg)
+    for group in opt.param_groups:  # checkpoints from before lr_scale have none: 1
+        group["lr"] = get_lr(step, cfg) * group.get("lr_scale", 1.0)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
         logits_BTN, h_BTD, infos = model(batch["tokens"], batch["positions"], batch["doc_index"])
     ce_BT = F.cross_entropy(
@@ -260,12 +280,17 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 
 
 def train(
-    cfg: TrainConfig, source: BatchSource, model_cfg: ModelConfig | None = None
+    cfg: TrainConfig,
+    source: BatchSource,
+    model_cfg: ModelConfig | None = None,
+    stop_at_step: int | None = None,
 ) -> list[dict]:
     """Runs (or resumes) to cfg.steps, or until the source ends, and returns this call's
     metric records. With a checkpoint in out_dir its model_config is used unless model_cfg
     is given; shapes must match either way. A batch's ``rope_theta`` overrides the RoPE
-    base (each curriculum phase brings its own)."""
+    base (each curriculum phase brings its own). ``stop_at_step`` pauses earlier with a
+    checkpoint, on the schedule of the whole run (e.g. to grow the model there)."""
+    last_step = cfg.steps if stop_at_step is None else min(cfg.steps, stop_at_step)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / CKPT_NAME, out / METRICS_NAME
@@ -289,7 +314,7 @@ def train(
         metrics_path.unlink()  # a fresh run starts a fresh log
     records, saved = [], state["step"]
     with metrics_path.open("a") as log:
-        while state["step"] < cfg.steps:
+        while state["step"] < last_step:
             started = time.perf_counter()
             batch = next(source, None)
             if batch is None:

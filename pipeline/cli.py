@@ -10,6 +10,8 @@ Commands:
   mix MIX.yaml --tokenized DIR --out DIR [--scale F] [--seed N]
                        plan and pack every phase of a curriculum into token shards
   report RUN_DIR [--out FILE]   one self-contained HTML page of the run's plots
+  train TRAIN.yaml [--steps N]  train the MoE through a curriculum's phases (resumes)
+  grow --from RUN_DIR --to NEW_RUN_DIR   the twice-deeper model, same training state
 
 The Ray address comes from ``--address`` or ``$RAY_ADDRESS``; with neither, an
 embedded local Ray is started. A config error exits with status 2 before Ray starts.
@@ -77,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="one HTML page of a run's plots")
     report.add_argument("run_dir", type=Path, help="holds curated/, tokenized/, packed/, train/")
     report.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report.html")
+    train = commands.add_parser("train", help="train the MoE through a curriculum's phases")
+    train.add_argument("config", type=Path, help="TRAIN.yaml (configs/demo_train.yaml)")
+    train.add_argument("--steps", type=int, default=None, help="override train.steps")
+    grow = commands.add_parser("grow", help="model growth: stack a run's layers twice")
+    grow.add_argument("--from", dest="source", type=Path, required=True,
+                      help="run folder or checkpoint of the half-depth model")  # fmt: skip
+    grow.add_argument("--to", dest="dest", type=Path, required=True, help="new run folder")
     return parser
 
 
@@ -217,6 +226,14 @@ def main(argv: list[str] | None = None) -> int:
             return _mix(args)
         if args.command == "report":
             return _report(args.run_dir, args.out)
+        if args.command == "train":
+            from pipeline.train_cmd import train_command
+
+            return train_command(args.config, args.steps)
+        if args.command == "grow":
+            from pipeline.train_cmd import grow_command
+
+            return grow_command(args.source, args.dest)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

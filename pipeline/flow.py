@@ -2,8 +2,8 @@
 -> mix and pack the curriculum -> train the MoE phase after phase -> report.
 
 Every step is also a command of its own (``python -m pipeline curate|train-tokenizer|
-tokenize|mix|report``, ``python -m model_hooks.train``); this module only chains them
-over the folder layout the report reads::
+tokenize|mix|train|report``); this module only chains them over the folder layout the
+report reads::
 
     RUN/corpus/  RUN/curated/  RUN/tokenizer.json  RUN/tokenized/
     RUN/plans/   RUN/packed/<phase>/  RUN/curriculum.json  RUN/train/  RUN/report.html
@@ -14,13 +14,15 @@ finishes the missing work.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = REPO_ROOT / "configs"
-DEMO_FILES = ("demo_curate.yaml", "demo_quality.yaml", "demo_tokenize.yaml", "demo_model.yaml")
+DEMO_FILES = (
+    "demo_curate.yaml", "demo_quality.yaml", "demo_tokenize.yaml", "demo_model.yaml",
+    "demo_train.yaml",
+)  # fmt: skip
 DEMO_MIX = REPO_ROOT / "mixes" / "demo.yaml"
 
 
@@ -34,16 +36,16 @@ def stage_demo_configs(out: Path) -> None:
 
 
 def train_on_curriculum(
-    out: Path, steps: int | None, batch_size: int, model_config: Path
+    out: Path, steps: int | None, batch_size: int | None = None, model_config: Path | None = None
 ) -> int:
-    """Train the bundled MoE over the packed phases in curriculum order (``steps=None``:
-    every batch of every phase)."""
-    from model_hooks.train import main as train_main
+    """``python -m pipeline train OUT/demo_train.yaml``: the bundled MoE over the packed
+    phases in curriculum order (``steps=None``: every batch of every phase). A batch size
+    or model file given here replaces the config's."""
+    from pipeline.train_cmd import train_command
 
-    curriculum = json.loads((out / "curriculum.json").read_text())
-    phases = [str(out / phase["dir"]) for phase in curriculum["phases"]]
-    argv = ["--phases", *phases, "--out", str(out / "train"),
-            "--batch-size", str(batch_size), "--model", str(model_config)]  # fmt: skip
-    if steps is not None:
-        argv += ["--steps", str(steps)]
-    return train_main(argv)
+    overrides: dict[str, object] = {}
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
+    if model_config is not None:
+        overrides["model"] = str(model_config)
+    return train_command(out / "demo_train.yaml", steps, overrides)
