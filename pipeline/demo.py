@@ -17,7 +17,11 @@ where, dates, spam wording and edits; the same seed on the same Python gives the
   must handle). Good articles: English notes built from the Python language reference
   plus hand-written pieces, and a few each in German, French, Spanish, Chinese and
   Russian. Spam the heuristics must reject: keyword stuffing, link lists, very short
-  pages, lorem ipsum, bullet-only pages, symbol soup. Exact duplicates (same article,
+  pages, lorem ipsum, bullet-only pages, symbol soup. Spam only the fluency stage
+  should catch: spun pages (a real article's words shuffled into new sentences, every
+  word spelled right, the punctuation and layout of prose). News briefs whose own text
+  is one short paragraph padded with the site's recurring notes, for template-line
+  removal to leave with (almost) nothing. Exact duplicates (same article,
   another URL and sidebar) and near-duplicates (words edited and a paragraph added,
   word 5-gram Jaccard 0.82-0.92). Records a reader must skip: PNG images, robots.txt,
   a 404 and a 301.
@@ -26,7 +30,10 @@ where, dates, spam wording and edits; the same seed on the same Python gives the
 * ``code/``: stdlib Python modules (copied with a provenance line) and short Go, Rust,
   C and JavaScript programs written for this project.
 * ``text/stem.jsonl``: math and science explanations; ``text/books.jsonl``: three long
-  documents (each over 40,000 words) assembled from stdlib docstrings, for 32k/128k packing.
+  documents (each over 40,000 words) assembled from stdlib docstrings, for 32k/128k packing;
+  ``text/scans.jsonl``: OCR output of scanned print articles, alternately a clean scan
+  (1-4% of letters misread) and a poor one (15-30%, the range of degraded historical
+  scans), with OCR's typical confusions (rn/m, e/c, l/1, o/0...).
 * Bad input: a WARC record whose Content-Length is too small (the other records of that
   file stay readable), a truncated ``.html.gz``, a cp1252 page declared as UTF-8, an
   empty ``.html`` and a binary file named ``.html``.
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import gzip
 import hashlib
 import html
@@ -70,6 +78,16 @@ HTML_ARTICLES = 18  # standalone pages; two more are cross-input duplicates
 EXACT_DUPLICATES = 8  # the last two of them go to html/
 NEAR_DUPLICATES = 8
 SPAM_PER_KIND = 5
+SPUN_PAGES = 5
+SCANS = 6
+CLEAN_SCAN_ERRORS, POOR_SCAN_ERRORS = (0.01, 0.04), (0.15, 0.30)  # share of letters misread
+# What OCR engines misread each letter as (one or two characters).
+OCR_CONFUSIONS = {
+    "a": ("o", "e"), "b": ("h", "6"), "c": ("e",), "d": ("cl",), "e": ("c", "o"),
+    "f": ("t",), "g": ("q", "9"), "h": ("b", "li"), "i": ("l", "1"), "l": ("1", "I"),
+    "m": ("rn", "n"), "n": ("u", "ri"), "o": ("0", "c"), "r": ("n",), "s": ("5",),
+    "t": ("f", "l"), "u": ("n", "v"), "w": ("vv",), "y": ("v",),
+}  # fmt: skip
 MIN_BOOK_WORDS = 40_000
 ARTICLE_WORDS = 280  # a topic is cut into notes of about this length
 MIN_ARTICLE_WORDS = 150
@@ -374,6 +392,78 @@ def _spam_pages(web: _Sites, spam: dict, rng: random.Random) -> list[Page]:
     return pages
 
 
+def _spin(paragraph: str, rng: random.Random) -> str:
+    """What article spinners publish: the paragraph's own words in a new order, cut
+    into sentences of 8-18 words with a comma now and then, so that duplicate
+    detection and every spelling or punctuation rule sees nothing wrong."""
+    words = [w.strip('.,;:!?()"“”‘’').lower() for w in paragraph.split()]
+    words = [w for w in words if w]
+    rng.shuffle(words)
+    sentences, i = [], 0
+    while i < len(words):
+        chunk = words[i : i + rng.randrange(8, 19)]
+        i += len(chunk)
+        if len(chunk) > 6 and rng.random() < 0.4:
+            chunk[rng.randrange(2, len(chunk) - 2)] += ","
+        sentences.append(" ".join(chunk)[:1].upper() + " ".join(chunk)[1:] + ".")
+    return " ".join(sentences)
+
+
+def _spun_pages(web: _Sites, sources: list[Article], rng: random.Random) -> list[Page]:
+    """Content-farm copies of real articles: the title kept, every paragraph spun."""
+    pages = []
+    for i, art in enumerate(rng.sample(sources, SPUN_PAGES)):
+        paras = [_spin(p, rng) for p in art.paragraphs]
+        body = "\n".join(f"<p>{html.escape(p)}</p>" for p in paras)
+        url = f"https://{web.sites['dealzone']['host']}/reviews/{_slug(art.title, 'x')}-{i}.html"
+        page = web.render("dealzone", art.title, body, url, date="2024-05-02", author="dealbot")
+        pages.append(Page(url, page, {"kind": "spam:spun", "lang": "en", "source": art.url}))
+    return pages
+
+
+def _brief_pages(web: _Sites, rng: random.Random) -> list[Page]:
+    """Harbor Lane news briefs: one paragraph of news, then the briefs desk's note and
+    the site's note, the same on every brief. Those that say little are left with too
+    little once template lines are removed."""
+    site = web.sites["harbor"]
+    pages = []
+    for i, (meta, paras) in enumerate(_read_blocks("briefs_en.txt")):
+        paras = [*paras, site["brief_note"], site["note"]]
+        body = "\n".join(f"<p>{html.escape(p)}</p>" for p in paras)
+        day = datetime(2024, 6, 3) + timedelta(days=rng.randrange(28))
+        url = f"https://{site['host']}/briefs/{day:%Y/%m}/{_slug(meta['title'], f'b{i}')}"
+        page = web.render("harbor", meta["title"], body, url, date=day.strftime("%Y-%m-%d"),
+                          author=rng.choice(site["authors"]))  # fmt: skip
+        chars = sum(len(p) for p in paras[:-2]) + len(paras) - 3
+        pages.append(Page(url, page, {"kind": "brief", "lang": "en", "own_chars": chars}))
+    return pages
+
+
+def _ocr(text: str, error_rate: float, rng: random.Random) -> str:
+    """``text`` as an OCR engine that misreads ``error_rate`` of the letters would give it."""
+    out = []
+    for char in text:
+        options = OCR_CONFUSIONS.get(char.lower())
+        if options and rng.random() < error_rate:
+            out.append(rng.choice(options))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _scans(articles: list[Article], rng: random.Random) -> list[dict[str, object]]:
+    """Alternately clean and poor OCR scans of the English print articles."""
+    english = [a for a in articles if a.lang == "en"]
+    scans = []
+    for i in range(SCANS):
+        art = english[i % len(english)]
+        low, high = POOR_SCAN_ERRORS if i % 2 else CLEAN_SCAN_ERRORS
+        rate = round(rng.uniform(low, high), 3)
+        text = _ocr(_join(art.title, art.paragraphs), rate, rng)
+        scans.append({"id": f"scan-{i}", "title": art.title, "text": text, "error_rate": rate})
+    return scans
+
+
 def _lorem(words: list[str], rng: random.Random) -> str:
     sentences = [" ".join(rng.choices(words, k=rng.randrange(8, 16))) for _ in range(5)]
     return " ".join(s[0].upper() + s[1:] + "." for s in sentences)
@@ -509,7 +599,8 @@ def _prepare(out_dir: Path) -> None:
 
 
 def _write_crawl(out_dir: Path, web: _Sites, crawled: list[Article], near: list[Article],
-                 dups: list[Article], damaged: Article, spam: dict) -> dict[str, dict]:  # fmt: skip
+                 dups: list[Article], damaged: Article, spam: dict,
+                 extra: list[Page]) -> dict[str, dict]:  # fmt: skip
     rng = web.rng
     pages = [Page(a.url, web.article(a), {"kind": "article", "lang": a.lang}) for a in crawled]
     for n, art in enumerate(dups):
@@ -521,7 +612,7 @@ def _write_crawl(out_dir: Path, web: _Sites, crawled: list[Article], near: list[
         url = f"{art.url}-updated"
         label = {"kind": "near_duplicate", "lang": "en", "of": art.url, "jaccard": jaccard}
         pages.append(Page(url, web.article(art, url, paras), label))
-    pages += _spam_pages(web, spam, rng) + _other_records(web, rng)
+    pages += _spam_pages(web, spam, rng) + _other_records(web, rng) + extra
     label = {"kind": "bad:warc_content_length", "lang": "en"}
     pages.append(Page(damaged.url, web.article(damaged), label, length_delta=-100))
     rng.shuffle(pages)
@@ -576,14 +667,20 @@ def _write_code(code_dir: Path) -> int:
     return count
 
 
-def _write_text(text_dir: Path, stem_topics: list[dict[str, str]]) -> dict[str, dict]:
+def _write_text(text_dir: Path, stem_topics: list[dict[str, str]],
+                scans: list[dict[str, object]]) -> dict[str, dict]:  # fmt: skip
     stem = [{"id": f"stem-{i}", "title": m["title"], "text": _join(m["title"], paras)}
             for i, (m, paras) in enumerate(_read_blocks("stem_en.txt"))]  # fmt: skip
     labels = {}
-    for name, kind, docs in (("stem", "stem", stem + stem_topics), ("books", "book", _books())):
+    for name, kind, docs in (("stem", "stem", stem + stem_topics), ("books", "book", _books()),
+                             ("scans", "scan", scans)):  # fmt: skip
         lines = (json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs)
         (text_dir / f"{name}.jsonl").write_text("".join(lines), "utf-8")
-        labels |= {f"text/{name}.jsonl {d['id']}": {"kind": kind, "lang": "en"} for d in docs}
+        for doc in docs:
+            label = {"kind": kind, "lang": "en"}
+            if "error_rate" in doc:
+                label["error_rate"] = doc["error_rate"]
+            labels[f"text/{name}.jsonl {doc['id']}"] = label
     return labels
 
 
@@ -605,9 +702,15 @@ def generate_demo_corpus(out_dir: Path, seed: int = 0) -> dict[str, int]:
     long_en = [a for a in crawled if a.lang == "en" and len(" ".join(a.paragraphs).split()) > 250]
     near = long_en[:NEAR_DUPLICATES]
     dups = long_en[NEAR_DUPLICATES : NEAR_DUPLICATES + EXACT_DUPLICATES]
-    labels = _write_crawl(out_dir, web, crawled, near, dups[:-2], broken[0], spam)
+    # The fluency and template-line cases draw from their own generator, so adding them
+    # moved no article, date or edit of the rest of the corpus.
+    extra_web = dataclasses.replace(web, rng=random.Random(f"{seed}:fluency-and-templates"))
+    plain = [a for a in crawled if a.lang == "en" and a not in near and a not in dups]
+    extra = _spun_pages(extra_web, plain, extra_web.rng) + _brief_pages(extra_web, extra_web.rng)
+    scans = _scans(_handwritten_articles(), extra_web.rng)
+    labels = _write_crawl(out_dir, web, crawled, near, dups[:-2], broken[0], spam, extra)
     labels |= _write_html(out_dir / "html", web, standalone, dups[-2:], broken[1:])
-    labels |= _write_text(out_dir / "text", stem_topics)
+    labels |= _write_text(out_dir / "text", stem_topics, scans)
     code_files = _write_code(out_dir / "code")
     (out_dir / "labels.json").write_text(json.dumps(labels, indent=1, ensure_ascii=False) + "\n")
     kinds = [str(v["kind"]) for v in labels.values()]
@@ -618,6 +721,9 @@ def generate_demo_corpus(out_dir: Path, seed: int = 0) -> dict[str, int]:
         "near_duplicates": kinds.count("near_duplicate"),
         "languages": len({v["lang"] for v in labels.values() if v["kind"] == "article"}),
         "code_files": code_files,
+        "spun": kinds.count("spam:spun"),
+        "briefs": kinds.count("brief"),
+        "scans": kinds.count("scan"),
         "stem_docs": kinds.count("stem"),
         "long_docs": kinds.count("book"),
         "non_html_records": sum(k in ("non_html", "http_404", "http_301") for k in kinds),

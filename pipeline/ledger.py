@@ -97,15 +97,35 @@ def build_ledger(stages: dict[str, dict[str, Any]], documents_written: int) -> d
     }
 
 
+def stage_changes(entry: dict[str, Any]) -> tuple[int, int] | None:
+    """(documents kept but rewritten, lines removed from them) for a stage that edits
+    text and reports it under ``report`` (template lines); None for the others. A stage
+    that only edits drops nothing, so without this its funnel line would read as idle."""
+    report = entry.get("report") or {}
+    changed, lines = report.get("documents_changed"), report.get("lines_removed")
+    if not isinstance(changed, int) or not isinstance(lines, int):
+        return None
+    return changed, lines
+
+
 def render_funnel(ledger: dict[str, Any]) -> str:
-    """The funnel as the CLI prints it: one line per stage, then the identity."""
-    lines = [f"{'stage':<14}{'input':>10}{'kept':>10}{'rejected':>10}{'errors':>8}  top reasons"]
+    """The funnel as the CLI prints it: one line per stage, then the identity. The
+    ``changed`` column counts kept documents a stage rewrote (and the lines it took
+    out), which are neither rejected nor untouched."""
+    lines = [
+        f"{'stage':<14}{'input':>10}{'kept':>10}{'rejected':>10}{'errors':>8}{'changed':>9}"
+        "  top reasons"
+    ]
     for stage, entry in ledger["stages"].items():
         reasons = Counter({**entry["rejected"], **entry["errors"]}).most_common(3)
-        shown = ", ".join(f"{reason}={n}" for reason, n in reasons)
+        shown = [f"{reason}={n}" for reason, n in reasons]
+        changes = stage_changes(entry)
+        if changes is not None:
+            shown.append(f"lines_removed={changes[1]} from {changes[0]} kept documents")
         lines.append(
             f"{stage:<14}{entry['input']:>10}{entry['kept']:>10}"
-            f"{sum(entry['rejected'].values()):>10}{sum(entry['errors'].values()):>8}  {shown}"
+            f"{sum(entry['rejected'].values()):>10}{sum(entry['errors'].values()):>8}"
+            f"{'' if changes is None else changes[0]:>9}  {', '.join(shown)}"
         )
     totals = ledger["totals"]
     verdict = "holds" if ledger["identity_holds"] else "DOES NOT HOLD"

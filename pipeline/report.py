@@ -76,7 +76,7 @@ def funnel_section(data: RunData) -> str:
         f"(recomputed from the ledger's stages; order from {funnel.order_source})</p>",
         table(
             "funnel",
-            ["stage", "input", "kept", "rejected", "errors"],
+            ["stage", "input", "kept", "rejected", "errors", "changed"],
             [
                 [
                     s,
@@ -84,6 +84,7 @@ def funnel_section(data: RunData) -> str:
                     Num(stages[s]["kept"]),
                     Num(sum(stages[s]["rejected"].values())),
                     Num(sum(stages[s]["errors"].values())),
+                    Num(funnel.changes[s][0]) if s in funnel.changes else "",
                 ]
                 for s in order
             ],

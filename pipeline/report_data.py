@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from model_hooks.shard_format import MANIFEST_NAME, PhaseManifest, open_shard, read_manifest
+from pipeline.ledger import stage_changes
 
 MAX_SAMPLE = 200_000
 # Funnel order when the ledger does not carry one (its JSON keys are sorted by name).
@@ -44,6 +45,8 @@ class Funnel:
     order: list[str]
     order_source: str  # where the stage order came from
     reject_rows: Counter[tuple[str, str]] | None  # (stage, reason) -> rows in rejects/
+    # stage -> (kept documents it rewrote, lines it removed from them): template lines
+    changes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,7 +109,12 @@ def load_funnel(curated: Path) -> Funnel:
         entry.setdefault("rejected", {})  # a stage that only counts may leave these out
         entry.setdefault("errors", {})
     order, source = stage_order(ledger, curated / "funnel.txt")
-    return Funnel(ledger, order, source, _reject_rows(curated / "rejects"))
+    changes = {
+        stage: change
+        for stage, entry in ledger["stages"].items()
+        if (change := stage_changes(entry)) is not None
+    }
+    return Funnel(ledger, order, source, _reject_rows(curated / "rejects"), changes)
 
 
 def stage_order(ledger: dict[str, Any], funnel_txt: Path) -> tuple[list[str], str]:

@@ -9,8 +9,11 @@
    decision (lines to remove, characters left), write it, and return the shard's most
    often removed lines for the summary.
 
-The ``_SUCCESS`` summary carries a ``report`` (totals and the top removed lines, with
-their text) that the runner copies into the ledger under the step.
+The ``_SUCCESS`` summary carries a ``report`` that the runner copies into the ledger
+under the step, and the funnel prints: ``documents_changed`` and ``lines_removed``
+count the documents that stay (rewritten), ``template_only`` and
+``template_only_lines`` the documents rejected because nothing real was left, and
+``top_lines`` the most often removed lines with their text.
 """
 
 from __future__ import annotations
@@ -54,8 +57,7 @@ def _write_shard_decision(
     return pa.table(
         {
             "shard": [shard],
-            "documents_changed": [decision.num_rows],
-            "lines_removed": [sum(len(r) for r in decision.column("remove_lines").to_pylist())],
+            "lines": [[len(r) for r in decision.column("remove_lines").to_pylist()]],
             "remaining_chars": [decision.column("remaining_chars").to_pylist()],
             "top": [json.dumps(top, ensure_ascii=False)],
         }
@@ -74,14 +76,22 @@ def summarize(rows: list[dict], settings: TemplateLinesConfig) -> dict:
         for digest, text, n in json.loads(row["top"]):
             counts[digest] += n
             examples.setdefault(digest, text)
-    remaining = [int(n) for row in rows for n in row["remaining_chars"]]
+    # One entry per document with a template line: (lines removed, characters left).
+    changed = [
+        (int(lines), int(left))
+        for row in rows
+        for lines, left in zip(row["lines"], row["remaining_chars"], strict=True)
+    ]
+    kept = [lines for lines, left in changed if left >= settings.min_remaining_chars]
+    dropped = [lines for lines, left in changed if left < settings.min_remaining_chars]
     top = sorted(counts.items(), key=lambda item: (-item[1], examples[item[0]]))
     return {
         "shards_with_decisions": len(rows),
         "report": {
-            "documents_changed": sum(row["documents_changed"] for row in rows),
-            "lines_removed": sum(row["lines_removed"] for row in rows),
-            "template_only": sum(n < settings.min_remaining_chars for n in remaining),
+            "documents_changed": len(kept),
+            "lines_removed": sum(kept),
+            "template_only": len(dropped),
+            "template_only_lines": sum(dropped),
             "top_lines": [
                 {"line": examples[digest], "documents": n}
                 for digest, n in top[: settings.top_lines]

@@ -4,7 +4,8 @@ fluency language model from labelled sources.
 DCLM's recipe, which LongCat-Flash's first quality step follows: positives are
 reference-quality text, negatives a random sample of crawl; the classifier learns
 "looks like reference text" and the curate run keeps what scores high. The same
-positives fit the character n-gram model the fluency stage measures perplexity with.
+positives fit the character n-gram model the fluency stage measures perplexity with,
+and the word-class n-gram model it measures word-order gain with.
 
 Sources are read the way a curate run reads them (``stages/readers.py``; HTML goes
 through ``stages/extract.py``; an optional langid pass keeps the languages the run
@@ -14,7 +15,8 @@ The held-out split is by document, never by example, so a book's chapters cannot
 on both sides. Single-process: meant for thousands of documents, not a crawl.
 
 Writes to ``output_dir``: ``quality.bin`` (``quality.ftz`` when quantized), the
-``fluency_lm.npz`` n-gram model, and ``quality.json`` (the training config, counts,
+``fluency_lm.npz`` n-gram model, the ``fluency_words.npz`` word-order model, and
+``quality.json`` (the training config, counts,
 held-out precision/recall and the files' digests).
 """
 
@@ -39,9 +41,11 @@ from stages.langid import LangId, LangIdConfig
 from stages.ngram_lm import CharNgramLM
 from stages.quality import LABEL_NEGATIVE, LABEL_POSITIVE, model_text, positive_probability
 from stages.readers import ReaderConfig, read_shard
+from stages.word_order import WordOrderModel, median, shuffled_words
 
 MODEL_STEM = "quality"
 LM_FILE = "fluency_lm.npz"
+WORD_MODEL_FILE = "fluency_words.npz"
 # fasttext-numpy2 0.10.4 initialises only the first ``thread`` tenths of the input matrix
 # (one tenth per thread); the rest keeps whatever the allocator handed out, and training
 # then diverges to NaN or learns nothing, depending on the run (measured here). Eleven
@@ -119,6 +123,11 @@ class TrainQualityConfig(_Strict):
     """Classifier hyperparameters."""
     fluency_lm_order: int | None = Field(default=4, ge=1, le=8)
     """Character n-gram order of the fluency LM fitted on the positives; None: no LM."""
+    word_order_order: int | None = Field(default=3, ge=2, le=6)
+    """Token n-gram order of the word-order model fitted on the positives; None: none."""
+    word_order_vocabulary: int = Field(default=150, ge=1, le=4096)
+    """Most frequent positive-side words (and marks) the word-order model keeps as
+    themselves; every other word becomes a shape class."""
 
 
 def load_train_config(path: str | Path) -> TrainQualityConfig:
@@ -286,6 +295,11 @@ def train_quality(config: TrainQualityConfig) -> dict[str, Any]:
         lm.save(output / LM_FILE)
         files.append(output / LM_FILE)
         report["fluency_lm"] = {"file": LM_FILE, **_perplexities(lm, pos_held, neg_held)}
+    if config.word_order_order is not None:
+        words = WordOrderModel.fit(pos_train, config.word_order_order, config.word_order_vocabulary)
+        words.save(output / WORD_MODEL_FILE)
+        files.append(output / WORD_MODEL_FILE)
+        report["word_order"] = {"file": WORD_MODEL_FILE, **_gains(words, pos_held, neg_held)}
     report["files"] = {
         f.name: {"bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
         for f in files
@@ -304,6 +318,23 @@ def _perplexities(lm: CharNgramLM, positives: list[str], negatives: list[str]) -
     return {"heldout_median_perplexity": medians}
 
 
+def _gains(words: WordOrderModel, positives: list[str], negatives: list[str]) -> dict[str, Any]:
+    """Median held-out word-order gain (bits per token) of each class and of the held-out
+    positives with their words shuffled: the fluency threshold belongs between the
+    positives and their shuffled copies."""
+    shuffled = [shuffled_words(text, f"shuffle:{i}") for i, text in enumerate(positives)]
+    return {
+        "heldout_median_gain": {
+            label: median(words.order_gain(t, 20) for t in texts)
+            for label, texts in (
+                ("positive", positives),
+                ("negative", negatives),
+                ("shuffled_positive", shuffled),
+            )
+        }
+    }
+
+
 def render_report(report: dict[str, Any], output_dir: str) -> str:
     """The lines the CLI prints."""
     train, held = report["examples"]["train"], report["examples"]["heldout"]
@@ -319,6 +350,9 @@ def render_report(report: dict[str, Any], output_dir: str) -> str:
     if "fluency_lm" in report:
         medians = report["fluency_lm"]["heldout_median_perplexity"]
         lines.append(f"fluency LM held-out median perplexity: {medians}")
+    if "word_order" in report:
+        gains = report["word_order"]["heldout_median_gain"]
+        lines.append(f"word-order model held-out median gain (bits/token): {gains}")
     sizes = ", ".join(f"{name} {entry['bytes']:,} B" for name, entry in report["files"].items())
     lines.append(f"wrote {sizes} and {MODEL_STEM}.json to {output_dir}")
     return "\n".join(lines)

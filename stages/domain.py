@@ -11,7 +11,13 @@ a wrong tag can be traced to the feature that caused it.
 * ``stem``: a STEM score from three densities, each divided by the density that counts
   as full evidence, summed into ``1 - exp(-sum)``: science and mathematics vocabulary
   (``resources/stem_terms.txt``), LaTeX (``\\command``, ``$``) and mathematical notation
-  (``= < > ^``, operators between digits, symbols such as ``∑ ∫ ≤``).
+  (``= < > ^``, operators between digits, symbols such as ``∑ ∫ ≤``). Words are read
+  the way documentation writes them too: ``TensorIndexType`` and ``riemann_cyclic`` are
+  split into their words, and a plural matches its listed singular. Markup is not
+  text: reStructuredText directives and field lines (``.. autoclass::``,
+  ``:members:``) do not count as words, and a ``<word>`` in angle brackets (a title
+  in Korean or Chinese typography, a leftover tag) is no comparison, and a ``$ `` that
+  opens a line is a shell prompt, not LaTeX.
 * ``books``: long-form text of at least ``min_book_chars`` that is not STEM.
 * ``web``: everything else (general prose, wherever it came from).
 
@@ -38,9 +44,17 @@ STEM_TERMS_PATH = Path(__file__).parent / "resources" / "stem_terms.txt"
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 # "$" before a digit is a price; "-" and "/" between digits are dates, scores, ranges.
 _LATEX = re.compile(r"\\[A-Za-z]+|\$(?!\s?\d)")
+# "$ make install" at the start of a line is a shell prompt, not mathematics.
+_SHELL_PROMPT = re.compile(r"^[ \t]*\$[ \t]", re.M)
 _MATH = re.compile(r"[=<>^≤≥≠±×÷∑∏∫√∞∂∇∈∉⊂⊆∀∃↦≈≡]|\d\s*[+*]\s*\d")
 # Rules and underlines ("=====", "^^^^", "----") are layout, not mathematics.
 _MARK_RUN = re.compile(r"([^\w\s])\1{2,}")
+# "<title>" quotes a name or is a leftover tag; "a < b" and "x<2" stay comparisons.
+_ANGLE_QUOTE = re.compile(r"<[^\W\d_][^<>=$\\\n]{0,40}?[^\s<>=$\\]>")
+# reStructuredText markup: ".. autoclass::" directive names, ":members:" field lines.
+_RST_DIRECTIVE = re.compile(r"^\s*\.\.\s+[\w:-]+::|^\s*:[\w -]+:(?=\s|$)", re.M)
+# camelCase and PascalCase boundaries: "TensorIndexType" -> "Tensor Index Type".
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 class DomainConfig(StageConfig):
@@ -74,12 +88,28 @@ def load_terms(path: str | Path) -> frozenset[str]:
     return frozenset(w.strip().casefold() for w in lines if w.strip() and w[0] != "#")
 
 
+def words_of(text: str) -> list[str]:
+    """Case-folded words, identifiers split at camelCase and underscores, markup out."""
+    text = _RST_DIRECTIVE.sub(" ", text)
+    return [part.casefold() for word in _WORD.findall(text) for part in _CAMEL.split(word) if part]
+
+
+def is_term(word: str, terms: frozenset[str]) -> bool:
+    """A listed word, or the plural of one ("theorems", "matrices" are listed)."""
+    if word in terms:
+        return True
+    if not word.endswith("s"):
+        return False
+    stems = (word[:-1], word[:-2] if word.endswith("es") else "", word[:-3] + "y")
+    return any(stem in terms for stem in stems[:2]) or (word.endswith("ies") and stems[2] in terms)
+
+
 def stem_evidence(text: str, terms: frozenset[str], cfg: DomainConfig) -> dict[str, float]:
     """The three densities, each in units of ``cfg``'s full-evidence levels."""
-    words = _WORD.findall(text.casefold())
-    marks = _MARK_RUN.sub(" ", text)
+    words = words_of(text)
+    marks = _ANGLE_QUOTE.sub(" ", _SHELL_PROMPT.sub(" ", _MARK_RUN.sub(" ", text)))
     visible = max(sum(not c.isspace() for c in text), 1)
-    share = sum(w in terms for w in words) / max(len(words), 1)
+    share = sum(is_term(w, terms) for w in words) / max(len(words), 1)
     return {
         "terms": share / cfg.stem_terms_share,
         "latex": len(_LATEX.findall(marks)) * 1000 / visible / cfg.latex_per_kchar,

@@ -9,18 +9,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import zlib
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+import yaml
 
-from pipeline.demo import MIN_BOOK_WORDS, NEAR_DUP_JACCARD, generate_demo_corpus
+from pipeline.demo import (
+    CLEAN_SCAN_ERRORS,
+    MIN_BOOK_WORDS,
+    NEAR_DUP_JACCARD,
+    POOR_SCAN_ERRORS,
+    _handwritten_articles,
+    _ocr,
+    _spin,
+    generate_demo_corpus,
+)
 
 KINDS = (
     "good_articles", "spam", "duplicates", "near_duplicates", "languages", "code_files",
-    "stem_docs", "long_docs", "non_html_records", "bad_files",
+    "spun", "briefs", "scans", "stem_docs", "long_docs", "non_html_records", "bad_files",
 )  # fmt: skip
 SKIPPED = ("non_html", "http_404", "http_301")  # records a reader drops without a row
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -155,3 +168,58 @@ def test_project_reader_keeps_the_rest_of_the_damaged_file(corpus):
         assert {r["url"] for r in rows} == {u for u, kind in mine.items() if kind not in SKIPPED}
         damaged = {r["url"] for r in rows if r["drop_reason"] == readers.REASON_MALFORMED_WARC}
         assert damaged == {u for u, kind in mine.items() if kind == "bad:warc_content_length"}
+
+
+def _demo_stage(name: str) -> dict:
+    config = yaml.safe_load((REPO / "configs" / "demo_curate.yaml").read_text())
+    return config["stages"][name]
+
+
+def test_fluency_and_template_cases_are_labelled(corpus):
+    labels = json.loads((corpus / "labels.json").read_text())
+    urls = {key.split(" ", 1)[-1] for key, v in labels.items() if v["kind"] == "article"}
+    urls |= {v.get("url") for v in labels.values()}
+    spun = [v for v in labels.values() if v["kind"] == "spam:spun"]
+    assert spun and all(v["source"] in urls for v in spun)
+    rates = [v["error_rate"] for key, v in sorted(labels.items()) if v["kind"] == "scan"]
+    assert len(rates) >= 4
+    for i, rate in enumerate(rates):  # scan-0, scan-1, ...: clean and poor by turns
+        low, high = POOR_SCAN_ERRORS if i % 2 else CLEAN_SCAN_ERRORS
+        assert low <= rate <= high
+    # Briefs on both sides of the run's bar: some keep enough own text, some do not.
+    own = [v["own_chars"] for v in labels.values() if v["kind"] == "brief"]
+    bar = _demo_stage("template_lines")["min_remaining_chars"]
+    assert min(own) < bar <= max(own)
+
+
+def test_spun_text_passes_the_heuristics_and_fails_word_order(corpus):
+    """What the spun pages are for: every heuristic rule of the demo run lets them
+    through, and only the fluency stage's word-order rule, with a model fitted on the
+    corpus's own reference text, catches them, while the article they came from passes."""
+    from stages.fluency import REASON_WORD_SALAD, Fluency, FluencyConfig
+    from stages.heuristics import Heuristics, HeuristicsConfig
+    from stages.word_order import WordOrderModel
+
+    reference = [json.loads(line)["text"] for line in (corpus / "text" / "stem.jsonl").open()]
+    model = WordOrderModel.fit(reference, order=3, vocabulary_size=150)
+    rng = random.Random(0)
+    articles = [a for a in _handwritten_articles() if a.lang == "en"]
+    originals = ["\n".join([a.title, *a.paragraphs]) for a in articles]
+    spun = ["\n".join([a.title, *(_spin(p, rng) for p in a.paragraphs)]) for a in articles]
+    table = pa.table({"text": originals + spun, "format": ["html"] * (2 * len(articles))})
+    judged = Heuristics(HeuristicsConfig(**_demo_stage("heuristics")))(table)
+    assert judged.column("drop_reason").null_count == judged.num_rows
+    path = corpus.parent / "words.npz"
+    model.save(path)
+    fluency = _demo_stage("fluency") | {"lm_path": None, "word_model_path": str(path)}
+    reasons = Fluency(FluencyConfig(**fluency))(table).column("drop_reason").to_pylist()
+    assert reasons == [None] * len(articles) + [REASON_WORD_SALAD] * len(articles)
+
+
+def test_ocr_noise_rate():
+    text = "the quick brown fox jumps over the lazy dog " * 20
+    assert _ocr(text, 0.0, random.Random(0)) == text
+    noisy = _ocr(text, 0.2, random.Random(0))
+    changed = sum(a != b for a, b in zip(text, noisy, strict=False)) / len(text)
+    assert noisy != text and changed > 0.02  # some letters misread (alignment shifts after)
+    assert "rn" in _ocr("m" * 200, 1.0, random.Random(0))  # a typical two-character confusion

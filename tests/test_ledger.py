@@ -1,6 +1,12 @@
 import pyarrow as pa
 
-from pipeline.ledger import build_ledger, merge_stage_counts, render_funnel, stage_counts
+from pipeline.ledger import (
+    build_ledger,
+    merge_stage_counts,
+    render_funnel,
+    stage_changes,
+    stage_counts,
+)
 
 
 def _batch(stages, reasons):
@@ -37,3 +43,26 @@ def test_counts_chain_from_stage_to_stage_and_split_errors():
 def test_identity_fails_when_written_documents_do_not_match():
     counts = stage_counts(_batch([None], [None]), ["read"])
     assert not build_ledger(counts, documents_written=0)["identity_holds"]
+
+
+def test_funnel_shows_what_an_editing_stage_changed():
+    """Template lines rewrite documents they keep: the funnel says how many and how many
+    lines went, next to the documents it rejected, and the identity still holds."""
+    counts = stage_counts(
+        _batch([None, None, "template_lines", None], [None, None, "template_only", None]),
+        ["read", "template_lines"],
+    )
+    ledger = build_ledger(counts, documents_written=3)
+    report = {"documents_changed": 2, "lines_removed": 5, "template_only": 1, "top_lines": []}
+    ledger["stages"]["template_lines"]["report"] = report
+    assert stage_changes(ledger["stages"]["template_lines"]) == (2, 5)
+    assert stage_changes(ledger["stages"]["read"]) is None
+    assert stage_changes({"report": {"cluster_sizes": {"2": 1}}}) is None  # MinHash's report
+    funnel = render_funnel(ledger).splitlines()
+    assert funnel[0].split()[:6] == ["stage", "input", "kept", "rejected", "errors", "changed"]
+    read, template = funnel[1].split(), funnel[2].split()
+    assert read[:5] == ["read", "4", "4", "0", "0"] and read[5:] == []  # nothing changed
+    assert template[:6] == ["template_lines", "4", "3", "1", "0", "2"]
+    assert "template_only=1" in funnel[2]
+    assert "lines_removed=5 from 2 kept documents" in funnel[2]
+    assert funnel[-1].endswith("holds")

@@ -23,6 +23,7 @@ import pytest
 
 from model_hooks.shard_format import read_manifest
 from pipeline.cli import main as cli_main
+from pipeline.ledger import stage_changes
 from pipeline.report import write_report
 from pipeline.report_data import stage_order
 from pipeline.report_training import expert_matrix, phase_boundaries
@@ -143,8 +144,16 @@ def test_funnel_equals_the_ledger(report, run_dir: Path) -> None:
     shown = rows(funnel, "funnel")
     # The order comes from funnel.txt, not from the JSON's sorted keys.
     assert [r[0] for r in shown][:3] == ["read", "extract", "langid"]
+    changed = {name: stage_changes(entry) for name, entry in stages.items()}
     assert shown == [
-        [name, e["input"], e["kept"], sum(e["rejected"].values()), sum(e["errors"].values())]
+        [
+            name,
+            e["input"],
+            e["kept"],
+            sum(e["rejected"].values()),
+            sum(e["errors"].values()),
+            "" if changed[name] is None else changed[name][0],
+        ]
         for name, e in ((r[0], stages[r[0]]) for r in shown)
     ]
     assert len(shown) == len(stages)

@@ -55,7 +55,9 @@ def test_counts_are_global_across_shards(ray_session, tmp_path):
     )
     report = summary["report"]
     assert report["top_lines"] == [{"line": NOTE, "documents": SHARDS + 1}]
-    assert report["documents_changed"] == SHARDS + 1 and report["template_only"] == 1
+    # The kept documents that lost a line, and apart the one left with nothing.
+    assert report["documents_changed"] == SHARDS and report["lines_removed"] == SHARDS
+    assert report["template_only"] == 1 and report["template_only_lines"] == 1
     for shard in range(SHARDS):
         kept, [(name, dropped)] = apply_steps(layout, shard, [step], ["f0"])
         assert name == "template_lines"

@@ -30,6 +30,7 @@ def test_cli_writes_model_lm_and_report(trained, capsys) -> None:
     model_dir, report = trained
     assert (model_dir / "quality.bin").stat().st_size < 2_000_000  # small bucket: small model
     assert (model_dir / "fluency_lm.npz").is_file()
+    assert (model_dir / "fluency_words.npz").is_file()
     assert report["documents"] == {"positive": 30, "negative": 36}  # 30 JSONL + 6 HTML pages
     held = report["examples"]["heldout"]
     assert held["positive"] > 0 and held["negative"] > 0
@@ -37,9 +38,11 @@ def test_cli_writes_model_lm_and_report(trained, capsys) -> None:
     assert row["threshold"] == 0.5
     assert row["precision"] >= 0.9 and row["recall"] >= 0.9  # the classes barely overlap
     assert report["config"]["fasttext"]["bucket"] == 2000
-    assert set(report["files"]) == {"quality.bin", "fluency_lm.npz"}
+    assert set(report["files"]) == {"quality.bin", "fluency_lm.npz", "fluency_words.npz"}
     medians = report["fluency_lm"]["heldout_median_perplexity"]
     assert medians["positive"] < medians["negative"]
+    gains = report["word_order"]["heldout_median_gain"]
+    assert gains["positive"] > 0.0 > gains["shuffled_positive"]  # word order carries sense
 
 
 def test_trained_model_drives_the_stages(trained) -> None:

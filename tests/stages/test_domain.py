@@ -15,9 +15,11 @@ from stages.domain import (
     STEM_TERMS_PATH,
     Domain,
     DomainConfig,
+    is_term,
     load_terms,
     stem_evidence,
     tag_document,
+    words_of,
 )
 
 MATH_PROSE = (
@@ -74,6 +76,32 @@ def test_prices_dates_and_underlines_are_not_maths(terms: frozenset[str]) -> Non
         evidence = stem_evidence(text, terms, cfg)
         assert evidence["latex"] == 0.0 and evidence["math"] == 0.0, text
     assert stem_evidence("a + b = c and x^2 <= y", terms, cfg)["math"] > 0
+
+
+def test_identifiers_split_and_markup_is_not_text() -> None:
+    assert words_of("TensorIndexType riemann_cyclic HTTPServer") == [
+        "tensor", "index", "type", "riemann", "cyclic", "http", "server",
+    ]  # fmt: skip
+    rst = ".. autoclass:: LinearOperator\n   :members:\n   :maxdepth: 2\n\nA matrix."
+    assert words_of(rst) == ["linear", "operator", "a", "matrix"]
+
+
+def test_plurals_match_their_singular() -> None:
+    terms = frozenset({"theorem", "matrix", "matrices", "probability", "gas"})
+    for word in ("theorem", "theorems", "matrices", "probabilities", "gases"):
+        assert is_term(word, terms), word
+    for word in ("theory", "theoretical", "s", "series", "gasses"):
+        assert not is_term(word, terms), word
+
+
+def test_angle_bracket_titles_and_shell_prompts_are_not_maths(terms: frozenset[str]) -> None:
+    cfg = DomainConfig()
+    quoted = "MBC는 <숨바꼭질>로, SBS는 <그녀로 말할 것 같으면>으로 맞선다. #include <stdio.h>"
+    assert stem_evidence(quoted, terms, cfg)["math"] == 0.0
+    assert stem_evidence("if a < b and c > d then x<2", terms, cfg)["math"] > 0
+    shell = "Install it:\n\n    $ pip install evolve\n$ hg push --rev tip\n"
+    assert stem_evidence(shell, terms, cfg)["latex"] == 0.0  # prompts, not inline maths
+    assert stem_evidence("Let $x$ be real.", terms, cfg)["latex"] > 0
 
 
 def test_stage_adds_columns_and_never_rejects() -> None:
