@@ -4,8 +4,10 @@ Ray Data workers (``ray_stream.py``) and the ``TokenStream`` share one implement
 ``RowTable`` holds a phase's (or a block's) rows as zero-copy views of the Arrow
 buffers, plus a small segment table: for each row its documents' lengths and domains
 and, when the row is not full, one padding segment. A batch of any rows then takes a
-handful of vectorised numpy calls; the only per-row step is copying the row's tokens
-into the int64 batch array. See ``token_stream.py`` for what each array means.
+handful of vectorised numpy calls, one pass per output array (positions, segment index
+and domains are run-length expansions of the segment table); the only per-row step is
+copying the row's tokens into the int32 batch array. See ``token_stream.py`` for what
+each array means.
 """
 
 from __future__ import annotations
@@ -42,22 +44,25 @@ def domain_vocabulary(manifests: Sequence[PhaseManifest], dirs: Sequence[Path]) 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenated ``arange(s, s + c)`` for each (s, c), without a Python loop."""
-    ends = np.cumsum(counts)
-    return np.repeat(starts - (ends - counts), counts) + np.arange(ends[-1] if len(ends) else 0)
+    ends = counts.cumsum()
+    out = (starts + counts - ends).repeat(counts)
+    out += np.arange(len(out))
+    return out
 
 
 class RowTable:
-    """Packed rows as numpy views plus a segment table (length, domain, padding flag per
-    segment, the padding after a row's documents being a segment of its own), so that a
-    batch of any rows is built with a handful of vectorised numpy calls."""
+    """Packed rows as numpy views plus a segment table (length, domain, padding flag and
+    index within its row per segment, the padding after a row's documents being a
+    segment of its own), so that a batch of any rows is built with a handful of
+    vectorised numpy calls, one pass per output array."""
 
     def __init__(
         self, batches: Iterable[pa.RecordBatch], seq_len: int, pad_id: int, vocab: list[str]
     ) -> None:
         self.seq_len, self.pad_id, T = seq_len, pad_id, seq_len
         value_set = pa.array(vocab, pa.string())
-        self.chunk_tokens: list[np.ndarray] = []  # (rows, T) uint32 views into the map
-        rows, lens, doms, pads, counts = [0], [], [], [], []
+        self.chunk_tokens: list[np.ndarray] = []  # (rows, T) int32 views into the map
+        rows, lens, doms, pads, counts = [], [], [], [], []
         for batch in batches:
             if batch.num_rows == 0:
                 continue
@@ -66,23 +71,33 @@ class RowTable:
             if np.any(np.diff(offsets) != T):
                 raise ValueError(f"packed rows must hold exactly seq_len={T} tokens")
             flat = tok.flatten().to_numpy(zero_copy_only=True)
-            self.chunk_tokens.append(flat.reshape(batch.num_rows, T))
+            # uint32 ids below 2**31 read as int32 unchanged; no copy (embeddings take int32).
+            self.chunk_tokens.append(flat.view(np.int32).reshape(batch.num_rows, T))
             rows.append(batch.num_rows)
             parts = self._segments(batch, value_set)
             for out, part in zip((lens, doms, pads, counts), parts, strict=True):
                 out.append(part)
-        self.chunk_start = np.cumsum(rows)
-        # One trailing all-padding segment serves the dummy rows (row id -1).
-        self.seg_len = np.concatenate([*lens, [T]]).astype(np.int64)
-        self.seg_dom = np.concatenate([*doms, [0]]).astype(np.int64)
-        self.seg_pad = np.concatenate([*pads, [True]]).astype(bool)
-        self.row_seg = np.concatenate([[0], np.cumsum(np.concatenate([*counts, []]))]).astype(
-            np.int64
+        rows_C = np.asarray(rows, dtype=np.intp)
+        self._rows = int(rows_C.sum())
+        # Row r lives in chunk row_chunk[r] at row_local[r]; the virtual row `rows` is the
+        # dummy row (all padding) that ids of -1 point to.
+        self.row_chunk = np.append(np.repeat(np.arange(len(rows_C)), rows_C), -1)
+        local_R = np.arange(self._rows) - np.repeat(rows_C.cumsum() - rows_C, rows_C)
+        self.row_local = np.append(local_R, 0)
+        nseg_R = np.concatenate([*counts, [1]]).astype(np.intp)
+        self.row_nseg = nseg_R
+        self.row_first = np.cumsum(nseg_R) - nseg_R
+        self.seg_len = np.concatenate([*lens, [T]]).astype(np.intp)
+        self.seg_dom = np.concatenate([*doms, [0]]).astype(np.int32)
+        self.seg_real = ~np.concatenate([*pads, [True]]).astype(bool)
+        self.seg_local = (np.arange(len(self.seg_len)) - np.repeat(self.row_first, nseg_R)).astype(
+            np.int32
         )
+        self._flat_arange = np.arange(0, dtype=np.int32)
 
     @property
     def rows(self) -> int:
-        return int(self.chunk_start[-1])
+        return self._rows
 
     def _segments(self, batch: pa.RecordBatch, value_set: pa.Array) -> tuple[np.ndarray, ...]:
         T = self.seq_len
@@ -109,45 +124,53 @@ class RowTable:
         seg_len[pad_at], seg_pad[pad_at] = T - used_R[pad_R], True
         return seg_len, seg_dom, seg_pad, counts_R
 
+    def _arange(self, n: int) -> np.ndarray:
+        """0..n-1 as int32, kept between batches (read-only use)."""
+        if len(self._flat_arange) < n:
+            self._flat_arange = np.arange(n, dtype=np.int32)
+        return self._flat_arange[:n]
+
     def batch(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
         """Training arrays for these row ids (-1: a dummy row of padding): (B, T), and
-        ``cu_seqlens`` over the flattened B*T tokens, ``sample_index`` (B,)."""
+        ``cu_seqlens`` over the flattened B*T tokens, ``sample_index`` (B,).
+
+        ``tokens``, ``positions``, ``doc_index``, ``domain_ids`` are int32 (an embedding
+        and RoPE take them as they are), ``targets`` int64 (``cross_entropy`` wants it)."""
         B, T = len(rows_B), self.seq_len
-        dummy_B = rows_B < 0
-        safe_B = np.where(dummy_B, 0, rows_B)
-        first_B, nseg_B = self.row_seg[safe_B], self.row_seg[safe_B + 1] - self.row_seg[safe_B]
-        if dummy_B.any():  # the trailing all-padding segment
-            first_B[dummy_B], nseg_B[dummy_B] = len(self.seg_len) - 1, 1
-        seg_S = _ranges(first_B, nseg_B)
-        len_S, pad_S = self.seg_len[seg_S], self.seg_pad[seg_S]
-        end_S = np.cumsum(len_S)
-        start_S = end_S - len_S
-        # tokens and targets share one copy of the rows: targets are the shifted view's
-        # copy, with IGNORE_INDEX where no next token of the same segment exists.
-        buffer = np.empty(B * T + 1, np.int64)
-        tokens_BT = buffer[:-1].reshape(B, T)
-        chunk_B = np.searchsorted(self.chunk_start, safe_B, side="right") - 1
-        local_B = safe_B - self.chunk_start[chunk_B]
-        for b in range(B):
-            tokens_BT[b] = self.pad_id if dummy_B[b] else self.chunk_tokens[chunk_B[b]][local_B[b]]
-        targets = buffer[1:].copy()
-        targets[end_S - 1] = IGNORE_INDEX
-        if pad_S.any():
-            targets[_ranges(start_S[pad_S], len_S[pad_S])] = IGNORE_INDEX
-        token_mask = np.repeat(~pad_S, len_S)
+        rows_B = np.asarray(rows_B, dtype=np.int64)
+        ids_B = np.where(rows_B < 0, self._rows, rows_B)
+        nseg_B = self.row_nseg[ids_B]
+        seg_S = _ranges(self.row_first[ids_B], nseg_B)
+        len_S = self.seg_len[seg_S]
+        end_S = len_S.cumsum()  # a row's segments fill it: these are flat offsets
+        last_S = end_S - 1
+        tokens_BT = np.empty((B, T), np.int32)
+        rows = zip(self.row_chunk[ids_B].tolist(), self.row_local[ids_B].tolist(), strict=True)
+        for b, (chunk, local) in enumerate(rows):  # B row copies, the only per-row step
+            tokens_BT[b] = self.chunk_tokens[chunk][local] if chunk >= 0 else self.pad_id
+        flat = tokens_BT.reshape(-1)
+        targets = np.empty(B * T, np.int64)
+        targets[:-1] = flat[1:]
+        targets[last_S] = IGNORE_INDEX  # a segment's last token has no next token
+        real_S = self.seg_real[seg_S]
+        token_mask = real_S.repeat(len_S)
+        if not real_S.all():  # no targets in the padding
+            pad_S = ~real_S
+            targets[_ranges(end_S[pad_S] - len_S[pad_S], len_S[pad_S])] = IGNORE_INDEX
         loss_mask = token_mask.copy()
-        loss_mask[end_S - 1] = False  # the last token of a segment has no next token
-        positions = np.arange(B * T)
-        positions -= np.repeat(start_S, len_S)
-        local_S = np.arange(len(seg_S)) - np.repeat(np.cumsum(nseg_B) - nseg_B, nseg_B)
+        loss_mask[last_S] = False
+        positions = (end_S - len_S).astype(np.int32).repeat(len_S)
+        np.subtract(self._arange(B * T), positions, out=positions)
+        cu_seqlens = np.empty(len(seg_S) + 1, np.int32)
+        cu_seqlens[0], cu_seqlens[1:] = 0, end_S
         return {
             "tokens": tokens_BT,
             "targets": targets.reshape(B, T),
             "loss_mask": loss_mask.reshape(B, T),
             "token_mask": token_mask.reshape(B, T),
             "positions": positions.reshape(B, T),
-            "doc_index": np.repeat(local_S, len_S).reshape(B, T),
-            "domain_ids": np.repeat(self.seg_dom[seg_S], len_S).reshape(B, T),
-            "cu_seqlens": np.concatenate([[0], end_S]).astype(np.int32),
-            "sample_index": rows_B.astype(np.int64),
+            "doc_index": self.seg_local[seg_S].repeat(len_S).reshape(B, T),
+            "domain_ids": self.seg_dom[seg_S].repeat(len_S).reshape(B, T),
+            "cu_seqlens": cu_seqlens,
+            "sample_index": rows_B,
         }

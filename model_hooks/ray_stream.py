@@ -4,7 +4,8 @@
 task per shard file, record batch by record batch) and turns each block into the
 training arrays with the same code as ``TokenStream`` (``RowTable.batch``);
 ``torch_batches(dataset, batch_size)`` iterates it with ``iter_torch_batches`` and
-hands out the trainer's batch dict. In a Ray Train worker::
+hands out the trainer's batch dict. ``ray_train.fit_with_ray_train`` is the Ray Train
+entry built on it; in a Ray Train worker of your own::
 
     shard = ray.train.get_dataset_shard("train")      # from packed_dataset(...)
     for batch in torch_batches(shard, 8, domain_names):
@@ -12,15 +13,15 @@ hands out the trainer's batch dict. In a Ray Train worker::
 
 Ray Data owns the order here (file order, or a seeded block shuffle) and the split
 between workers (``streaming_split`` / Ray Train's dataset shards); the exact,
-world-size-independent resume of ``TokenStream`` is not available on this path: Ray
-Train restarts an epoch from its start. One phase per dataset (seq_len and RoPE base
-differ between phases).
+world-size-independent resume of ``TokenStream`` is not available on this path
+(``fit_with_ray_train`` resumes at the saved phase by skipping the batches trained).
+One phase per dataset (seq_len and RoPE base differ between phases).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -83,10 +84,12 @@ def torch_batches(
     *,
     device: str = "auto",
     drop_last: bool = False,
+    extra: Mapping[str, object] | None = None,
 ) -> Iterator[dict]:
     """The trainer's batch dicts from ``iter_torch_batches`` (a dataset or a Ray Train
-    dataset shard)."""
-    names = list(domain_names)
+    dataset shard); ``extra`` adds plain values to every batch (a phase's ``phase``,
+    ``seq_len`` and ``rope_theta``, as ``TokenStream`` batches carry them)."""
+    plain = {"domain_names": list(domain_names), **(extra or {})}
     batches = dataset.iter_torch_batches(batch_size=batch_size, device=device, drop_last=drop_last)
     for batch in batches:
-        yield {**batch, "domain_names": names}
+        yield {**batch, **plain}

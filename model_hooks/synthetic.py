@@ -2,17 +2,20 @@
 and a deterministic synthetic source of them for tests and demos until the packed-shard
 token stream exists.
 
-A batch is a dict of (B, T) tensors plus the domain names:
+A batch is a dict of (B, T) tensors plus the domain names (``tokens``, ``positions``,
+``doc_index`` and ``domain_ids`` are int64 here and int32 from ``TokenStream``, which
+halves what it copies; the model and the trainer take either):
 
-* ``tokens`` int64, ``targets`` int64 (the next token of the same document),
+* ``tokens``; ``targets`` (the next token of the same document), int64 from every
+  source: ``cross_entropy`` takes no int32 targets,
 * ``loss_mask`` bool (False where there is no next token in the same document, and on
   padding),
 * ``token_mask`` bool (False on padding: routing statistics and the bias controller
   count only real tokens),
-* ``positions`` int64 (position within its document, restarting at 0),
-* ``doc_index`` int64 (which document segment of the row a token belongs to; padding
+* ``positions`` (position within its document, restarting at 0),
+* ``doc_index`` (which document segment of the row a token belongs to; padding
   gets its own segment),
-* ``domain_ids`` int64 (index into ``domain_names``),
+* ``domain_ids`` (index into ``domain_names``),
 * ``domain_names`` list[str].
 
 A source is an iterator of such dicts with ``state_dict()`` / ``load_state_dict()``

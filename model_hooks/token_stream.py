@@ -3,7 +3,8 @@
 ``TokenStream`` is a ``torch.utils.data.IterableDataset`` over one phase's packed
 shards, or over a curriculum (several phase folders consumed in order). Shards are
 memory-mapped; a row's tokens are read as a numpy view into the map and copied once,
-straight into the int64 batch tensor (the only copy; the embedding needs int64).
+straight into the int32 batch tensor (the only copy of the tokens; an embedding takes
+int32 ids, so the narrow type travels to the device as it is).
 
 Order. Phase p, epoch e is a permutation of the phase's rows drawn from
 ``(seed, p, e)`` only, so the global order never depends on the world size. Each
@@ -15,13 +16,18 @@ data-parallel ranks stay in step. A batch never mixes two phase-epochs. DataLoad
 workers take every n-th local batch, so a ``DataLoader(stream, batch_size=None,
 num_workers=n)`` yields the same batches in the same order as the stream itself.
 
-State. ``state_dict()`` is ``{version, seed, fingerprint, phase, epoch, sample}``:
-``sample`` counts the global positions of (phase, epoch) consumed so far. Resuming
-with any world size or batch size continues at the exact next global position; the
-fingerprint (from the shard checksums) rejects a resume on other data.
+State. ``state_dict()`` is ``{version, seed, fingerprint, phase, epoch, sample,
+world_size, batch_size}`` (``StreamLoader`` adds ``num_workers``): ``sample`` counts
+the global positions of (phase, epoch) consumed so far, the same number on every rank,
+so any rank's state will do. Resuming with any world size, batch size or number of
+workers continues at the exact next global position; the layout the state was saved
+under is kept for the record (``resumed_from``). The fingerprint (from the shard
+checksums) rejects a resume on other data.
 
-Batch (what ``model_hooks.train`` consumes; (B, T) tensors unless said):
-``tokens``, ``targets`` (the next token of the same segment, else ``IGNORE_INDEX``),
+Batch (what ``model_hooks.train`` consumes; (B, T) tensors unless said; ``tokens``,
+``positions``, ``doc_index`` and ``domain_ids`` int32, ``targets`` int64 as
+``cross_entropy`` wants it): ``tokens``, ``targets`` (the next token of the same
+segment, else ``IGNORE_INDEX``),
 ``loss_mask`` (False on padding and on each segment's last token), ``token_mask``
 (False on padding), ``positions`` (restart at 0 per segment and in the padding),
 ``doc_index`` (segment of each token; the padding is a segment of its own),
@@ -101,6 +107,9 @@ class TokenStream(IterableDataset):
             PhaseInfo(m.phase, d, m.seq_len, m.rope_theta, m.pad_id, m.vocab_size, m.rows, m.tokens)
             for m, d in zip(self.manifests, self.dirs, strict=True)
         ]
+        for m, d in zip(self.manifests, self.dirs, strict=True):
+            if m.vocab_size > np.iinfo(np.int32).max:
+                raise ValueError(f"{d}: vocab_size {m.vocab_size} does not fit int32 tokens")
         self.domain_names = domain_vocabulary(self.manifests, self.dirs)
         self.batch_size, self.seed, self.epochs, self.shuffle = batch_size, seed, epochs, shuffle
         self.rank, self.world_size = rank, world_size
@@ -109,6 +118,7 @@ class TokenStream(IterableDataset):
             digest.update("\n".join([m.phase, *(s.sha256 for s in m.shards)]).encode())
         self.fingerprint = int(digest.hexdigest()[:15], 16)
         self._position = (0, 0, 0)  # phase, epoch, global sample position in that epoch
+        self.resumed_from: dict[str, int] | None = None  # the layout of a loaded state
         self._tables: dict[int, RowTable] = {}
         self._iter: Iterator[dict] | None = None
 
@@ -133,14 +143,22 @@ class TokenStream(IterableDataset):
             "phase": phase,
             "epoch": epoch,
             "sample": sample,
+            "world_size": self.world_size,  # the layout it was saved under (a record:
+            "batch_size": self.batch_size or 0,  # the position does not depend on it)
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue at the saved global position, under this stream's own layout."""
         want = {"version": STATE_VERSION, "seed": self.seed, "fingerprint": self.fingerprint}
         for key, value in want.items():
             if state.get(key) != value:
                 raise ValueError(f"stream state {key}={state.get(key)}, this stream has {value}")
+        missing = [k for k in ("phase", "epoch", "sample") if k not in state]
+        if missing:
+            raise ValueError(f"stream state lacks {', '.join(missing)}")
         self._position = (int(state["phase"]), int(state["epoch"]), int(state["sample"]))
+        layout = ("world_size", "batch_size", "num_workers")
+        self.resumed_from = {k: int(state[k]) for k in layout if k in state}
         self._iter = None
 
     # -- order ---------------------------------------------------------------------------
@@ -199,14 +217,15 @@ class TokenStream(IterableDataset):
                     k: v if k == "cu_seqlens" else v.reshape(v.shape[1:]) for k, v in arrays.items()
                 }
             batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-            yield batch | {
-                "domain_names": self.domain_names,
-                "phase": info.name,
-                "phase_index": phase,
-                "seq_len": info.seq_len,
-                "rope_theta": info.rope_theta,
-                "stream_position": after,
-            }
+            batch.update(
+                domain_names=self.domain_names,
+                phase=info.name,
+                phase_index=phase,
+                seq_len=info.seq_len,
+                rope_theta=info.rope_theta,
+                stream_position=after,
+            )
+            yield batch
 
     def __next__(self) -> dict:
         """In-process iteration for the trainer; the position follows consumed batches."""
@@ -257,7 +276,7 @@ class StreamLoader:
         return batch
 
     def state_dict(self) -> dict[str, int]:
-        return self.stream.state_dict()
+        return self.stream.state_dict() | {"num_workers": self.num_workers}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.stream.load_state_dict(state)

@@ -101,6 +101,11 @@ class TrainRunConfig(_Strict):
             )
         if self.grow_at_step is not None and self.ray_workers:
             raise ValueError("grow_at_step runs in this process only (ray_workers: 0)")
+        if self.ray_workers and (self.epochs != 1 or self.num_workers):
+            raise ValueError(
+                "epochs and num_workers apply to ray_workers: 0 only (Ray Data reads "
+                "each phase once and owns its readers)"
+            )
         if self.width_transfer is not None:
             tuned_here = {"init_std", "embed_init_std"} & self.model.model_fields_set
             if tuned_here:

@@ -48,6 +48,10 @@ def _served(batches: list[dict]) -> Counter:
     return Counter((b["phase_index"], int(i)) for b in batches for i in b["sample_index"] if i >= 0)
 
 
+def _row(batch: dict) -> tuple[int, int]:
+    return batch["phase_index"], int(batch["sample_index"][0])
+
+
 def test_batch_fields_match_the_packed_rows(tmp_path: Path) -> None:
     phase = make_phase(tmp_path, "p")
     shards = read_manifest(phase).shards
@@ -57,6 +61,9 @@ def test_batch_fields_match_the_packed_rows(tmp_path: Path) -> None:
     assert names == read_manifest(phase).domains
     batches = _drain(stream)
     assert sum(len(b["sample_index"]) for b in batches) == len(table)
+    narrow = ("tokens", "positions", "doc_index", "domain_ids", "cu_seqlens")
+    assert all(batches[0][k].dtype == torch.int32 for k in narrow)  # cast on the device
+    assert batches[0]["targets"].dtype == torch.int64  # what cross_entropy takes
     for batch in batches:
         T = batch["seq_len"]
         for b, row_id in enumerate(batch["sample_index"].tolist()):
@@ -137,14 +144,21 @@ def test_resume_with_another_world_size(
         consumed += _served([next(s) for s in old])
     states = [s.state_dict() for s in old]
     assert all(state == states[0] for state in states)  # any rank's state will do
+    assert (states[0]["world_size"], states[0]["batch_size"]) == (2, 3)  # saved layout
     new = ranks(new_world, new_batch)
     for s in new:
         s.load_state_dict(states[0])
+        assert s.resumed_from == {"world_size": 2, "batch_size": 3}
+        assert s.state_dict()["world_size"] == new_world
     remaining = sum((_served(_drain(s)) for s in new), Counter())
     assert consumed + remaining == everything
     # and the consumed part is exactly the head of the world-size-free global order
     head = TokenStream(curriculum, batch_size=1, seed=5, epochs=2)
     assert _served([next(head) for _ in range(consumed.total())]) == consumed
+    # one rank resumed from that state continues the global order sample for sample
+    single = TokenStream(curriculum, batch_size=1, seed=5, epochs=2)
+    single.load_state_dict(states[0])
+    assert [_row(b) for b in _drain(single)] == [_row(b) for b in _drain(head)]
 
 
 def test_dataloader_workers_and_stream_loader_resume(curriculum: list[Path]) -> None:
@@ -158,6 +172,7 @@ def test_dataloader_workers_and_stream_loader_resume(curriculum: list[Path]) -> 
     for _ in range(5):
         next(loader)  # the workers have prefetched more than that
     state = loader.state_dict()
+    assert state["num_workers"] == 2 and state["world_size"] == 1
     resumed = StreamLoader(stream(), num_workers=2)
     resumed.load_state_dict(state)
     rest = _drain(resumed)
@@ -181,7 +196,8 @@ def test_curriculum_metadata_and_state_checks(curriculum: list[Path], tmp_path: 
     assert seen[0] == ("short", 32, 1e4, 32) and seen[-1] == ("long", 48, 1e6, 48)
     assert stream.num_batches() == len(seen)
     state = stream.state_dict()
-    assert set(state) == {"version", "seed", "fingerprint", "phase", "epoch", "sample"}
+    assert set(state) == {"version", "seed", "fingerprint", "phase", "epoch", "sample",
+                          "world_size", "batch_size"}  # fmt: skip
     assert all(isinstance(v, int) for v in state.values())
     with pytest.raises(ValueError, match="seed"):
         TokenStream(curriculum, seed=1).load_state_dict(state)

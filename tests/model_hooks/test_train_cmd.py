@@ -110,6 +110,7 @@ def test_steps_override_and_explicit_phases(curriculum: Path) -> None:
         ({"batch_size": 0}, "batch_size: Input should be greater than 0"),
         ({"train": {"balance_groups": 3}}, "train.balance_groups=3 must divide"),
         ({"grow_at_step": 2, "ray_workers": 2}, "grow_at_step runs in this process only"),
+        ({"epochs": 2, "ray_workers": 2}, "epochs and num_workers apply to ray_workers: 0"),
         (
             {"model": {"init_std": 0.01}, "width_transfer": {"proxy_model": {"d_model": 16}}},
             "model.init_std comes from width_transfer.proxy_model",
