@@ -16,31 +16,7 @@ import pytest
 from tests.cluster_scripts.harness import VENV_BIN, run_logged, sigkill_when
 
 SHARDS, DOCS_PER_SHARD = 24, 120
-WORDS = [
-    "the",
-    "of",
-    "data",
-    "model",
-    "token",
-    "river",
-    "stone",
-    "light",
-    "code",
-    "value",
-    "run",
-    "mix",
-    "pack",
-    "long",
-    "short",
-    "field",
-    "signal",
-    "energy",
-    "matrix",
-    "proof",
-    "water",
-    "north",
-    "market",
-]
+WORDS = [a + b for a in ("ka", "to", "ri", "mo", "su", "le") for b in ("n", "la", "te", "ro")]
 MIX = """
 seed: 3
 packing: {window_sequences: 2}

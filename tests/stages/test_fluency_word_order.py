@@ -12,17 +12,10 @@ import pytest
 from stages.base import DROP_REASON, DROP_SCORE
 from stages.fluency import REASON_WORD_SALAD, WORD_ORDER_GAIN, Fluency, FluencyConfig
 from stages.word_order import MAX_VOCABULARY, WordOrderModel, shuffled_words, tokens
+from tests.stages.test_fluency import REFERENCE as FLUENCY_REFERENCE
 
 REFERENCE = [
-    "The river rises in the hills and flows slowly towards the sea. Along its banks the "
-    "farmers grow wheat and barley, and in the spring the water is high and cold. "
-    "Children learn to swim in the shallow bend below the old mill, where the current is "
-    "weak and the bottom is sandy. In the autumn the leaves fall into the water and are "
-    "carried down to the harbour, where the fishing boats wait for the tide.",
-    "A good library lends books to everyone who lives in the town. The librarians help "
-    "readers find what they are looking for, and they order new books every month. On "
-    "rainy afternoons the reading room is full of students who prepare for their exams, "
-    "and in the evening the lights stay on until the last reader has gone home.",
+    *sorted(set(FLUENCY_REFERENCE)),  # the two passages of test_fluency.py
     "The baker opens his shop before the sun is up. He mixes the flour with water and "
     "salt, leaves the dough to rest for an hour, and then shapes the loaves by hand. By "
     "seven o'clock the first customers are waiting at the door, and by noon most of the "
