@@ -30,7 +30,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(PY) -m bench.extract
+	$(PY) -m bench all
 
 clean:
 	rm -rf runs .pytest_cache

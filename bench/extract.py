@@ -7,7 +7,7 @@ article bodies for favor_precision True and False, stage and bare loop side by s
 (equal options must give equal texts), plus the share of trafilatura's evaluation
 snippets found ("with") and avoided ("without") on the mostly German web/trafilatura.
 
-    python -m bench.extract [--data DIR] [--limit N] [--rounds R]
+    python -m bench.extract [--data DIR] [--limit N] [--rounds R] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from bench.contract import Row, add_contract_arguments, row, write_json
 from stages.base import DOCUMENT_SCHEMA
 from stages.extract import Extract, ExtractConfig
 
@@ -119,9 +120,10 @@ def child_cpu_seconds(stage: Extract) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def speed(pages: list[Page], cfg: ExtractConfig, rounds: int) -> None:
+def speed(pages: list[Page], cfg: ExtractConfig, rounds: int) -> dict[str, float]:
     """Modes take turns on each chunk of pages, in rotating order, so that load from
-    other processes on a shared machine falls on all of them alike."""
+    other processes on a shared machine falls on all of them alike. Returns the rates
+    over all corpora (pages/s per mode, and the CPU-time ratios)."""
     stage, options = Extract(cfg), cfg.trafilatura_options()
     modes: dict[str, Callable[[list[Page], pa.Table], Any]] = {
         "bare": lambda chunk, _: run_bare(chunk, options),
@@ -151,7 +153,7 @@ def speed(pages: list[Page], cfg: ExtractConfig, rounds: int) -> None:
     print(f"\n(a) pages/s (wall clock, {rounds} rounds), favor_precision={cfg.favor_precision};")
     print("    main: SIGALRM limit (Ray task), thread: child-process limit (Ray actor pool);")
     print("    cpu: the same ratios in CPU seconds (parent + child), robust to a busy machine")
-    _print_rates(pages, rounds, wall, cpu)
+    return _print_rates(pages, rounds, wall, cpu)
 
 
 def _print_rates(
@@ -159,7 +161,8 @@ def _print_rates(
     rounds: int,
     wall: dict[tuple[str, str], float],
     cpu: dict[tuple[str, str], float],
-) -> None:
+) -> dict[str, float]:
+    """Print the per-corpus table; return the "all" line's rates and CPU ratios."""
     print(f"{'corpus':<12}{'pages':>6}{'bare':>8}{'main':>8}{'thread':>8}", end="")
     print("".join(f"{h:>12}" for h in ("main/bare", "thread/bare", "cpu m/b", "cpu t/b")))
     for corpus in (*CORPORA, "all"):
@@ -172,9 +175,12 @@ def _print_rates(
         print(f"{corpus:<12}{n // rounds:>6}", end="")
         print(f"{rate['bare']:>8.1f}{rate['main']:>8.1f}{rate['thread']:>8.1f}", end="")
         print("".join(f"{r:>12.3f}" for r in ratios))
+    return {**rate, "cpu_main_ratio": ratios[2], "cpu_thread_ratio": ratios[3]}
 
 
-def quality(pages: list[Page], data: Path) -> None:
+def quality(pages: list[Page], data: Path) -> dict[tuple[bool, str], float]:
+    """Print the quality table; return the aeb macro F1 per (favor_precision, loop)."""
+    f1: dict[tuple[bool, str], float] = {}
     truth = json.loads((data / "aeb" / "ground-truth.json").read_text())
     evaldata = json.loads((data / "trafilatura" / "evaldata.json").read_text())
     aeb = [p for p in pages if p.corpus == "aeb"]
@@ -202,12 +208,14 @@ def quality(pages: list[Page], data: Path) -> None:
                 token_f1(t, truth[p.key]["articleBody"])
                 for p, t in zip(aeb, texts[: len(aeb)], strict=True)
             ]
-            p, r, f = (sum(s[i] for s in scores) / len(scores) for i in range(3))
+            p, r, f = (sum(s[i] for s in scores) / max(len(scores), 1) for i in range(3))
+            f1[precision, loop] = f
             found, avoided = _snippets(texts[len(aeb) :], [evaldata[p.key] for p in traf])
             print(
                 f"{precision!s:<16}{loop:<6}{p:>7.3f}{r:>7.3f}{f:>7.3f}"
                 f"{f'{equal}/{len(ours)}':>9}{found:>7.3f}{avoided:>9.3f}{rates[loop]:>7.1f}"
             )
+    return f1
 
 
 def _snippets(texts: list[str | None], entries: list[dict[str, Any]]) -> tuple[float, float]:
@@ -218,18 +226,42 @@ def _snippets(texts: list[str | None], entries: list[dict[str, Any]]) -> tuple[f
     return sum(found) / max(len(found), 1), sum(avoided) / max(len(avoided), 1)
 
 
+def result_rows(rates: dict[str, float], f1: dict[tuple[bool, str], float]) -> list[Row]:
+    """The contract rows: the stage against the bare loop, speed and F1."""
+    peer = "trafilatura.extract loop"
+    return [
+        row("extract, Ray task path (SIGALRM limit)", rates["main"], rates["bare"],
+            peer_name=peer, unit="pages/s (wall)"),
+        row("extract, actor-pool path (child-process limit)", rates["thread"], rates["bare"],
+            peer_name=peer, unit="pages/s (wall)"),
+        row("extract, Ray task path, CPU time", None, None, peer_name=peer,
+            ratio=rates["cpu_main_ratio"], unit="ratio of pages per CPU second"),
+        *(
+            row(f"web/aeb token F1, favor_precision={precision}", f1[precision, "ours"],
+                f1[precision, "bare"], peer_name=peer, unit="macro F1")
+            for precision in (True, False)
+        ),
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the web/ folder")
     parser.add_argument("--limit", type=int, default=None, help="pages per corpus")
     parser.add_argument("--rounds", type=int, default=2, help="timing rounds (best of)")
+    add_contract_arguments(parser)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.limit, args.rounds = min(args.limit or 6, 6), 1
     if not all((args.data / corpus).is_dir() for corpus in CORPORA):
         print(f"skipped: ../shared/data/web not found ({args.data})")
+        write_json(args.json, "extract", [], [f"skipped: {args.data} not found"])
         return 0
     pages = load_pages(args.data, args.limit)
-    speed(pages, ExtractConfig(), args.rounds)
-    quality(pages, args.data)
+    rates = speed(pages, ExtractConfig(), args.rounds)
+    f1 = quality(pages, args.data)
+    notes = [f"{len(pages)} pages (aeb, trafilatura, readability), {args.rounds} timing rounds"]
+    write_json(args.json, "extract", result_rows(rates, f1), notes)
     return 0
 
 

@@ -5,7 +5,7 @@ Reads ``../shared/data`` (not part of the repository): lingua's test sentences i
 languages (Leipzig corpora; the file name is the ISO 639-1 code) and, for long
 documents, the AEB article bodies, two Gutenberg books and the STEM sources.
 
-    python -m bench.langid [--data ../shared/data] [--repeat 3]
+    python -m bench.langid [--data ../shared/data] [--repeat 3] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from bench.contract import Row, add_contract_arguments, row, write_json
 from stages.langid import LABEL_PREFIX, LangId, LangIdConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -66,9 +67,10 @@ def long_documents(root: Path, lingua: dict[str, list[str]]) -> dict[str, list[s
     }
 
 
-def accuracy_report(lingua: dict[str, list[str]]) -> None:
+def accuracy_report(lingua: dict[str, list[str]]) -> float:
     """Top-label accuracy through the stage, strict and up to macro-language merges,
-    and what a one-language filter at the default ``min_score`` keeps."""
+    and what a one-language filter at the default ``min_score`` keeps; returns the
+    strict accuracy."""
     stage = LangId(LangIdConfig(min_score=None))
     known = {label.removeprefix(LABEL_PREFIX) for label in stage.model.get_labels()}
     truth = [code for code, lines in lingua.items() for _ in lines]
@@ -110,16 +112,20 @@ def accuracy_report(lingua: dict[str, list[str]]) -> None:
             f"    {code}: {kept.count(code) / len(lingua[code]):.0%} kept, "
             f"{sum(others.values())} others ({dict(others.most_common(4))})"
         )
+    return strict
 
 
-def speed_report(stage: LangId, lingua: dict[str, list[str]], repeat: int) -> None:
-    """Raw batch predictions/s against the whole stage call on the same lines."""
+def speed_report(stage: LangId, lingua: dict[str, list[str]], repeat: int) -> tuple[float, float]:
+    """Raw batch predictions/s against the whole stage call on the same lines; returns
+    (stage rows/s, raw predictions/s)."""
     lines = [s for sentences in lingua.values() for s in sentences]
     seconds = best_seconds(lambda: stage.model.predict(lines, k=1), repeat)
-    print(f"  model.predict(list): {len(lines) / seconds:,.0f} predictions/s")
+    raw = len(lines) / seconds
+    print(f"  model.predict(list): {raw:,.0f} predictions/s")
     table = pa.table({"text": lines, "format": ["text"] * len(lines)})
     seconds = best_seconds(lambda: stage(table), repeat)
     print(f"  LangId.__call__:     {len(lines) / seconds:,.0f} rows/s ({len(lines)} rows)")
+    return len(lines) / seconds, raw
 
 
 def truncation_report(root: Path, lingua: dict[str, list[str]], repeat: int) -> None:
@@ -154,20 +160,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--repeat", type=int, default=3)
+    add_contract_arguments(parser)
     args = parser.parse_args(argv)
     if not (args.data / "langid" / "lingua").is_dir():
         print(f"skip: {args.data}/langid/lingua is absent (bench data lives beside the repo)")
+        write_json(args.json, "langid", [], [f"skipped: {args.data}/langid/lingua not found"])
         return 0
 
-    for kind in ("sentences", "word-pairs", "single-words"):
+    # --quick: sentences only, 40 lines a language, one timing run, no truncation sweep
+    per_language = 40 if args.quick else None
+    repeat = 1 if args.quick else args.repeat
+    rows: list[Row] = []
+    for kind in ("sentences",) if args.quick else ("sentences", "word-pairs", "single-words"):
         print(f"accuracy, lingua {kind}:")
-        accuracy_report(read_lingua(args.data, kind))
+        lingua = {c: lines[:per_language] for c, lines in read_lingua(args.data, kind).items()}
+        accuracy = accuracy_report(lingua)
+        rows.append(row(f"lid.176 top-label accuracy, lingua {kind}", accuracy,
+                        unit=f"fraction correct ({len(lingua)} languages)"))  # fmt: skip
     stage = LangId(LangIdConfig())
-    lingua = read_lingua(args.data, "sentences")
+    lingua = {c: s[:per_language] for c, s in read_lingua(args.data, "sentences").items()}
     print("speed, lingua sentences (one core):")
-    speed_report(stage, lingua, args.repeat)
-    print("truncation (max_chars), long documents:")
-    truncation_report(args.data, lingua, args.repeat)
+    ours, raw = speed_report(stage, lingua, repeat)
+    measure = "langid stage vs raw fastText predict, lingua sentences"
+    peer = "fastText model.predict(list)"
+    rows.append(row(measure, ours, raw, peer_name=peer, unit="rows/s (one core)"))
+    if not args.quick:
+        print("truncation (max_chars), long documents:")
+        truncation_report(args.data, lingua, args.repeat)
+    notes = [f"{sum(map(len, lingua.values()))} sentences timed, best of {repeat}"]
+    write_json(args.json, "langid", rows, notes)
     return 0
 
 

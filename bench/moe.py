@@ -11,7 +11,7 @@ and a whole train_step; the prediction for each is the ratio of matmul work per 
 
 Times are CPU seconds of this process with one torch thread (best of the timed steps).
 
-    python -m bench.moe [--steps 6] [--batch-size 8] [--seq-len 256] [--quick]
+    python -m bench.moe [--steps 6] [--batch-size 8] [--seq-len 256] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from bench.contract import add_contract_arguments, row, write_json
 from model_hooks.model import Model, ModelConfig
 from model_hooks.moe import MoE, routing_stats
 from model_hooks.synthetic import SyntheticBatches
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
-    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    add_contract_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.batch_size, args.seq_len, args.rounds = 1, 1, 2, 64, 1
@@ -117,6 +118,25 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2))
+    peer = "the same MoE without zero experts"
+    rows = [
+        row("train_step with zero experts", result["train_tokens_per_s"]["with_zero"],
+            result["train_tokens_per_s"]["without_zero"], peer_name=peer,
+            unit="tokens/s (CPU, one thread)"),
+        row("train_step speed-up predicted from matmul weights per token", None,
+            ratio=result["train_speedup_predicted"], unit="ratio"),
+        row("MoE block forward+backward with zero experts",
+            result["moe_block_tokens_per_s"]["with_zero"],
+            result["moe_block_tokens_per_s"]["without_zero"], peer_name=peer,
+            unit="tokens/s (CPU, one thread)"),
+        row("MoE block speed-up predicted from FFN experts per token", None,
+            ratio=result["moe_block_speedup_predicted"], unit="ratio"),
+    ]  # fmt: skip
+    notes = [
+        f"K={result['K']}, K_e target {result['K_e_target']}; FFN experts per token in "
+        f"training: {result['ffn_experts_per_token_train']}"
+    ]
+    write_json(args.json, "moe", rows, notes)
     return 0
 
 

@@ -14,6 +14,7 @@ concatenates the same stream and cuts it every ``seq_len`` tokens.
 
     python -m bench.pack [--data DIR] [--seq-lens 8192 32768 131072]
                          [--windows 16 64 256 1024] [--stream-tokens 128M] [--max-mb 16]
+                         [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.contract import Row, add_contract_arguments, row, write_json
 from bench.tokenizer_bench import DEFAULT_DATA, load_corpus, require_data
 from pipeline.mix_config import parse_tokens
 from stages.pack import concatenate_and_chunk, pack_pieces, split_into_pieces
@@ -102,8 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--stream-tokens", default="128M", help="tokens per stream (e.g. 64M)")
     parser.add_argument("--max-mb", type=float, default=16.0, help="corpus text to tokenize (MB)")
+    add_contract_arguments(parser)
     args = parser.parse_args(argv)
-    require_data(args.data)
+    if args.quick:
+        args.seq_lens, args.windows, args.stream_tokens, args.max_mb = [8192], [16, 64], "4M", 1.0
+    require_data(args.data, "pack", args.json)
     documents = tokenized_documents(args.data, int(args.max_mb * 1e6))
     lengths = np.array([len(d[0]) for d in documents])
     print(
@@ -116,21 +121,45 @@ def main(argv: list[str] | None = None) -> None:
         f"{'seq_len':>8} {'method':<22} {'window MB':>9} {'padding':>9} {'split':>7} {'rows/s':>9}"
     )
     print(header)
+    rows: list[Row] = []
     for seq_len in args.seq_lens:
         naive = bench_naive(docs, seq_len)
         print(
             f"{seq_len:>8} {'concatenate-and-chunk':<22} {'-':>9} {naive['padding']:>9.4%}"
             f" {naive['split']:>7.2%} {naive['rows_per_s']:>9,.0f}"
         )
+        largest = None
         for window in args.windows:
             if window * seq_len * 2 > parse_tokens(args.stream_tokens):
                 print(f"{seq_len:>8} {f'BFD window {window}':<22} (stream holds under 2 windows)")
                 continue
             bfd = bench_bfd(docs, seq_len, window)
+            largest = (window, bfd)
             print(
                 f"{seq_len:>8} {f'BFD window {window}':<22} {bfd['window_mb']:>9.1f}"
                 f" {bfd['padding']:>9.4%} {bfd['split']:>7.2%} {bfd['rows_per_s']:>9,.0f}"
             )
+        if largest is not None:
+            rows.extend(contract_rows(seq_len, *largest, naive))
+    notes = [
+        f"{len(documents)} documents, {lengths.sum():,} tokens, stream {args.stream_tokens};"
+        " ours = best-fit-decreasing at the largest window that fits the stream twice"
+    ]
+    write_json(args.json, "pack", rows, notes)
+
+
+def contract_rows(seq_len: int, window: int, bfd: dict, naive: dict) -> list[Row]:
+    """Packing against concatenate-and-chunk at one ``seq_len``: padding and documents
+    split (lower is better, so the ratio is chunk/ours), and rows built per second."""
+    peer, where = "concatenate-and-chunk", f"seq_len {seq_len:,}, BFD window {window}"
+    return [
+        row(f"padding fraction, {where}", bfd["padding"], naive["padding"], peer_name=peer,
+            unit="fraction of row tokens", higher_is_better=False),
+        row(f"documents split, {where}", bfd["split"], naive["split"], peer_name=peer,
+            unit="fraction of documents", higher_is_better=False),
+        row(f"rows built, {where}", bfd["rows_per_s"], naive["rows_per_s"], peer_name=peer,
+            unit="rows/s (one core)"),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

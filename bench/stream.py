@@ -7,7 +7,8 @@ tokens otherwise. Both readers open the shards afresh (memory map) and read the 
 rows in the same (seeded, shuffled) order:
 
 * raw: ``pa.memory_map`` + ``pa.ipc.open_file``, each row's tokens copied into a
-  (B, T) int64 tensor: the least any loader must do for an embedding lookup;
+  (B, T) tensor of the stream's token dtype (int32): the least any loader must do for
+  an embedding lookup;
 * stream: ``TokenStream`` batches, with targets, loss mask, token mask, positions,
   segment index, domain ids and cu_seqlens on top;
 * trainer: ``train_step`` of a tiny LongCat-style model on the stream's batches.
@@ -16,6 +17,7 @@ Times are CPU seconds of this one-thread process (best of ``--repeat``), so that
 load of a shared machine does not decide the ratios.
 
     python -m bench.stream [--seq-len 2048] [--batch-size 8] [--tokens 4000000] [--quick]
+                           [--json PATH]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from bench.contract import add_contract_arguments, row, write_json
 from model_hooks.model import Model, ModelConfig
 from model_hooks.shard_format import read_manifest
 from model_hooks.synthetic import write_packed_phase
@@ -99,9 +102,13 @@ def _mapped_tables(phase: Path) -> list[pa.Table]:
     ]
 
 
+TOKEN_DTYPE = np.int32  # what TokenStream batches carry (checked in main)
+
+
 def raw_copy(phase: Path, order: np.ndarray, batch_size: int) -> int:
     """The floor: memory-map the shards, take numpy views of the token lists and copy
-    the rows, in ``order``, into (B, T) int64 tensors. Tokens only."""
+    the rows, in ``order``, into (B, T) tensors of the stream's token dtype. Tokens
+    only."""
     T = read_manifest(phase).seq_len
     views = [
         chunk.flatten().to_numpy(zero_copy_only=True).reshape(-1, T)
@@ -113,7 +120,7 @@ def raw_copy(phase: Path, order: np.ndarray, batch_size: int) -> int:
     for i in range(0, len(order), batch_size):
         rows = order[i : i + batch_size]
         chunk = np.searchsorted(starts, rows, side="right") - 1
-        out = np.empty((len(rows), T), np.int64)
+        out = np.empty((len(rows), T), TOKEN_DTYPE)
         for b, (c, r) in enumerate(zip(chunk, rows - starts[chunk], strict=True)):
             out[b] = views[c][r]
         tokens += torch.from_numpy(out).numel()
@@ -122,13 +129,14 @@ def raw_copy(phase: Path, order: np.ndarray, batch_size: int) -> int:
 
 def raw_take(phase: Path, order: np.ndarray, batch_size: int) -> int:
     """The plain pyarrow API: ``Table.take`` of the batch's rows from the memory-mapped
-    shards, tokens to an int64 tensor, cu_seqlens and domains to Python lists."""
+    shards, tokens to a tensor of the stream's token dtype, cu_seqlens and domains to
+    Python lists."""
     table = pa.concat_tables(_mapped_tables(phase))
     tokens = 0
     for i in range(0, len(order), batch_size):
         rows = table.take(order[i : i + batch_size])
         flat = rows.column("tokens").combine_chunks().flatten().to_numpy()
-        tokens += torch.from_numpy(flat.astype(np.int64).reshape(rows.num_rows, -1)).numel()
+        tokens += torch.from_numpy(flat.astype(TOKEN_DTYPE).reshape(rows.num_rows, -1)).numel()
         rows.column("cu_seqlens").to_pylist(), rows.column("domains").to_pylist()
     return tokens
 
@@ -154,14 +162,27 @@ def trainer_tokens_per_second(phase: Path, batch_size: int, steps: int, vocab: i
     return tokens / (time.process_time() - start)
 
 
+def contract_rows(result: dict) -> list[dict]:
+    """The bench JSON rows: tokens per second, ours against each peer (> 1: ours faster)."""
+    stream, unit = result["stream_tokens_per_s"], "tokens/s (CPU time of one thread)"
+    return [
+        row("stream vs raw mmap copy of the tokens", stream, result["raw_copy_tokens_per_s"],
+            peer_name="pyarrow memory_map + numpy row copy", unit=unit),
+        row("stream vs pyarrow Table.take", stream, result["raw_take_tokens_per_s"],
+            peer_name="pyarrow Table.take", unit=unit),
+        row("stream vs trainer consumption (tiny model, CPU)", stream,
+            result["trainer_tokens_per_s"], peer_name="model_hooks.train.train_step", unit=unit),
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=4_000_000, help="corpus size")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--train-steps", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    add_contract_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.seq_len, args.tokens, args.repeat, args.train_steps = 256, 100_000, 1, 1
@@ -170,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         docs, vocab, origin = documents(args.tokens, seed=0)
         phase = Path(tmp) / "phase"
         manifest = write_packed_phase(phase, docs, args.seq_len, vocab, rows_per_shard=256)
+        first = next(TokenStream(phase, batch_size=args.batch_size))
+        if first["tokens"].numpy().dtype != TOKEN_DTYPE:
+            raise RuntimeError(
+                f"the stream's tokens are {first['tokens'].dtype}: update TOKEN_DTYPE"
+            )
         order = TokenStream(phase).order(0, 0)
         tokens = manifest.rows * args.seq_len
         readers = {
@@ -196,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         "stream_over_trainer": round(stream_rate / trainer, 1),
     }
     print(json.dumps(result, indent=2))
+    notes = [
+        f"data: {origin}; {manifest.rows} rows of seq_len {args.seq_len}, batch_size "
+        f"{args.batch_size}, padding fraction {result['padding_fraction']}",
+        "raw copy: the same rows in the same order into (B, T) arrays of the stream's token "
+        "dtype (int32); the stream also builds targets, loss and token masks, positions, "
+        "segment index, domain ids and cu_seqlens",
+        "goal: stream / raw copy >= 0.5",
+    ]
+    write_json(args.json, "stream", contract_rows(result), notes)
     return 0
 
 

@@ -15,6 +15,7 @@ the whole distributed path (curated shards on disk -> actor pool -> tokenized sh
 disk), timed after Ray has started, as a ratio to the bare call on one process.
 
     python -m bench.tokenizer_bench [--data DIR] [--max-mb 8] [--rounds 3] [--ray]
+                                    [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from bench.contract import add_contract_arguments, row, write_json
 from stages.tokens import Tokenize, TokenizeConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -68,9 +70,13 @@ def load_corpus(data: Path, max_bytes: int | None = None) -> pa.Table:
     )
 
 
-def require_data(data: Path) -> None:
+def require_data(data: Path, bench: str | None = None, json_path: Path | None = None) -> None:
+    """Exit (status 0) with a message when the shared corpus is absent; with ``json_path``
+    the skip is recorded there as the contract's notes."""
     if not (data / "tokenizers" / "gpt-neox.json").exists():
         print(f"skipped: {data} not found (the shared corpus lives beside the project)")
+        if bench is not None:
+            write_json(json_path, bench, [], [f"skipped: {data} not found"])
         sys.exit(0)
 
 
@@ -158,8 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ray", action="store_true", help="also time the actor-pool path")
     parser.add_argument("--shards", type=int, default=4, help="curated shards for --ray")
+    add_contract_arguments(parser)
     args = parser.parse_args(argv)
-    require_data(args.data)
+    if args.quick:
+        args.max_mb, args.rounds = min(args.max_mb, 0.5), 1
+    require_data(args.data, "tokenizer", args.json)
     tokenizer = args.data / "tokenizers" / "gpt-neox.json"
     table = load_corpus(args.data, int(args.max_mb * 1e6))
     megabytes = sum(len(t.encode()) for t in table.column("text").to_pylist()) / 1e6
@@ -167,9 +176,15 @@ def main(argv: list[str] | None = None) -> None:
     results = bench_in_process(table, tokenizer, args.batch_rows, args.rounds)
     for name, r in results.items():
         print(f"  {name:<18} {r['tokens']:>10,} tokens  {r['tokens_per_s']:>12,.0f} tokens/s")
+    rows = []
     for name in ("encode_batch", "encode_batch_fast"):
         ratio = median_ratio(results, "stage", name)
         print(f"  ratio stage / {name + ':':<19} {ratio:.3f} (median of {args.rounds} rounds)")
+        rows.append(
+            row(f"tokenize stage vs bare {name}", results["stage"]["tokens_per_s"],
+                results[name]["tokens_per_s"], peer_name=f"tokenizers {name}", ratio=ratio,
+                unit="tokens/s (best round; ratio: median of rounds)")
+        )  # fmt: skip
     if args.ray:
         distributed = bench_ray(table, tokenizer, args.shards)
         print(
@@ -181,6 +196,13 @@ def main(argv: list[str] | None = None) -> None:
             "  ratio ray / encode_batch:        "
             f"{distributed['tokens_per_s'] / results['encode_batch']['tokens_per_s']:.3f}"
         )
+        rows.append(
+            row("tokenize on Ray (shards in and out) vs bare encode_batch",
+                distributed["tokens_per_s"], results["encode_batch"]["tokens_per_s"],
+                peer_name="tokenizers encode_batch", unit="tokens/s")
+        )  # fmt: skip
+    notes = [f"{table.num_rows} documents, {megabytes:.1f} MB, GPT-NeoX BPE, {args.rounds} rounds"]
+    write_json(args.json, "tokenizer", rows, notes)
 
 
 if __name__ == "__main__":
