@@ -11,7 +11,10 @@ No step holds all documents or all signatures in one process:
 3. **Edges** (``groupby`` on a partition of the edge's first node): duplicate edges from
    several bands are merged; with ``verify_candidates`` the shingle sets of the
    candidate documents are fetched per shard (``groupby("shard")``: each task re-reads
-   one shard's texts) and joined in, and pairs below the threshold are dropped.
+   its shards' texts and shingles only the candidates) and joined in, and pairs below
+   the threshold are dropped. The verification's partition count comes from the
+   candidates' shingle counts (``verify_partition_bytes`` of sets per partition), so a
+   worker's share stays the same size however many candidates the corpus has.
 4. **Components**: up to ``union_find_max_edges`` edges meet on the driver for
    union-find; above it, alternating large/small-star rounds run as groupbys
    (``pipeline/minhash_components.py``).
@@ -21,11 +24,13 @@ No step holds all documents or all signatures in one process:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.curate import GlobalStep, RunLayout, apply_steps
@@ -62,6 +67,7 @@ BAND_SCHEMA = pa.schema(
         ("node", pa.int64()),
         ("id", pa.string()),
         ("score", pa.float64()),
+        ("shingles", pa.int32()),  # the document's shingle count: sizes verification
     ]
 )
 EDGE_SCHEMA = pa.schema(
@@ -74,6 +80,7 @@ EDGE_SCHEMA = pa.schema(
         ("src_score", pa.float64()),
         ("dst_score", pa.float64()),
         ("similarity", pa.float64()),
+        ("pair_shingles", pa.int64()),  # shingles of both documents
         ("node", pa.int64()),
         ("shingles", pa.list_(pa.uint64())),
     ]
@@ -92,6 +99,25 @@ def partition_count(layout: RunLayout, shards: Sequence[Shard], cfg: MinHashConf
     return max(2, math.ceil(documents * bands / cfg.partition_rows))
 
 
+def releases_arrow_memory(task: Callable[..., pa.Table]) -> Callable[..., pa.Table]:
+    """Hand the memory Arrow's pool freed during ``task`` back to the OS when it ends.
+
+    Workers live for the whole run; jemalloc (Arrow's default pool) keeps freed pages
+    for reuse, so without this a worker's private memory creeps up with the number of
+    tasks it ran (measured: +70-100 MiB per worker from 4x to 16x in bench/dedup.py),
+    not with the size of any one task."""
+
+    @functools.wraps(task)
+    def run(*args, **kwargs) -> pa.Table:
+        try:
+            return task(*args, **kwargs)
+        finally:
+            pa.default_memory_pool().release_unused()
+
+    return run
+
+
+@releases_arrow_memory
 def band_rows(batch: pa.Table, cfg: MinHashConfig, partitions: int) -> pa.Table:
     """Documents in, one row per (document, band) out; documents without shingles
     (empty texts) cannot be anybody's near duplicate and are left out."""
@@ -109,6 +135,7 @@ def band_rows(batch: pa.Table, cfg: MinHashConfig, partitions: int) -> pa.Table:
             "node": np.repeat(nodes, signer.bands),
             "id": batch.column("id").take(pa.array(rows, pa.int64())),
             "score": score,
+            "shingles": np.diff(offsets)[rows].astype(np.int32),
         },
         schema=BAND_SCHEMA,
     )
@@ -120,6 +147,7 @@ def _scores(batch: pa.Table, cfg: MinHashConfig) -> pa.Array:
     return batch.column(cfg.prefer_column).combine_chunks().cast(pa.float64())
 
 
+@releases_arrow_memory
 def bucket_group(group: pa.Table, partitions: int) -> pa.Table:
     """One partition of band rows: equal keys become star edges, partitioned by the
     edge's first node for the next step."""
@@ -129,6 +157,7 @@ def bucket_group(group: pa.Table, partitions: int) -> pa.Table:
     center_rows, member_rows = pa.array(center, pa.int64()), pa.array(member, pa.int64())
     src = nodes[center]
     n = len(center)
+    shingles = group.column("shingles").to_numpy().astype(np.int64)
     return pa.table(
         {
             "part": partition_of(src, partitions),
@@ -139,10 +168,26 @@ def bucket_group(group: pa.Table, partitions: int) -> pa.Table:
             "src_score": group.column("score").take(center_rows),
             "dst_score": group.column("score").take(member_rows),
             "similarity": pa.nulls(n, pa.float64()),
+            "pair_shingles": shingles[center] + shingles[member],
             "node": pa.nulls(n, pa.int64()),
             "shingles": pa.nulls(n, pa.list_(pa.uint64())),
         },
         schema=EDGE_SCHEMA,
+    )
+
+
+def verify_partition_count(candidates, cfg: MinHashConfig) -> int:
+    """Partitions for verification: every candidate edge brings the shingle sets of its
+    two documents (8 bytes a shingle) to its partition; ``verify_partition_bytes`` each."""
+    shingles = candidates.sum("pair_shingles") or 0
+    return max(2, math.ceil(8 * shingles / cfg.verify_partition_bytes))
+
+
+def with_partition(batch: pa.Table, partitions: int) -> pa.Table:
+    """Edges keyed again by their first node, over the verification partitions."""
+    index = EDGE_SCHEMA.get_field_index("part")
+    return batch.set_column(
+        index, "part", pa.array(partition_of(batch.column("src").to_numpy(), partitions))
     )
 
 
@@ -157,6 +202,7 @@ def shingle_requests(batch: pa.Table) -> pa.Table:
     )
 
 
+@releases_arrow_memory
 def serve_shingles(group: pa.Table, context: dict) -> pa.Table:
     """One shard's requests: re-read its surviving texts once, answer each distinct
     (document, partition) with the document's shingle set."""
@@ -191,33 +237,46 @@ def serve_shingles(group: pa.Table, context: dict) -> pa.Table:
     return pa.table(columns, schema=EDGE_SCHEMA)
 
 
+@releases_arrow_memory
 def edge_group(group: pa.Table, cfg: MinHashConfig) -> pa.Table:
     """One partition of candidate edges (and, when verifying, the shingle sets of their
     documents): distinct edges with their similarity, below-threshold pairs removed."""
     is_set = group.column("node").is_valid().to_numpy(zero_copy_only=False)
-    edges = group.filter(pa.array(~is_set))
+    edges = group.filter(pa.array(~is_set)).drop_columns(["shingles"])  # no sets: small
     src, dst = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
     first, counts = pair_occurrences(src, dst)
     if cfg.verify_candidates:
-        sets = _shingle_sets(group.filter(pa.array(is_set)))
+        sets = _shingle_sets(group)
         similarity = pair_jaccard(src[first], dst[first], sets)
         keep = similarity >= cfg.threshold
         first, similarity = first[keep], similarity[keep]
     else:
         similarity = Signer(cfg).estimated_jaccard(counts)
     picked = edges.take(pa.array(first, pa.int64()))
-    index = EDGE_SCHEMA.get_field_index("similarity")
-    return picked.set_column(index, "similarity", pa.array(similarity, pa.float64()))
+    index = picked.schema.get_field_index("similarity")
+    picked = picked.set_column(index, "similarity", pa.array(similarity, pa.float64()))
+    return picked.append_column(
+        "shingles", pa.nulls(picked.num_rows, EDGE_SCHEMA.field("shingles").type)
+    )
 
 
-def _shingle_sets(rows: pa.Table) -> dict[int, np.ndarray]:
-    """node -> shingle set, as views into one numpy buffer (no Python ints: a
-    partition can hold millions of shingles)."""
-    shingles = rows.column("shingles").combine_chunks()
-    values = shingles.flatten().to_numpy()
-    offsets = shingles.offsets.to_numpy() - shingles.offsets[0].as_py()
-    nodes = rows.column("node").to_numpy()
-    return {int(node): values[offsets[i] : offsets[i + 1]] for i, node in enumerate(nodes)}
+def _shingle_sets(group: pa.Table) -> dict[int, np.ndarray]:
+    """node -> shingle set for the set rows of a partition, as zero-copy numpy views
+    into the Arrow buffers the partition already holds (the sets are most of a
+    partition's bytes: no copy of them is made)."""
+    sets: dict[int, np.ndarray] = {}
+    for nodes, shingles in zip(
+        group.column("node").chunks, group.column("shingles").chunks, strict=True
+    ):
+        rows = np.flatnonzero(nodes.is_valid().to_numpy(zero_copy_only=False))
+        if len(rows) == 0:
+            continue
+        values = shingles.values.to_numpy()  # the chunk's whole child buffer, no copy
+        offsets = shingles.offsets.to_numpy()
+        node_values = pc.fill_null(nodes, -1).to_numpy()  # int64 kept (no NaN)
+        for row in rows.tolist():
+            sets[int(node_values[row])] = values[offsets[row] : offsets[row + 1]]
+    return sets
 
 
 def driver_drops(edges: pa.Table) -> tuple[pa.Table, dict[str, int]]:
@@ -260,6 +319,24 @@ def shuffle_strategy(name: str) -> Iterator[None]:
         context.shuffle_strategy = previous
 
 
+@contextlib.contextmanager
+def block_bytes(limit: int) -> Iterator[None]:
+    """Cap Ray Data's output blocks at ``limit`` during this step (default 128 MiB): a
+    task that serves the shingle sets of many shards buffers its output up to a block
+    before handing it to the object store, so the cap bounds that task's private
+    memory with the verification partitions."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    previous = context.target_max_block_size
+    if previous is not None:  # never below 8 MiB: tiny blocks only add overhead
+        context.target_max_block_size = min(previous, max(limit, 8 << 20))
+    try:
+        yield
+    finally:
+        context.target_max_block_size = previous
+
+
 def decide_near_duplicates(
     layout: RunLayout,
     shards: Sequence[Shard],
@@ -270,7 +347,7 @@ def decide_near_duplicates(
 ) -> None:
     """Bands -> buckets -> edges -> components -> per-shard drops, then ``_SUCCESS``
     with the cluster-size histogram (the runner copies it into the ledger)."""
-    with shuffle_strategy(settings.shuffle):
+    with shuffle_strategy(settings.shuffle), block_bytes(settings.verify_partition_bytes):
         _decide(layout, shards, earlier, fingerprints, fingerprint, settings)
 
 
@@ -280,7 +357,8 @@ def _decide(layout, shards, earlier, fingerprints, fingerprint, settings) -> Non
 
     _check_prefer_column(layout, shards, settings)
     partitions = partition_count(layout, shards, settings)
-    edges = _edges(layout, shards, earlier, fingerprints, settings, partitions)
+    shipped = settings.with_band_layout()  # workers need not search for the layout
+    edges, verify_partitions = _edges(layout, shards, earlier, fingerprints, shipped, partitions)
     edge_count = edges.count()
     if edge_count <= settings.union_find_max_edges:
         drops_table, histogram = driver_drops(_collect(edges))
@@ -305,6 +383,7 @@ def _decide(layout, shards, earlier, fingerprints, fingerprint, settings) -> Non
         "edges": edge_count,
         "components": path,
         "partitions": partitions,
+        "verify_partitions": verify_partitions,
         "config_fingerprint": settings.fingerprint(),
     }
     summary = {"shards_with_decisions": len(written), "report": report}
@@ -313,7 +392,8 @@ def _decide(layout, shards, earlier, fingerprints, fingerprint, settings) -> Non
 
 def _edges(layout, shards, earlier, fingerprints, settings: MinHashConfig, partitions: int):
     """Bands -> buckets -> (verified) distinct edges, materialised: the smaller data
-    that the component step reads twice (count, then collect or star rounds)."""
+    that the component step reads twice (count, then collect or star rounds); and the
+    verification's partition count (None without verification)."""
     from pipeline.global_steps import surviving
 
     columns = ["id", "shard", "ordinal", "text"]
@@ -331,7 +411,15 @@ def _edges(layout, shards, earlier, fingerprints, settings: MinHashConfig, parti
         .map_groups(bucket_group, fn_kwargs={"partitions": partitions}, batch_format="pyarrow")
         .materialize()
     )
+    verify_partitions = None
     if settings.verify_candidates:
+        partitions = verify_partitions = verify_partition_count(candidates, settings)
+        candidates = candidates.map_batches(
+            with_partition,
+            fn_kwargs={"partitions": partitions},
+            batch_format="pyarrow",
+            num_cpus=MAP_CPUS,
+        ).materialize()
         context = {
             "cfg": settings,
             "layout": layout,
@@ -344,11 +432,12 @@ def _edges(layout, shards, earlier, fingerprints, settings: MinHashConfig, parti
             .map_groups(serve_shingles, fn_kwargs={"context": context}, batch_format="pyarrow")
         )
         candidates = candidates.union(sets)
-    return (
+    edges = (
         candidates.groupby("part", num_partitions=partitions)
         .map_groups(edge_group, fn_kwargs={"cfg": settings}, batch_format="pyarrow")
         .materialize()
     )
+    return edges, verify_partitions
 
 
 def _write_from_driver(drops: pa.Table, layout, fingerprint: str, write) -> list[dict]:

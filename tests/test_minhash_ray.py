@@ -25,7 +25,10 @@ from stages.minhash_lsh import find_near_duplicates_in_memory
 REPO = Path(__file__).resolve().parent.parent
 SHARDS = 3
 # Recall-friendly bands keep the small test corpus deterministic in what it finds.
-CONFIG = MinHashConfig(bands=25, rows_per_band=5, partition_rows=1000)
+# Small partitions: several band partitions and several verification partitions.
+CONFIG = MinHashConfig(
+    bands=25, rows_per_band=5, partition_rows=1000, verify_partition_bytes=16 << 10
+)
 
 
 def _texts(seed: int = 0) -> list[str]:
@@ -90,6 +93,7 @@ def test_ray_decision_equals_the_in_memory_result(decided):
     marker = read_json(layout.filesystem, f"{layout.decision_dir(STEP, 'single')}/_SUCCESS")
     report = marker["report"]
     assert report["components"] == "driver union-find"
+    assert report["partitions"] >= 2 and report["verify_partitions"] >= 3
     assert report["dropped"] == expected.num_rows
     sizes = report["cluster_sizes"]
     assert sum(int(size) * n for size, n in sizes.items()) == expected.num_rows + sum(

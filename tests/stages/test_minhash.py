@@ -1,10 +1,13 @@
-"""MinHash near-duplicate detection without Ray: shingles, signatures (bit-identical to
-datasketch), planted near duplicates found, unrelated documents kept apart, the
-representative rule, verification, and star rounds agreeing with union-find."""
+"""MinHash near-duplicate detection without Ray: tokens (exactly ``re``'s word tokens, hashed
+as ``token_hash`` defines), shingles, signatures (datasketch's bit-identical; rensa's the
+same clusters), planted near duplicates found by both backends, unrelated documents kept
+apart, the representative rule, verification, and star rounds agreeing with union-find."""
 
 from __future__ import annotations
 
 import random
+import re
+import unicodedata
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +16,7 @@ from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 from pydantic import ValidationError
 
+import stages.minhash as minhash
 from stages.minhash import (
     MinHashConfig,
     Signer,
@@ -20,6 +24,8 @@ from stages.minhash import (
     jaccard,
     shingle_hashes,
     shingle_set,
+    token_hash,
+    token_hashes,
 )
 from stages.minhash_lsh import (
     bucket_edges,
@@ -111,6 +117,18 @@ def test_config_rejects_impossible_bands_and_derives_datasketch_layout():
     assert cfg.fingerprint() == same.fingerprint()
 
 
+def test_a_missing_rensa_fails_at_config_time_naming_the_fallback(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "rensa" else real(name, *a)
+    )
+    with pytest.raises(ValidationError, match="backend: datasketch"):
+        MinHashConfig()
+    assert MinHashConfig(backend="datasketch").backend == "datasketch"
+
+
 def test_shingles_ignore_case_punctuation_and_spacing():
     cfg = MinHashConfig(shingle_size=3)
     a = "The quick, brown fox jumps over the LAZY dog."
@@ -123,8 +141,92 @@ def test_shingles_ignore_case_punctuation_and_spacing():
     assert _similarity("abcd  efgh", "ABCD efgh", chars) == 1.0
 
 
+# Unicode edge cases: NFKC ligatures and numerals, a titlecase digraph, German sharp s,
+# combining marks (not \w in Python), CJK, characters outside the BMP, NUL and
+# underscores.
+ODD_TEXTS = [
+    "Straße ǅemo ﬁne Ⅻ x_y 3.14 日本語テキスト",
+    "ÀB́ à e\u0301 café",
+    "a\x00b  c\td\n\ne",
+    "\U0001f600 emoji\U0001f642word 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 __init__",
+    "",
+    None,
+    "ASCII only, with Punctuation!",
+]
+
+
+def _reference_tokens(text: str | None) -> list[str]:
+    return re.findall(r"\w+", unicodedata.normalize("NFKC", text or "").casefold())
+
+
+def test_tokens_are_exactly_re_word_tokens_and_token_hash(monkeypatch):
+    rng = random.Random(9)
+    texts = ODD_TEXTS + [" ".join(rng.choices(VOCAB, k=rng.randrange(0, 60))) for _ in range(30)]
+    expected = [[token_hash(t) for t in _reference_tokens(text)] for text in texts]
+    for chunk_chars in (minhash._CHUNK_CHARS, 40, 7):  # many, few and one document a chunk
+        monkeypatch.setattr(minhash, "_CHUNK_CHARS", chunk_chars)
+        hashes, counts = token_hashes(texts, "word")
+        assert counts.tolist() == [len(e) for e in expected]
+        assert hashes.tolist() == [h for e in expected for h in e]
+    characters = [minhash._SPACE.sub(" ", minhash.normalize_for_shingles(t)).strip() for t in texts]
+    hashes, counts = token_hashes(texts, "char")
+    assert counts.tolist() == [len(c) for c in characters]
+    assert hashes.tolist() == [token_hash(ch) for c in characters for ch in c]
+    assert len({token_hash(t) for t in ["ab", "ba", "a", "b", "aa", "abc"]}) == 6
+
+
+def test_shingle_sets_and_jaccard_match_numpy_set_operations():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        a = rng.integers(0, 50, size=int(rng.integers(0, 40))).astype(np.uint64)
+        b = rng.integers(0, 50, size=int(rng.integers(0, 40))).astype(np.uint64)
+        assert np.array_equal(shingle_set(a), np.unique(a))
+        sa, sb = shingle_set(a), shingle_set(b)
+        union = len(np.union1d(sa, sb))
+        expected = len(np.intersect1d(sa, sb)) / union if union and len(sa) and len(sb) else 0.0
+        assert jaccard(sa, sb) == pytest.approx(expected)
+
+
+def test_shipped_band_layout_keeps_the_fingerprint_and_signatures():
+    cfg = MinHashConfig(threshold=0.7, num_perm=64)
+    shipped = cfg.with_band_layout()
+    assert (shipped.bands, shipped.rows_per_band) == cfg.band_layout()
+    assert cfg.fingerprint() != MinHashConfig(threshold=0.7, num_perm=64, seed=2).fingerprint()
+    texts = ["one two three four five six seven", "a b c d e f g h"]
+    hashes, offsets = shingle_hashes(texts, cfg)
+    assert np.array_equal(
+        Signer(cfg).band_keys(Signer(cfg).signatures(hashes, offsets)),
+        Signer(shipped).band_keys(Signer(shipped).signatures(hashes, offsets)),
+    )
+
+
+def test_rensa_signatures_estimate_jaccard_like_datasketch():
+    """Both backends are unbiased MinHash estimators: on pairs of sets at known
+    Jaccard the share of equal signature values is close to it, for either."""
+    rng = np.random.default_rng(8)
+    rows, targets = [], []
+    for target in np.linspace(0.3, 0.95, 40):
+        n = 400
+        shared = round(2 * n * target / (1 + target))
+        base = rng.integers(0, 2**63, size=n, dtype=np.uint64)
+        other = np.concatenate([base[:shared], rng.integers(0, 2**63, n - shared, np.uint64)])
+        rows += [base, other]
+        targets.append(shared / (2 * n - shared))
+    hashes = np.concatenate(rows)
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    for backend in ("rensa", "datasketch"):
+        signatures = Signer(MinHashConfig(num_perm=256, backend=backend)).signatures(
+            hashes, offsets
+        )
+        estimate = (signatures[0::2] == signatures[1::2]).mean(axis=1)
+        errors = estimate - np.array(targets)
+        assert abs(errors.mean()) < 0.02 and np.abs(errors).max() < 0.12, backend
+    empty = Signer(MinHashConfig()).signatures(np.zeros(0, np.uint64), np.array([0, 0]))
+    assert empty.shape == (1, 128)
+
+
 def test_signatures_are_bit_identical_to_datasketch():
-    cfg = MinHashConfig(num_perm=64, seed=7)
+    cfg = MinHashConfig(num_perm=64, seed=7, backend="datasketch")
     texts = [" ".join(random.Random(i).choices(VOCAB, k=50 + 30 * i)) for i in range(4)]
     hashes, offsets = shingle_hashes(texts, cfg)
     signatures = Signer(cfg).signatures(hashes, offsets)
@@ -134,12 +236,13 @@ def test_signatures_are_bit_identical_to_datasketch():
         seed=7,
         hashfunc=int,
     )
-    for row, minhash in zip(signatures, expected, strict=True):
-        assert np.array_equal(row, minhash.hashvalues)
+    for row, reference in zip(signatures, expected, strict=True):
+        assert np.array_equal(row, reference.hashvalues)
 
 
+@pytest.mark.parametrize("backend", ["rensa", "datasketch"])
 @pytest.mark.parametrize("kind", ["edit", "insert", "reorder"])
-def test_planted_near_duplicates_at_known_jaccard_are_found(kind):
+def test_planted_near_duplicates_at_known_jaccard_are_found(kind, backend):
     rng = random.Random(1)
     originals = _corpus(rng)
     targets = [0.95, 0.9, 0.88, 0.85]
@@ -147,7 +250,7 @@ def test_planted_near_duplicates_at_known_jaccard_are_found(kind):
     measured = [_similarity(originals[i], v) for i, v in enumerate(variants)]
     assert all(0.8 < j <= t for j, t in zip(measured, targets, strict=True))
     table = _table(originals + variants)
-    drops = find_near_duplicates_in_memory(table, MinHashConfig(**SURE))
+    drops = find_near_duplicates_in_memory(table, MinHashConfig(**SURE, backend=backend))
     found = {row["id"]: (row["duplicate_of"], row["similarity"]) for row in drops.to_pylist()}
     assert sorted(found) == [f"doc-{i:03d}" for i in range(40, 44)]
     for i, jaccard_value in enumerate(measured):
@@ -155,12 +258,24 @@ def test_planted_near_duplicates_at_known_jaccard_are_found(kind):
         assert kept == f"doc-{i:03d}" and similarity == pytest.approx(jaccard_value)
 
 
-def test_unrelated_documents_are_not_merged():
+@pytest.mark.parametrize("backend", ["rensa", "datasketch"])
+def test_unrelated_documents_are_not_merged(backend):
     rng = random.Random(2)
     originals = _corpus(rng, originals=60)
     far = [_variant(originals[i], "edit", rng, 0.6) for i in range(5)]  # below threshold
-    drops = find_near_duplicates_in_memory(_table(originals + far), MinHashConfig(**SURE))
-    assert drops.num_rows == 0
+    cfg = MinHashConfig(**SURE, backend=backend)
+    assert find_near_duplicates_in_memory(_table(originals + far), cfg).num_rows == 0
+
+
+def test_backends_give_the_same_clusters():
+    rng = random.Random(12)
+    originals = _corpus(rng, originals=40)
+    texts = originals + [_variant(originals[i % 7], "edit", rng, 0.88) for i in range(14)]
+    table = _table(texts)
+    rensa = find_near_duplicates_in_memory(table, MinHashConfig(**SURE))
+    datasketch = find_near_duplicates_in_memory(table, MinHashConfig(**SURE, backend="datasketch"))
+    assert _clusters(rensa) and _clusters(rensa) == _clusters(datasketch)
+    assert rensa.equals(datasketch)  # kept ids and verified similarities too
 
 
 def test_representative_is_stable_under_reordering_and_partitioning():
