@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from model_hooks.shard_format import (
@@ -46,12 +47,13 @@ from model_hooks.shard_format import (
     write_shard,
 )
 from pipeline.mix_config import Mix, Phase, check_against_data
-from pipeline.shards import parquet_bytes, resolve_filesystem
+from pipeline.shards import parquet_bytes, resolve_filesystem, write_json_atomic
 from pipeline.tokenizing import read_index, read_tokenized_manifest
 from stages.mix import PLAN_SCHEMA, phase_plan, stable_seed
 from stages.pack import UNITS_SCHEMA, pack_window, slice_units
 
 PROGRESS_NAME, WINDOWS_DIR = ".progress.json", ".windows"
+LOCAL = pafs.LocalFileSystem()  # packed phases are local files (written with pa.OSFile)
 SHARE_WARNING = 0.01  # the summary flags a realised share further than this from its weight
 
 WINDOW_STATS_SCHEMA = pa.schema(
@@ -143,20 +145,12 @@ def pack_and_write(jobs: list[PhaseJob], units: pa.Table) -> pa.Table:
         stats.padding_tokens, stats.documents, stats.split_documents,
     ]  # fmt: skip
     row = dict(zip(WINDOW_STATS_SCHEMA.names, values, strict=True))
-    write_json_file(window_marker(job.phase_dir, window), row)  # after the shard: "done"
+    write_json_atomic(LOCAL, str(window_marker(job.phase_dir, window)), row)  # "done"
     return pa.table([[v] for v in values], schema=WINDOW_STATS_SCHEMA)
 
 
 def window_marker(directory: str, window: int) -> Path:
     return Path(directory) / WINDOWS_DIR / f"{window:05d}.json"
-
-
-def write_json_file(path: Path, value: dict[str, Any]) -> None:
-    """Atomic (temporary name, then rename): a crash leaves the old file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, sort_keys=True))
-    temporary.replace(path)
 
 
 def finished_windows(directory: str, fingerprint: str) -> dict[int, dict[str, Any]]:
@@ -343,7 +337,7 @@ def _start_phase(mix: Mix, phase: Phase, prepared: Prepared, out_dir: str, seed:
     resumed = finished_windows(directory, fingerprint)
     if not resumed:
         reset_phase_dir(directory)
-        write_json_file(Path(directory) / PROGRESS_NAME, {"fingerprint": fingerprint})
+        write_json_atomic(LOCAL, str(Path(directory) / PROGRESS_NAME), {"fingerprint": fingerprint})
     job = PhaseJob(
         phase.name, phase.seq_len, tokenized["pad_id"], seed, prepared.tokenized_dir,
         plan_path(out_dir, phase.name), directory, tuple(sorted(resumed)),
