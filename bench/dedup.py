@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 
 from bench.contract import Row, add_contract_arguments, row, write_json
+from bench.processes import descendants
 from stages.minhash import MinHashConfig, Signer, jaccard, shingle_hashes, shingle_set
 from stages.minhash_lsh import union_find
 
@@ -211,26 +212,9 @@ class ProcessWatch:
         used = sum(cpu - self._cpu_start.get(pid, 0.0) for pid, cpu in self._cpu_last.items())
         self.cpu_seconds = used - self._sampler_cpu
 
-    def _tree(self) -> list[int]:
-        parent: dict[int, list[int]] = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    stat = Path(f"/proc/{name}/stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                parent.setdefault(ppid, []).append(int(name))
-        found, todo = [], [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            todo.extend(parent.get(pid, []))
-        return found
-
     def _cpu_of_tree(self) -> dict[int, float]:
         cpu = {}
-        for pid in self._tree():
+        for pid in descendants(os.getpid()):
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:

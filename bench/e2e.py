@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from bench.corpus import Corpus
+from bench.processes import descendants
 
 LID_MODEL = Path(__file__).resolve().parents[1] / "stages" / "resources" / "lid.176.ftz"
 EOS = "<|endoftext|>"
@@ -96,25 +97,6 @@ def _private_kib(pid: int) -> int:
     return kib.get("VmRSS", 0) - kib.get("RssShmem", 0)
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry))
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found
-
-
 class TreeMemory:
     """Peak of the summed private RSS of a process and all its descendants (Linux)."""
 
@@ -136,7 +118,7 @@ class TreeMemory:
         while not self._stop.wait(self.interval):
             if not Path("/proc").is_dir():
                 return
-            total = sum(_private_kib(pid) for pid in _descendants(self.pid))
+            total = sum(_private_kib(pid) for pid in descendants(self.pid))
             self.peak_kib = max(self.peak_kib, total)
 
     @property
