@@ -56,7 +56,8 @@ from stages.minhash import MinHashConfig, Signer, jaccard, shingle_hashes, shing
 from stages.minhash_lsh import union_find
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-DOCS_PER_SHARD = 250
+DOCS_PER_SHARD = 250  # documents per batch in the one-process signing measure
+SHARD_TEXT_BYTES = 4 << 20  # a pass-1 shard's text: shards are planned by bytes in a run
 _WORD = re.compile(r"\w+")
 
 
@@ -253,15 +254,17 @@ class ProcessWatch:
             self.worker_hwm[pid] = max(self.worker_hwm.get(pid, 0), kib.get("VmHWM", 0))
 
 
-def write_shards(corpus: list[tuple[str, str]], root: str, per_shard: int = DOCS_PER_SHARD):
-    """Pass-1 outputs as a run leaves them: documents and stats per shard."""
+def write_shards(corpus: list[tuple[str, str]], root: str, per_shard: int | None = None) -> tuple:
+    """Pass-1 outputs as a run leaves them: documents and stats per shard. Shards hold
+    about ``SHARD_TEXT_BYTES`` of text, as a run plans them by input bytes (the suffixed
+    words of later replicas are longer: a fixed document count would make the larger
+    corpora's shards bigger); ``per_shard`` documents instead when given."""
     from pipeline.curate import RunLayout
     from pipeline.shards import Shard, write_json_atomic, write_parquet_atomic
 
     layout = RunLayout.for_output(root)
     shards = []
-    for index, start in enumerate(range(0, len(corpus), per_shard)):
-        chunk = corpus[start : start + per_shard]
+    for index, chunk in enumerate(_shard_chunks(corpus, per_shard)):
         table = pa.table(
             {
                 "id": [n for n, _ in chunk],
@@ -276,6 +279,19 @@ def write_shards(corpus: list[tuple[str, str]], root: str, per_shard: int = DOCS
         )
         shards.append(Shard(index=index, input_index=0, files=()))
     return layout, shards
+
+
+def _shard_chunks(corpus: list[tuple[str, str]], per_shard: int | None):
+    chunk: list[tuple[str, str]] = []
+    size = 0
+    for name, text in corpus:
+        chunk.append((name, text))
+        size += len(text.encode())
+        if (len(chunk) == per_shard) if per_shard else size >= SHARD_TEXT_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 WARM_UP_SHARDS = 8  # 2 CPUs / 0.5 per map task: every worker the step will use starts
@@ -335,7 +351,7 @@ def run_ours(
         "worker_peak_hwm_mib": max(watch.worker_hwm.values(), default=0) / 1024,
         "driver_growth_mib": (watch.driver_peak - watch.driver_start) / 1024,
         "workers": len(watch.worker_peak),
-        "report": report["report"],
+        "report": report["report"] | report["layout"],
     }
 
 
@@ -543,9 +559,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{run['worker_peak_private_mib']:.0f} MiB over {run['workers']} workers "
             f"(running {run['worker_peak_task'][:48]!r} at its peak) "
             f"(VmHWM {run['worker_peak_hwm_mib']:.0f} MiB, object store pages included), "
-            f"driver +{run['driver_growth_mib']:.0f} MiB during the step, partitions "
-            f"{run['report']['partitions']} (bands) / {run['report']['verify_partitions']} "
-            f"(verification)"
+            f"driver +{run['driver_growth_mib']:.0f} MiB during the step; tasks: "
+            f"{run['report']['sign_tasks']} sign, {run['report']['partitions']} bucket "
+            f"(band partitions), {run['report']['groups']} per verification round"
         )
         rows.append(row(f"peak private memory per Ray worker, {copies}x ({len(scaled)} docs)",
                         run["worker_peak_private_mib"], unit="MiB"))  # fmt: skip

@@ -1,8 +1,10 @@
 """Ray wiring of the global curation steps: the decisions that need the whole corpus.
 
-Each step reads the documents that survived the steps before it (``surviving``), decides
-with Ray Data's distributed ``groupby`` (no process sees every document), and writes one
-decision table per shard, then a ``_SUCCESS`` marker. The pure halves (how a group is
+Each step reads the documents that survived the steps before it, decides across the
+cluster (no process sees every document) and writes one decision table per shard, then
+a ``_SUCCESS`` marker. Exact dedup and template lines decide with Ray Data's ``groupby``
+over ``surviving``; MinHash runs its own rounds of Ray tasks
+(``pipeline/minhash_wiring.py``). The pure halves (how a group is
 decided, how a shard applies its decision) live in the stage modules.
 """
 

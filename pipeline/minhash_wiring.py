@@ -1,32 +1,53 @@
 """Ray wiring of the ``minhash_dedup`` global step (the pure halves are
 ``stages/minhash.py`` and ``stages/minhash_lsh.py``).
 
-No step holds all documents or all signatures in one process:
+The step is four rounds of Ray tasks. Between rounds, Arrow tables are exchanged all to
+all through the object store: a task returns one table per destination
+(``num_returns``) and each task of the next round takes the matching table of every
+task before it. No process holds all documents or all signatures, and each task's share
+is bounded by a size from the config, so a worker's memory does not grow with the corpus.
 
-1. **Bands** (map over ``surviving`` documents, one shard per batch): shingles,
-   signatures and band keys; one row per (document, band) with the node, id and
-   ``prefer_column`` value. Texts never leave their shard's task.
-2. **Buckets** (``groupby`` on a partition of the band key, Ray Data hash shuffle): each
-   partition finds its equal keys with numpy and emits star edges.
-3. **Edges** (``groupby`` on a partition of the edge's first node): duplicate edges from
-   several bands are merged; with ``verify_candidates`` the shingle sets of the
-   candidate documents are fetched per shard (``groupby("shard")``: each task re-reads
-   its shards' texts and shingles only the candidates) and joined in, and pairs below
-   the threshold are dropped. The verification's partition count comes from the
-   candidates' shingle counts (``verify_partition_bytes`` of sets per partition), so a
-   worker's share stays the same size however many candidates the corpus has.
-4. **Components**: up to ``union_find_max_edges`` edges meet on the driver for
-   union-find; above it, alternating large/small-star rounds run as groupbys
-   (``pipeline/minhash_components.py``).
-5. **Drops**: per cluster, the representative rule; per shard, ``write_decisions``.
+1. **Sign**, one task per group of consecutive shards. It reads the shards' surviving
+   texts one shard at a time and computes shingles, signatures and band keys. The output
+   is one row per (document, band), split by a partition of the band key into
+   ``partitions`` tables of about ``partition_rows`` rows each.
+2. **Bucket**, one task per band partition. Equal keys become star edges, each with how
+   many bands the pair shares. The edges are routed to the group of the edge's first
+   document.
+3. **Send sets**, one task per group (with ``verify_candidates``). It takes the distinct
+   edges whose first document is in the group, re-reads and shingles those documents, and
+   sends each edge to the group of its second document. Each first document's shingle
+   set goes along once per destination group.
+4. **Verify**, one task per group. It shingles the edges' second documents, takes the
+   exact Jaccard of each pair and drops pairs below the threshold. Without verification,
+   rounds 3 and 4 are a single merge task per group: it sums the bands each pair shares
+   and estimates the similarity from them.
+
+The groups of rounds 3 and 4 are chosen after round 1 from the shingle counts the sign
+tasks return: ``verify_partition_bytes`` of shingle sets (8 bytes a shingle) per group,
+at least ``TASKS_PER_CPU`` groups per CPU.
+
+Then components. Up to ``union_find_max_edges`` edges meet on the driver for union-find;
+above it, alternating large/small-star rounds run as Ray Data groupbys
+(``pipeline/minhash_components.py``). Finally each shard's drops are written.
+
+Why plain tasks rather than Ray Data groupbys: the same decision through Ray Data's sort
+shuffle spent most of its CPU in Ray itself (sampling, the executor and its extra
+workers). The rounds here are the step's own all-to-all exchanges, with nothing else in
+between (figures in the README).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import math
+import os
+import time
+from collections import ChainMap
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -49,16 +70,20 @@ from stages.minhash_lsh import (
     cluster_drops,
     merge_histograms,
     node_keys,
+    node_ordinal,
+    node_shard,
     node_similarity,
     pair_jaccard,
-    pair_occurrences,
+    pair_totals,
     partition_of,
     size_histogram,
     union_find,
 )
 
 STEP = "minhash_dedup"
-MAP_CPUS = 0.5  # leave the readers of a small machine a share (DEPENDENCIES.md)
+TASK_CPUS = 1.0  # each task reads its own input: no reader to leave a share to
+SIGN_BATCH_BYTES = 1 << 20  # text shingled at once
+TASKS_PER_CPU = 2  # tasks per round and CPU, at least: a slow task is not the round
 
 BAND_SCHEMA = pa.schema(
     [
@@ -67,12 +92,22 @@ BAND_SCHEMA = pa.schema(
         ("node", pa.int64()),
         ("id", pa.string()),
         ("score", pa.float64()),
-        ("shingles", pa.int32()),  # the document's shingle count: sizes verification
     ]
 )
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("src", pa.int64()),
+        ("dst", pa.int64()),
+        ("src_id", pa.string()),
+        ("dst_id", pa.string()),
+        ("src_score", pa.float64()),
+        ("dst_score", pa.float64()),
+        ("bands", pa.int64()),  # bands in which the pair shares a bucket
+    ]
+)
+SETS_SCHEMA = pa.schema([("node", pa.int64()), ("shingles", pa.list_(pa.uint64()))])
 EDGE_SCHEMA = pa.schema(
     [
-        ("part", pa.int32()),
         ("src", pa.int64()),
         ("dst", pa.int64()),
         ("src_id", pa.string()),
@@ -80,65 +115,177 @@ EDGE_SCHEMA = pa.schema(
         ("src_score", pa.float64()),
         ("dst_score", pa.float64()),
         ("similarity", pa.float64()),
-        ("pair_shingles", pa.int64()),  # shingles of both documents
-        ("node", pa.int64()),
-        ("shingles", pa.list_(pa.uint64())),
     ]
 )
-REQUEST_SCHEMA = pa.schema([("shard", pa.int32()), ("node", pa.int64()), ("part", pa.int32())])
 
 
-def partition_count(layout: RunLayout, shards: Sequence[Shard], cfg: MinHashConfig) -> int:
-    """Shuffle partitions for this corpus: grows with the pass-1 document count (from
-    the shards' stats, no data read) so each partition keeps about ``partition_rows``."""
-    documents = 0
-    for shard in shards:
-        stats = read_json(layout.filesystem, layout.work_stats(shard.index)) or {}
-        documents += stats.get("documents", {}).get("rows", 0)
-    bands, _ = cfg.band_layout()
-    return max(2, math.ceil(documents * bands / cfg.partition_rows))
+@dataclass(frozen=True)
+class StepInputs:
+    """What every task of the step needs to read documents: put in the object store
+    once, passed to each task by reference."""
+
+    layout: RunLayout
+    earlier: list[GlobalStep]
+    fingerprints: list[str]
+    cfg: MinHashConfig  # with bands and rows filled in
+
+    def documents(self, shard: int, columns: list[str]) -> pa.Table:
+        """The shard's documents left after the earlier steps, projected to ``columns``."""
+        needed = list(dict.fromkeys(["id", *columns]))  # decisions are applied by id
+        table = apply_steps(self.layout, shard, self.earlier, self.fingerprints, needed)[0]
+        return table.select(columns)
+
+    def shingle_sets(self, nodes: np.ndarray) -> Iterator[tuple[np.ndarray, dict[int, np.ndarray]]]:
+        """Per shard of the given nodes: (its nodes, node -> shingle set), re-read and
+        shingled one shard at a time, so a caller holds one shard's sets. (The sets are
+        too big to keep from round 1 for every document, 16 KB a document, where only
+        the candidates need them.)"""
+        nodes = np.unique(nodes)
+        shards = node_shard(nodes)
+        for shard in np.unique(shards).tolist():
+            mine = nodes[shards == shard]
+            documents = self.documents(shard, ["ordinal", "text"])
+            ordinals = documents.column("ordinal").to_numpy()
+            wanted = node_ordinal(mine)
+            rows = np.minimum(np.searchsorted(ordinals, wanted), len(ordinals) - 1)
+            if len(wanted) and not np.array_equal(ordinals[rows], wanted):
+                raise RuntimeError(f"shard {shard}: candidate documents missing from its texts")
+            candidates = documents.select(["text"]).take(pa.array(rows, pa.int64()))
+            del documents
+            sets: dict[int, np.ndarray] = {}
+            done = 0
+            for batch in text_batches(candidates, SIGN_BATCH_BYTES):
+                hashes, offsets = shingle_hashes(batch.column("text").to_pylist(), self.cfg)
+                for i, node in enumerate(mine[done : done + batch.num_rows].tolist()):
+                    sets[node] = shingle_set(hashes[offsets[i] : offsets[i + 1]])
+                done += batch.num_rows
+            yield mine, sets
+            del sets, candidates
+            release_freed_memory()
 
 
-def releases_arrow_memory(task: Callable[..., pa.Table]) -> Callable[..., pa.Table]:
-    """Hand the memory Arrow's pool freed during ``task`` back to the OS when it ends.
+def releases_freed_memory(task: Callable[..., tuple]) -> Callable[..., tuple]:
+    """Hand the memory freed during ``task`` back to the OS when it ends: Arrow's pool
+    (jemalloc) and the C heap (glibc ``malloc_trim``, where numpy's arrays and Python's
+    large strings live).
 
-    Workers live for the whole run; jemalloc (Arrow's default pool) keeps freed pages
-    for reuse, so without this a worker's private memory creeps up with the number of
-    tasks it ran (measured: +70-100 MiB per worker from 4x to 16x in bench/dedup.py),
-    not with the size of any one task."""
+    Workers live for the whole run and both allocators keep freed pages for reuse, so
+    without this a worker's private memory creeps up with the number of tasks it ran
+    and the largest documents it met, not with the size of any one task."""
 
     @functools.wraps(task)
-    def run(*args, **kwargs) -> pa.Table:
+    def run(*args, **kwargs) -> tuple:
         try:
             return task(*args, **kwargs)
         finally:
-            pa.default_memory_pool().release_unused()
+            release_freed_memory()
 
     return run
 
 
-@releases_arrow_memory
-def band_rows(batch: pa.Table, cfg: MinHashConfig, partitions: int) -> pa.Table:
-    """Documents in, one row per (document, band) out; documents without shingles
-    (empty texts) cannot be anybody's near duplicate and are left out."""
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+def release_freed_memory() -> None:
+    pa.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def split_rows(table: pa.Table, destination: np.ndarray, count: int) -> list[pa.Table]:
+    """``table``'s rows by destination (0..count-1), in row order within each: one sort,
+    then slices (Ray serialises a slice as its rows only)."""
+    order = np.argsort(destination, kind="stable")
+    ordered = table.take(pa.array(order, pa.int64()))
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(destination, minlength=count))])
+    return [ordered.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(count)]
+
+
+def shard_groups(documents: Sequence[int], groups: int) -> list[list[int]]:
+    """Positions of the shards split into at most ``groups`` runs of consecutive shards
+    with about equal document counts, none empty."""
+    count = len(documents)
+    groups = max(1, min(groups, count))
+    if count == 0:
+        return []
+    cumulative = np.cumsum(np.asarray(documents, dtype=np.int64))
+    bounds = [0]
+    for g in range(1, groups):
+        done = cumulative[bounds[-1] - 1] if bounds[-1] else 0
+        share = (cumulative[-1] - done) / (groups - g + 1)  # of what is left, evenly
+        cut = int(np.searchsorted(cumulative, done + share, side="left")) + 1
+        cut = max(cut, bounds[-1] + 1)  # not empty
+        cut = min(cut, count - (groups - g))  # a shard left for every later run
+        bounds.append(cut)
+    bounds.append(count)
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(groups)]
+
+
+@releases_freed_memory
+def sign_group(inputs: StepInputs, shards: list[int], partitions: int) -> tuple:
+    """Round 1: (stats, one band-row table per band partition) for these shards."""
+    cfg = inputs.cfg
+    columns = ["id", "shard", "ordinal", "text"]
+    if cfg.prefer_column is not None:
+        columns.append(cfg.prefer_column)
     signer = Signer(cfg)
+    tables, documents, shingles = [], 0, 0
+    for shard in shards:
+        table = inputs.documents(shard, columns)
+        for batch in text_batches(table, SIGN_BATCH_BYTES):
+            rows, shingle_count = band_rows(batch, signer, partitions)
+            tables.append(rows)
+            shingles += shingle_count
+        documents += table.num_rows
+        del table
+        release_freed_memory()  # between shards too: a task may read many
+    table = pa.concat_tables(tables) if tables else BAND_SCHEMA.empty_table()
+    parts = split_rows(table, table.column("part").to_numpy(), partitions)
+    return {"documents": documents, "shingles": shingles, "rows": table.num_rows}, *parts
+
+
+def text_batches(table: pa.Table, limit: int) -> Iterator[pa.Table]:
+    """Consecutive slices of ``table`` with about ``limit`` bytes of text each (a longer
+    document is a slice of its own): shingling's temporaries are several times the
+    text, so a batch's size, not a shard's, bounds them."""
+    sizes = pc.fill_null(pc.binary_length(table.column("text")), 0).to_numpy()
+    start, size = 0, 0
+    for row, length in enumerate(sizes.tolist()):
+        if row > start and size + length > limit:
+            yield table.slice(start, row - start)
+            start, size = row, 0
+        size += length
+    if table.num_rows > start:
+        yield table.slice(start, table.num_rows - start)
+
+
+def band_rows(batch: pa.Table, signer: Signer, partitions: int) -> tuple[pa.Table, int]:
+    """Documents in, one row per (document, band) out, and the documents' shingle count.
+    Documents without shingles (empty texts) cannot be anybody's near duplicate and are
+    left out."""
+    cfg = signer.cfg
     hashes, offsets = shingle_hashes(batch.column("text").to_pylist(), cfg)
     live = np.flatnonzero(np.diff(offsets) > 0)
     keys = signer.band_keys(signer.signatures(hashes, offsets))[live].reshape(-1)
     nodes = node_keys(batch.column("shard"), batch.column("ordinal"))[live]
-    rows = np.repeat(live, signer.bands)
-    score = _scores(batch, cfg).take(pa.array(rows, pa.int64()))
-    return pa.table(
+    rows = pa.array(np.repeat(live, signer.bands), pa.int64())
+    table = pa.table(
         {
             "part": partition_of(keys, partitions),
             "key": keys,
             "node": np.repeat(nodes, signer.bands),
-            "id": batch.column("id").take(pa.array(rows, pa.int64())),
-            "score": score,
-            "shingles": np.diff(offsets)[rows].astype(np.int32),
+            "id": batch.column("id").take(rows),
+            "score": _scores(batch, cfg).take(rows),
         },
         schema=BAND_SCHEMA,
     )
+    return table, len(hashes)
 
 
 def _scores(batch: pa.Table, cfg: MinHashConfig) -> pa.Array:
@@ -147,136 +294,123 @@ def _scores(batch: pa.Table, cfg: MinHashConfig) -> pa.Array:
     return batch.column(cfg.prefer_column).combine_chunks().cast(pa.float64())
 
 
-@releases_arrow_memory
-def bucket_group(group: pa.Table, partitions: int) -> pa.Table:
-    """One partition of band rows: equal keys become star edges, partitioned by the
-    edge's first node for the next step."""
-    keys = group.column("key").to_numpy()
-    nodes = group.column("node").to_numpy()
+@releases_freed_memory
+def bucket_partition(group_of_shard: np.ndarray, groups: int, *parts: pa.Table) -> tuple:
+    """Round 2, one band partition: equal keys become star edges (distinct pairs, with
+    the bands each shares), one table per group of the edge's first document."""
+    table = pa.concat_tables(parts)
+    keys, nodes = table.column("key").to_numpy(), table.column("node").to_numpy()
     center, member = bucket_edges(keys, nodes)
-    center_rows, member_rows = pa.array(center, pa.int64()), pa.array(member, pa.int64())
-    src = nodes[center]
-    n = len(center)
-    shingles = group.column("shingles").to_numpy().astype(np.int64)
-    return pa.table(
+    src, dst = nodes[center], nodes[member]
+    first, shared = pair_totals(src, dst, np.ones(len(src), np.int64))
+    center_rows = pa.array(center[first], pa.int64())
+    member_rows = pa.array(member[first], pa.int64())
+    edges = pa.table(
         {
-            "part": partition_of(src, partitions),
-            "src": src,
-            "dst": nodes[member],
-            "src_id": group.column("id").take(center_rows),
-            "dst_id": group.column("id").take(member_rows),
-            "src_score": group.column("score").take(center_rows),
-            "dst_score": group.column("score").take(member_rows),
-            "similarity": pa.nulls(n, pa.float64()),
-            "pair_shingles": shingles[center] + shingles[member],
-            "node": pa.nulls(n, pa.int64()),
-            "shingles": pa.nulls(n, pa.list_(pa.uint64())),
+            "src": src[first],
+            "dst": dst[first],
+            "src_id": table.column("id").take(center_rows),
+            "dst_id": table.column("id").take(member_rows),
+            "src_score": table.column("score").take(center_rows),
+            "dst_score": table.column("score").take(member_rows),
+            "bands": shared,
         },
-        schema=EDGE_SCHEMA,
+        schema=CANDIDATE_SCHEMA,
+    )
+    route = group_of_shard[node_shard(src[first])]
+    return {"candidates": edges.num_rows}, *split_rows(edges, route, groups)
+
+
+def distinct_candidates(parts: Sequence[pa.Table]) -> pa.Table:
+    """Candidate edges from every band partition: one row per pair, its bands summed."""
+    table = pa.concat_tables(parts)
+    src, dst = table.column("src").to_numpy(), table.column("dst").to_numpy()
+    first, shared = pair_totals(src, dst, table.column("bands").to_numpy())
+    picked = table.take(pa.array(first, pa.int64()))
+    return picked.set_column(
+        CANDIDATE_SCHEMA.get_field_index("bands"), "bands", pa.array(shared, pa.int64())
     )
 
 
-def verify_partition_count(candidates, cfg: MinHashConfig) -> int:
-    """Partitions for verification: every candidate edge brings the shingle sets of its
-    two documents (8 bytes a shingle) to its partition; ``verify_partition_bytes`` each."""
-    shingles = candidates.sum("pair_shingles") or 0
-    return max(2, math.ceil(8 * shingles / cfg.verify_partition_bytes))
+@releases_freed_memory
+def send_sets(
+    inputs: StepInputs, group_of_shard: np.ndarray, groups: int, *parts: pa.Table
+) -> tuple:
+    """Round 3, one group: its edges (first document here), each with its first
+    document's shingle set, one (edges, sets) pair per group of the second document.
+    Sets are made one shard at a time and go straight into each destination's table."""
+    edges = distinct_candidates(parts)
+    route = group_of_shard[node_shard(edges.column("dst").to_numpy())]
+    routed = split_rows(edges, route, groups)
+    wanted = [np.unique(part.column("src").to_numpy()) for part in routed]
+    chunks: list[list[pa.Table]] = [[] for _ in range(groups)]
+    for nodes, sets in inputs.shingle_sets(edges.column("src").to_numpy()):
+        for destination, needed in enumerate(wanted):
+            here = needed[np.isin(needed, nodes)]
+            if len(here):
+                chunks[destination].append(_sets_table(here, sets))
+    out = [
+        (part, pa.concat_tables(tables) if tables else SETS_SCHEMA.empty_table())
+        for part, tables in zip(routed, chunks, strict=True)
+    ]
+    return {"candidates": edges.num_rows, "sets_sent": sum(p[1].num_rows for p in out)}, *out
 
 
-def with_partition(batch: pa.Table, partitions: int) -> pa.Table:
-    """Edges keyed again by their first node, over the verification partitions."""
-    index = EDGE_SCHEMA.get_field_index("part")
-    return batch.set_column(
-        index, "part", pa.array(partition_of(batch.column("src").to_numpy(), partitions))
-    )
-
-
-def shingle_requests(batch: pa.Table) -> pa.Table:
-    """Each candidate edge asks the shards of both its documents for their shingles,
-    delivered to the edge's partition."""
-    nodes = np.concatenate([batch.column("src").to_numpy(), batch.column("dst").to_numpy()])
-    parts = np.concatenate([batch.column("part").to_numpy()] * 2)
-    return pa.table(
-        {"shard": (nodes >> 32).astype(np.int32), "node": nodes, "part": parts},
-        schema=REQUEST_SCHEMA,
-    )
-
-
-@releases_arrow_memory
-def serve_shingles(group: pa.Table, context: dict) -> pa.Table:
-    """One shard's requests: re-read its surviving texts once, answer each distinct
-    (document, partition) with the document's shingle set."""
-    shard = group.column("shard")[0].as_py()
-    cfg: MinHashConfig = context["cfg"]
-    documents = apply_steps(
-        context["layout"],
-        shard,
-        context["earlier"],
-        context["fingerprints"],
-        ["id", "ordinal", "text"],
-    )[0]
-    wanted = np.unique(
-        np.stack([group.column("node").to_numpy(), group.column("part").to_numpy()], axis=1),
-        axis=0,
-    )
-    ordinals = documents.column("ordinal").to_numpy()
-    position = {int(o): i for i, o in enumerate(ordinals)}
-    needed = sorted({int(node) & 0xFFFFFFFF for node in wanted[:, 0]})
-    texts = documents.column("text").take(pa.array([position[o] for o in needed])).to_pylist()
-    hashes, offsets = shingle_hashes(texts, cfg)
-    sets = {o: shingle_set(hashes[offsets[i] : offsets[i + 1]]) for i, o in enumerate(needed)}
-    values = [sets[int(node) & 0xFFFFFFFF] for node in wanted[:, 0]]
-    lengths = np.array([len(v) for v in values], dtype=np.int32)
+def _sets_table(nodes: np.ndarray, sets: dict[int, np.ndarray]) -> pa.Table:
+    values = [sets[node] for node in nodes.tolist()]
+    lengths = np.array([len(v) for v in values], dtype=np.int64)
     shingles = pa.ListArray.from_arrays(
-        pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
+        pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32()),
         pa.array(np.concatenate(values) if values else np.zeros(0, np.uint64), pa.uint64()),
     )
-    n = len(wanted)
-    columns = {name: pa.nulls(n, EDGE_SCHEMA.field(name).type) for name in EDGE_SCHEMA.names}
-    columns |= {"part": wanted[:, 1].astype(np.int32), "node": wanted[:, 0], "shingles": shingles}
-    return pa.table(columns, schema=EDGE_SCHEMA)
+    return pa.table({"node": pa.array(nodes, pa.int64()), "shingles": shingles}, schema=SETS_SCHEMA)
 
 
-@releases_arrow_memory
-def edge_group(group: pa.Table, cfg: MinHashConfig) -> pa.Table:
-    """One partition of candidate edges (and, when verifying, the shingle sets of their
-    documents): distinct edges with their similarity, below-threshold pairs removed."""
-    is_set = group.column("node").is_valid().to_numpy(zero_copy_only=False)
-    edges = group.filter(pa.array(~is_set)).drop_columns(["shingles"])  # no sets: small
+def _received_sets(tables: Sequence[pa.Table]) -> dict[int, np.ndarray]:
+    """node -> shingle set, as zero-copy numpy views into the received Arrow buffers."""
+    sets: dict[int, np.ndarray] = {}
+    for table in tables:
+        for nodes, shingles in zip(
+            table.column("node").chunks, table.column("shingles").chunks, strict=True
+        ):
+            values = shingles.values.to_numpy()  # the chunk's child buffer, no copy
+            offsets = shingles.offsets.to_numpy()
+            for row, node in enumerate(nodes.to_numpy().tolist()):
+                sets[node] = values[offsets[row] : offsets[row + 1]]
+    return sets
+
+
+@releases_freed_memory
+def verify_group(inputs: StepInputs, *parts: tuple[pa.Table, pa.Table]) -> tuple:
+    """Round 4, one group: exact Jaccard of every edge whose second document is here,
+    one shard of second documents at a time; pairs below the threshold are dropped."""
+    edges = pa.concat_tables([part[0] for part in parts])
+    received = _received_sets([part[1] for part in parts])  # views of the inputs
     src, dst = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
-    first, counts = pair_occurrences(src, dst)
-    if cfg.verify_candidates:
-        sets = _shingle_sets(group)
-        similarity = pair_jaccard(src[first], dst[first], sets)
-        keep = similarity >= cfg.threshold
-        first, similarity = first[keep], similarity[keep]
-    else:
-        similarity = Signer(cfg).estimated_jaccard(counts)
-    picked = edges.take(pa.array(first, pa.int64()))
-    index = picked.schema.get_field_index("similarity")
-    picked = picked.set_column(index, "similarity", pa.array(similarity, pa.float64()))
-    return picked.append_column(
-        "shingles", pa.nulls(picked.num_rows, EDGE_SCHEMA.field("shingles").type)
+    similarity = np.zeros(len(src))
+    for nodes, sets in inputs.shingle_sets(dst):
+        rows = np.flatnonzero(np.isin(dst, nodes))
+        similarity[rows] = pair_jaccard(src[rows], dst[rows], ChainMap(sets, received))
+    keep = similarity >= inputs.cfg.threshold
+    verified = _with_similarity(edges.filter(pa.array(keep)), similarity[keep])
+    return {"candidates": edges.num_rows, "edges": verified.num_rows}, verified
+
+
+@releases_freed_memory
+def merge_group(inputs: StepInputs, *parts: pa.Table) -> tuple:
+    """Rounds 3-4 without verification: the similarity each pair's shared bands
+    estimate."""
+    edges = distinct_candidates(parts)
+    similarity = Signer(inputs.cfg).estimated_jaccard(edges.column("bands").to_numpy())
+    return {"candidates": edges.num_rows, "edges": edges.num_rows}, _with_similarity(
+        edges, similarity
     )
 
 
-def _shingle_sets(group: pa.Table) -> dict[int, np.ndarray]:
-    """node -> shingle set for the set rows of a partition, as zero-copy numpy views
-    into the Arrow buffers the partition already holds (the sets are most of a
-    partition's bytes: no copy of them is made)."""
-    sets: dict[int, np.ndarray] = {}
-    for nodes, shingles in zip(
-        group.column("node").chunks, group.column("shingles").chunks, strict=True
-    ):
-        rows = np.flatnonzero(nodes.is_valid().to_numpy(zero_copy_only=False))
-        if len(rows) == 0:
-            continue
-        values = shingles.values.to_numpy()  # the chunk's whole child buffer, no copy
-        offsets = shingles.offsets.to_numpy()
-        node_values = pc.fill_null(nodes, -1).to_numpy()  # int64 kept (no NaN)
-        for row in rows.tolist():
-            sets[int(node_values[row])] = values[offsets[row] : offsets[row + 1]]
-    return sets
+def _with_similarity(edges: pa.Table, similarity: np.ndarray) -> pa.Table:
+    return edges.drop_columns(["bands"]).append_column(
+        "similarity", pa.array(similarity, pa.float64())
+    )
 
 
 def driver_drops(edges: pa.Table) -> tuple[pa.Table, dict[str, int]]:
@@ -319,22 +453,47 @@ def shuffle_strategy(name: str) -> Iterator[None]:
         context.shuffle_strategy = previous
 
 
-@contextlib.contextmanager
-def block_bytes(limit: int) -> Iterator[None]:
-    """Cap Ray Data's output blocks at ``limit`` during this step (default 128 MiB): a
-    task that serves the shingle sets of many shards buffers its output up to a block
-    before handing it to the object store, so the cap bounds that task's private
-    memory with the verification partitions."""
-    from ray.data import DataContext
+def _remote(function: Callable, returns: int):
+    return _remote_function(function).options(num_returns=returns)
 
-    context = DataContext.get_current()
-    previous = context.target_max_block_size
-    if previous is not None:  # never below 8 MiB: tiny blocks only add overhead
-        context.target_max_block_size = min(previous, max(limit, 8 << 20))
-    try:
-        yield
-    finally:
-        context.target_max_block_size = previous
+
+@functools.cache
+def _remote_function(function: Callable):
+    import ray
+
+    return ray.remote(num_cpus=TASK_CPUS)(function)
+
+
+def _round(name: str, function: Callable, calls: list[tuple], returns: int) -> tuple[list, list]:
+    """Submit one round (a task per argument tuple, ``returns`` tables each after the
+    stats) and wait for its stats: (stats per task, output references per task). A
+    line per round when ``PIPELINE_PROGRESS`` is on."""
+    import ray
+
+    started = time.perf_counter()
+    remote = _remote(function, returns + 1)
+    refs = [remote.remote(*args) for args in calls]
+    stats = ray.get([task[0] for task in refs])
+    if os.environ.get("PIPELINE_PROGRESS", "1") != "0":
+        totals: dict[str, int] = {}
+        for entry in stats:
+            for key, value in entry.items():
+                totals[key] = totals.get(key, 0) + value
+        counts = ", ".join(f"{key} {value:,}" for key, value in totals.items())
+        print(
+            f"{STEP} {name}: {len(calls)} tasks, {counts} ({time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
+    return stats, [task[1:] for task in refs]
+
+
+def document_counts(layout: RunLayout, shards: Sequence[Shard]) -> list[int]:
+    """Pass-1 documents per shard, from the shards' stats (no data read)."""
+    counts = []
+    for shard in shards:
+        stats = read_json(layout.filesystem, layout.work_stats(shard.index)) or {}
+        counts.append(stats.get("documents", {}).get("rows", 0))
+    return counts
 
 
 def decide_near_duplicates(
@@ -345,99 +504,97 @@ def decide_near_duplicates(
     fingerprint: str,
     settings: MinHashConfig,
 ) -> None:
-    """Bands -> buckets -> edges -> components -> per-shard drops, then ``_SUCCESS``
-    with the cluster-size histogram (the runner copies it into the ledger)."""
-    with shuffle_strategy(settings.shuffle), block_bytes(settings.verify_partition_bytes):
-        _decide(layout, shards, earlier, fingerprints, fingerprint, settings)
+    """Sign -> bucket -> (send sets -> verify | merge) -> components -> per-shard
+    drops, then ``_SUCCESS`` with the cluster-size histogram (the runner copies it into
+    the ledger)."""
+    import ray
 
-
-def _decide(layout, shards, earlier, fingerprints, fingerprint, settings) -> None:
     # global_steps imports this module to register the step: import it back lazily.
     from pipeline.global_steps import mark_decision_done, write_decisions
 
     _check_prefer_column(layout, shards, settings)
-    partitions = partition_count(layout, shards, settings)
-    shipped = settings.with_band_layout()  # workers need not search for the layout
-    edges, verify_partitions = _edges(layout, shards, earlier, fingerprints, shipped, partitions)
-    edge_count = edges.count()
+    if not shards:
+        mark_decision_done(layout, STEP, fingerprint, {"shards_with_decisions": 0})
+        return
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    counts = document_counts(layout, shards)
+    bands, _ = settings.band_layout()
+    partitions = max(2, math.ceil(sum(counts) * bands / settings.partition_rows))
+    inputs = ray.put(StepInputs(layout, earlier, fingerprints, settings.with_band_layout()))
+    positions = shard_groups(counts, max(partitions, TASKS_PER_CPU * cpus))
+    index = [shard.index for shard in shards]
+    signed, bands_out = _round(
+        "sign",
+        sign_group,
+        [(inputs, [index[i] for i in run], partitions) for run in positions],
+        partitions,
+    )
+    shingles = sum(entry["shingles"] for entry in signed)
+    groups_wanted = max(
+        TASKS_PER_CPU * cpus, math.ceil(8 * shingles / settings.verify_partition_bytes)
+    )
+    runs = shard_groups(counts, groups_wanted)
+    group_of_shard = np.zeros(max(index, default=-1) + 1, dtype=np.int32)
+    for group, run in enumerate(runs):
+        group_of_shard[[index[i] for i in run]] = group
+    groups = len(runs)
+    _, candidates = _round(
+        "bucket",
+        bucket_partition,
+        [(group_of_shard, groups, *[out[p] for out in bands_out]) for p in range(partitions)],
+        groups,
+    )
+    per_group = [[out[g] for out in candidates] for g in range(groups)]
+    if settings.verify_candidates:
+        _, sent = _round(
+            "send sets",
+            send_sets,
+            [(inputs, group_of_shard, groups, *parts) for parts in per_group],
+            groups,
+        )
+        final, edges = _round(
+            "verify", verify_group, [(inputs, *[out[g] for out in sent]) for g in range(groups)], 1
+        )
+    else:
+        final, edges = _round("merge", merge_group, [(inputs, *parts) for parts in per_group], 1)
+    edge_refs = [out[0] for out in edges]
+    edge_count = sum(entry["edges"] for entry in final)
     if edge_count <= settings.union_find_max_edges:
-        drops_table, histogram = driver_drops(_collect(edges))
+        tables = ray.get(edge_refs)
+        drops_table, histogram = driver_drops(
+            pa.concat_tables(tables) if tables else EDGE_SCHEMA.empty_table()
+        )
         written = _write_from_driver(drops_table, layout, fingerprint, write_decisions)
         path = "driver union-find"
     else:
-        drops, histogram = components_and_drops(edges, partitions)
-        written = (
-            drops.groupby("shard", num_partitions=min(partitions, len(shards)))
-            .map_groups(
-                write_decisions,
-                fn_kwargs={"layout": layout, "step": STEP, "fingerprint": fingerprint},
-                batch_format="pyarrow",
+        with shuffle_strategy(settings.shuffle):
+            drops, histogram = components_and_drops(ray.data.from_arrow_refs(edge_refs), partitions)
+            written = (
+                drops.groupby("shard", num_partitions=min(partitions, len(shards)))
+                .map_groups(
+                    write_decisions,
+                    fn_kwargs={"layout": layout, "step": STEP, "fingerprint": fingerprint},
+                    batch_format="pyarrow",
+                )
+                .take_all()
             )
-            .take_all()
-        )
         path = "distributed stars"
     report = {
         "cluster_sizes": merge_histograms([histogram]),
         "clusters": sum(histogram.values()),
         "dropped": sum(row["rows"] for row in written),
+        "documents": sum(entry["documents"] for entry in signed),
+        "candidates": sum(entry["candidates"] for entry in final),
         "edges": edge_count,
         "components": path,
         "partitions": partitions,
-        "verify_partitions": verify_partitions,
         "config_fingerprint": settings.fingerprint(),
     }
-    summary = {"shards_with_decisions": len(written), "report": report}
+    # How the work was cut depends on the cluster's CPUs: kept out of the report (and
+    # so of the ledger), which must be the same for any cluster.
+    layout_used = {"cpus": cpus, "sign_tasks": len(positions), "groups": groups}
+    summary = {"shards_with_decisions": len(written), "report": report, "layout": layout_used}
     mark_decision_done(layout, STEP, fingerprint, summary)
-
-
-def _edges(layout, shards, earlier, fingerprints, settings: MinHashConfig, partitions: int):
-    """Bands -> buckets -> (verified) distinct edges, materialised: the smaller data
-    that the component step reads twice (count, then collect or star rounds); and the
-    verification's partition count (None without verification)."""
-    from pipeline.global_steps import surviving
-
-    columns = ["id", "shard", "ordinal", "text"]
-    if settings.prefer_column is not None:
-        columns.append(settings.prefer_column)
-    documents = surviving(layout, shards, earlier, fingerprints, columns)
-    bands = documents.map_batches(
-        band_rows,
-        fn_kwargs={"cfg": settings, "partitions": partitions},
-        batch_format="pyarrow",
-        num_cpus=MAP_CPUS,
-    )
-    candidates = (
-        bands.groupby("part", num_partitions=partitions)
-        .map_groups(bucket_group, fn_kwargs={"partitions": partitions}, batch_format="pyarrow")
-        .materialize()
-    )
-    verify_partitions = None
-    if settings.verify_candidates:
-        partitions = verify_partitions = verify_partition_count(candidates, settings)
-        candidates = candidates.map_batches(
-            with_partition,
-            fn_kwargs={"partitions": partitions},
-            batch_format="pyarrow",
-            num_cpus=MAP_CPUS,
-        ).materialize()
-        context = {
-            "cfg": settings,
-            "layout": layout,
-            "earlier": earlier,
-            "fingerprints": fingerprints,
-        }
-        sets = (
-            candidates.map_batches(shingle_requests, batch_format="pyarrow", num_cpus=MAP_CPUS)
-            .groupby("shard", num_partitions=min(partitions, len(shards)))
-            .map_groups(serve_shingles, fn_kwargs={"context": context}, batch_format="pyarrow")
-        )
-        candidates = candidates.union(sets)
-    edges = (
-        candidates.groupby("part", num_partitions=partitions)
-        .map_groups(edge_group, fn_kwargs={"cfg": settings}, batch_format="pyarrow")
-        .materialize()
-    )
-    return edges, verify_partitions
 
 
 def _write_from_driver(drops: pa.Table, layout, fingerprint: str, write) -> list[dict]:
@@ -452,11 +609,6 @@ def _write_from_driver(drops: pa.Table, layout, fingerprint: str, write) -> list
         for start, end in zip(starts.tolist(), ends.tolist(), strict=True)
         if end > start
     ]
-
-
-def _collect(dataset) -> pa.Table:
-    tables = list(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
-    return pa.concat_tables(tables) if tables else EDGE_SCHEMA.empty_table()
 
 
 def _check_prefer_column(layout: RunLayout, shards: Sequence[Shard], cfg: MinHashConfig) -> None:

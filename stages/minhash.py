@@ -51,6 +51,7 @@ SHINGLE_HASH_VERSION = 2
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SPACE = re.compile(r"\s+", re.UNICODE)
+_NON_WORD = re.compile(r"\W", re.UNICODE)
 _PRIME64 = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime: odd, so the combine mixes
 _TOKEN_BASE = 0x9E3779B97F4A7C15  # odd: invertible modulo 2^64
 _TOKEN_BASE_INVERSE = pow(_TOKEN_BASE, -1, 1 << 64)
@@ -113,19 +114,20 @@ class MinHashConfig(StageConfig):
     above it they run distributed (alternating large/small-star rounds as groupbys)."""
 
     shuffle: Literal["sort", "hash"] = "sort"
-    """Ray Data shuffle behind this step's groupbys: ``sort`` (range partitions from
-    sampled keys, run as tasks) or ``hash`` (Ray's default: aggregator actors). Both are
-    distributed; ``sort`` measured 6-20x faster end to end on a 2-core machine, where
-    starting the hash shuffle's actors dominates."""
+    """Ray Data shuffle behind the distributed connected components (the path above
+    ``union_find_max_edges``): ``sort`` (range partitions from sampled keys, run as
+    tasks) or ``hash`` (Ray's default: aggregator actors, measured 6-20x slower on a
+    2-core machine, where starting them dominates)."""
 
     partition_rows: int = Field(default=100_000, ge=1000)
-    """Rows (one per document and band) per shuffle partition: the partition count grows
-    with the corpus so that each worker's share stays the same size."""
+    """Rows (one per document and band) per band partition: the bucket tasks' share,
+    and about the most one signing task accumulates. The partition count grows with
+    the corpus, so each task's share stays the same size."""
 
     verify_partition_bytes: int = Field(default=32 << 20, ge=1 << 12)
-    """Shingle-set bytes per verification partition (the sets of the candidate pairs
-    that meet in one task), and the step's largest output block: the partition count
-    grows with the candidates so that each worker's share stays this size."""
+    """Shingle-set bytes (8 a shingle) per group of shards in the verification rounds:
+    about what one task makes and sends, or receives. The group count grows with the
+    corpus, so each task's share stays this size."""
 
     @model_validator(mode="after")
     def _backend_installed(self) -> MinHashConfig:
@@ -303,16 +305,43 @@ def _word_token_hashes(folded: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return hashes, np.bincount(document, minlength=len(folded)).astype(np.int64)
 
 
-def _char_token_hashes(folded: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Every character of the whitespace-collapsed text is a token."""
-    collapsed = [_SPACE.sub(" ", text).strip() for text in folded]
+def _char_token_hashes(collapsed: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every character of the (whitespace-collapsed) text is a token."""
     codes, _ = _code_points("".join(collapsed))
     hashes = _hash_runs(codes, np.arange(len(codes))) if len(codes) else np.zeros(0, _U64)
     return hashes, np.array([len(text) for text in collapsed], dtype=np.int64)
 
 
+def _word_pieces(text: str) -> list[str]:
+    """A text cut into pieces of at most ``_CHUNK_CHARS`` code points, each cut just
+    after a non-word character, so no ``\\w+`` token is split and the pieces' tokens
+    are the text's. A long page's temporaries stay those of one piece; only a single
+    token longer than a piece is kept whole."""
+    pieces = []
+    start = 0
+    while len(text) - start > _CHUNK_CHARS:
+        end = start + _CHUNK_CHARS
+        non_word = np.flatnonzero(~_code_points(text[start:end])[1])
+        if len(non_word):
+            cut = start + int(non_word[-1]) + 1
+        else:
+            boundary = _NON_WORD.search(text, end)
+            cut = boundary.end() if boundary else len(text)
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _char_pieces(text: str) -> list[str]:
+    """Character tokens are hashed one by one: any cut keeps them."""
+    if len(text) <= _CHUNK_CHARS:
+        return [text]
+    return [text[start : start + _CHUNK_CHARS] for start in range(0, len(text), _CHUNK_CHARS)]
+
+
 def _chunks(texts: Sequence[str]) -> Iterator[list[str]]:
-    """Consecutive documents, about ``_CHUNK_CHARS`` code points at a time."""
+    """Consecutive pieces, about ``_CHUNK_CHARS`` code points at a time."""
     chunk: list[str] = []
     size = 0
     for text in texts:
@@ -326,13 +355,28 @@ def _chunks(texts: Sequence[str]) -> Iterator[list[str]]:
 
 
 def token_hashes(texts: Sequence[str | None], kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(token hashes of all documents in order, tokens per document)."""
+    """(token hashes of all documents in order, tokens per document). Documents are cut
+    into pieces of at most ``_CHUNK_CHARS`` code points first, so the vectorised passes
+    never hold more than a piece's temporaries, however long a page is."""
     folded = [normalize_for_shingles(text) for text in texts]
-    tokenize = _word_token_hashes if kind == "word" else _char_token_hashes
-    parts = [tokenize(chunk) for chunk in _chunks(folded)]
+    if kind == "word":
+        tokenize, split = _word_token_hashes, _word_pieces
+    else:
+        folded = [_SPACE.sub(" ", text).strip() for text in folded]
+        tokenize, split = _char_token_hashes, _char_pieces
+    pieces: list[str] = []
+    owners: list[int] = []
+    for document, text in enumerate(folded):
+        cut = split(text) if len(text) > _CHUNK_CHARS else [text]
+        pieces += cut
+        owners += [document] * len(cut)
+    parts = [tokenize(chunk) for chunk in _chunks(pieces)]
     if not parts:
         return np.zeros(0, _U64), np.zeros(0, np.int64)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    per_piece = np.concatenate([p[1] for p in parts])
+    per_document = np.zeros(len(folded), np.int64)
+    np.add.at(per_document, np.asarray(owners, dtype=np.int64), per_piece)
+    return np.concatenate([p[0] for p in parts]), per_document
 
 
 def shingle_hashes(texts: list[str | None], cfg: MinHashConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ order rows arrive in:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -88,7 +88,24 @@ def pair_occurrences(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.n
     return first.astype(np.int64), counts.astype(np.int64)
 
 
-def pair_jaccard(src: np.ndarray, dst: np.ndarray, sets: dict[int, np.ndarray]) -> np.ndarray:
+def pair_totals(
+    src: np.ndarray, dst: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each distinct (src, dst) pair, sorted: the index of its first occurrence and
+    the sum of its weights (partial counts from several partitions add up)."""
+    if len(src) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty
+    order = np.lexsort((dst, src))  # stable: equal pairs keep their input order
+    ordered_src, ordered_dst = src[order], dst[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (ordered_src[1:] != ordered_src[:-1]) | (ordered_dst[1:] != ordered_dst[:-1])
+    starts = np.flatnonzero(first)
+    totals = np.add.reduceat(np.asarray(weights, dtype=np.int64)[order], starts)
+    return order[starts].astype(np.int64), totals
+
+
+def pair_jaccard(src: np.ndarray, dst: np.ndarray, sets: Mapping[int, np.ndarray]) -> np.ndarray:
     """Exact Jaccard of each pair's shingle sets (the verification of a candidate)."""
     return np.array(
         [jaccard(sets[a], sets[b]) for a, b in zip(src.tolist(), dst.tolist(), strict=True)],

@@ -162,16 +162,18 @@ def _reference_tokens(text: str | None) -> list[str]:
 def test_tokens_are_exactly_re_word_tokens_and_token_hash(monkeypatch):
     rng = random.Random(9)
     texts = ODD_TEXTS + [" ".join(rng.choices(VOCAB, k=rng.randrange(0, 60))) for _ in range(30)]
+    texts.append("one token longer than a piece: " + "x" * 25 + " and after it")
     expected = [[token_hash(t) for t in _reference_tokens(text)] for text in texts]
-    for chunk_chars in (minhash._CHUNK_CHARS, 40, 7):  # many, few and one document a chunk
+    characters = [minhash._SPACE.sub(" ", minhash.normalize_for_shingles(t)).strip() for t in texts]
+    # Many documents a chunk, a few, and documents cut into pieces (at 40 and 7).
+    for chunk_chars in (minhash._CHUNK_CHARS, 40, 7):
         monkeypatch.setattr(minhash, "_CHUNK_CHARS", chunk_chars)
         hashes, counts = token_hashes(texts, "word")
         assert counts.tolist() == [len(e) for e in expected]
         assert hashes.tolist() == [h for e in expected for h in e]
-    characters = [minhash._SPACE.sub(" ", minhash.normalize_for_shingles(t)).strip() for t in texts]
-    hashes, counts = token_hashes(texts, "char")
-    assert counts.tolist() == [len(c) for c in characters]
-    assert hashes.tolist() == [token_hash(ch) for c in characters for ch in c]
+        hashes, counts = token_hashes(texts, "char")
+        assert counts.tolist() == [len(c) for c in characters]
+        assert hashes.tolist() == [token_hash(ch) for c in characters for ch in c]
     assert len({token_hash(t) for t in ["ab", "ba", "a", "b", "aa", "abc"]}) == 6
 
 
