@@ -94,29 +94,18 @@ BAND_SCHEMA = pa.schema(
         ("score", pa.float64()),
     ]
 )
-CANDIDATE_SCHEMA = pa.schema(
-    [
-        ("src", pa.int64()),
-        ("dst", pa.int64()),
-        ("src_id", pa.string()),
-        ("dst_id", pa.string()),
-        ("src_score", pa.float64()),
-        ("dst_score", pa.float64()),
-        ("bands", pa.int64()),  # bands in which the pair shares a bucket
-    ]
-)
+_PAIR_FIELDS = [
+    ("src", pa.int64()),
+    ("dst", pa.int64()),
+    ("src_id", pa.string()),
+    ("dst_id", pa.string()),
+    ("src_score", pa.float64()),
+    ("dst_score", pa.float64()),
+]
+# Round 2's edges: the bands in which the pair shares a bucket.
+CANDIDATE_SCHEMA = pa.schema([*_PAIR_FIELDS, ("bands", pa.int64())])
 SETS_SCHEMA = pa.schema([("node", pa.int64()), ("shingles", pa.list_(pa.uint64()))])
-EDGE_SCHEMA = pa.schema(
-    [
-        ("src", pa.int64()),
-        ("dst", pa.int64()),
-        ("src_id", pa.string()),
-        ("dst_id", pa.string()),
-        ("src_score", pa.float64()),
-        ("dst_score", pa.float64()),
-        ("similarity", pa.float64()),
-    ]
-)
+EDGE_SCHEMA = pa.schema([*_PAIR_FIELDS, ("similarity", pa.float64())])
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline.curate import RunLayout
-from pipeline.minhash_components import components_and_drops
-from pipeline.minhash_wiring import STEP, decide_near_duplicates, driver_drops, shuffle_strategy
-from pipeline.shards import Shard, read_json, read_parquet, write_json_atomic, write_parquet_atomic
+from pipeline.minhash_wiring import STEP, decide_near_duplicates
+from pipeline.shards import Shard, read_json, read_parquet
 from stages.duplicates import DROPS_SCHEMA
 from stages.minhash import MinHashConfig
 from stages.minhash_lsh import find_near_duplicates_in_memory
+from tests.minhash_corpus import write_pass_one
 
 REPO = Path(__file__).resolve().parent.parent
 SHARDS = 3
@@ -49,25 +49,7 @@ def _texts(seed: int = 0) -> list[str]:
 
 
 def _write_run(root: Path, texts: list[str]) -> tuple[RunLayout, list[Shard], pa.Table]:
-    """Pass-1 outputs as a run would leave them: per shard, documents and stats."""
-    layout = RunLayout.for_output(str(root))
-    tables = []
-    for shard in range(SHARDS):
-        mine = texts[shard::SHARDS]
-        table = pa.table(
-            {
-                "id": [f"s{shard}-{i:03d}" for i in range(len(mine))],
-                "shard": pa.array([shard] * len(mine), pa.int32()),
-                "ordinal": pa.array(range(len(mine)), pa.int64()),
-                "text": mine,
-            }
-        )
-        write_parquet_atomic(layout.filesystem, layout.work_documents(shard), table)
-        stats = {"documents": {"rows": table.num_rows}}
-        write_json_atomic(layout.filesystem, layout.work_stats(shard), stats)
-        tables.append(table)
-    shards = [Shard(index=i, input_index=0, files=()) for i in range(SHARDS)]
-    return layout, shards, pa.concat_tables(tables)
+    return write_pass_one(root, texts, SHARDS)
 
 
 def _decision(layout: RunLayout, fingerprint: str) -> pa.Table:
@@ -102,47 +84,20 @@ def test_ray_decision_equals_the_in_memory_result(decided):
     )
 
 
-def test_distributed_components_equal_driver_union_find(decided):
-    """Edges from the in-memory path, clustered both ways (the distributed path is what
-    a run takes above ``union_find_max_edges``)."""
-    import ray
-
-    _, _, documents = decided
-    from stages.minhash_lsh import candidate_edges, pair_jaccard
-
-    _, src, dst, _, sets = candidate_edges(documents, CONFIG)
-    similarity = pair_jaccard(src, dst, sets)
-    keep = similarity >= CONFIG.threshold
-    ids = dict(
-        zip(
-            zip(documents["shard"].to_pylist(), documents["ordinal"].to_pylist(), strict=True),
-            documents["id"].to_pylist(),
-            strict=True,
-        )
+def test_distributed_components_give_the_driver_union_find_decision(decided):
+    """With ``union_find_max_edges: 0`` the verified edges never meet on the driver:
+    star rounds on Ray Data read them straight from the verify tasks' outputs."""
+    layout, shards, _ = decided
+    distributed = CONFIG.model_copy(update={"union_find_max_edges": 0})
+    decide_near_duplicates(layout, shards, [], [], "stars", distributed)
+    assert _decision(layout, "stars").equals(_decision(layout, "single"))
+    single, stars = (
+        read_json(layout.filesystem, f"{layout.decision_dir(STEP, name)}/_SUCCESS")["report"]
+        for name in ("single", "stars")
     )
-
-    def id_of(node: int) -> str:
-        return ids[(node >> 32, node & 0xFFFFFFFF)]
-
-    edges = pa.table(
-        {
-            "src": src[keep],
-            "dst": dst[keep],
-            "src_id": [id_of(n) for n in src[keep].tolist()],
-            "dst_id": [id_of(n) for n in dst[keep].tolist()],
-            "src_score": pa.nulls(int(keep.sum()), pa.float64()),
-            "dst_score": pa.nulls(int(keep.sum()), pa.float64()),
-            "similarity": similarity[keep],
-        }
-    )
-    expected, expected_sizes = driver_drops(edges)
-    dataset = ray.data.from_arrow(edges).repartition(3)
-    with shuffle_strategy(CONFIG.shuffle):
-        drops, sizes = components_and_drops(dataset, partitions=3)
-        got = pa.Table.from_pylist(drops.take_all(), schema=DROPS_SCHEMA)
-    order = [("shard", "ascending"), ("ordinal", "ascending")]
-    assert got.sort_by(order).equals(expected.sort_by(order))
-    assert sizes == expected_sizes
+    assert stars["components"] == "distributed stars"
+    assert stars["cluster_sizes"] == single["cluster_sizes"]
+    assert stars["dropped"] == single["dropped"]
 
 
 @pytest.mark.slow

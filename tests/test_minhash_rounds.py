@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.curate import RunLayout
 from pipeline.minhash_wiring import (
     StepInputs,
     bucket_partition,
@@ -25,9 +24,9 @@ from pipeline.minhash_wiring import (
     text_batches,
     verify_group,
 )
-from pipeline.shards import write_parquet_atomic
 from stages.minhash import MinHashConfig
 from stages.minhash_lsh import find_near_duplicates_in_memory, pair_totals
+from tests.minhash_corpus import write_pass_one
 
 SHARDS = 5
 
@@ -51,22 +50,8 @@ def _texts(seed: int = 1) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    layout = RunLayout.for_output(str(tmp_path_factory.mktemp("rounds")))
-    texts = _texts()
-    tables = []
-    for shard in range(SHARDS):
-        mine = texts[shard::SHARDS]
-        table = pa.table(
-            {
-                "id": [f"d{shard}-{i:02d}" for i in range(len(mine))],
-                "shard": pa.array([shard] * len(mine), pa.int32()),
-                "ordinal": pa.array(range(len(mine)), pa.int64()),
-                "text": mine,
-            }
-        )
-        write_parquet_atomic(layout.filesystem, layout.work_documents(shard), table)
-        tables.append(table)
-    return layout, pa.concat_tables(tables)
+    layout, _, documents = write_pass_one(tmp_path_factory.mktemp("rounds"), _texts(), SHARDS)
+    return layout, documents
 
 
 def _rounds(layout, cfg: MinHashConfig, sign_tasks: int, partitions: int, groups: int):
