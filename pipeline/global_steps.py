@@ -2,10 +2,10 @@
 
 Each step reads the documents that survived the steps before it, decides across the
 cluster (no process sees every document) and writes one decision table per shard, then
-a ``_SUCCESS`` marker. Exact dedup and template lines decide with Ray Data's ``groupby``
-over ``surviving``; MinHash runs its own rounds of Ray tasks
-(``pipeline/minhash_wiring.py``). The pure halves (how a group is
-decided, how a shard applies its decision) live in the stage modules.
+a ``_SUCCESS`` marker. Exact dedup and MinHash run rounds of Ray tasks
+(``pipeline/task_rounds.py``, ``exact_wiring.py``, ``minhash_wiring.py``); template
+lines decides with Ray Data's ``groupby`` over ``surviving``. The pure halves (how a
+group is decided, how a shard applies its decision) live in the stage modules.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ import pyarrow as pa
 
 from pipeline.config import CurateConfig
 from pipeline.curate import GlobalStep, RunLayout, apply_steps
+from pipeline.exact_wiring import decide_exact_duplicates
 from pipeline.minhash_wiring import minhash_step
 from pipeline.shards import Shard, read_json, write_json_atomic, write_parquet_atomic
 from pipeline.template_wiring import template_lines_step
 from stages.duplicates import DROPS_SCHEMA, split_by_drops
 from stages.exact_dedup import (
-    DIGEST_COLUMN,
     REASON_EXACT_DUPLICATE,
     ExactDedupConfig,
-    choose_duplicates,
 )
 
 
@@ -70,31 +69,6 @@ def decision_done(layout: RunLayout, step: str, fingerprint: str) -> bool:
 def mark_decision_done(layout: RunLayout, step: str, fingerprint: str, summary: dict) -> None:
     marker = posixpath.join(layout.decision_dir(step, fingerprint), "_SUCCESS")
     write_json_atomic(layout.filesystem, marker, summary)
-
-
-def decide_exact_duplicates(
-    layout: RunLayout,
-    shards: Sequence[Shard],
-    earlier: list[GlobalStep],
-    fingerprints: list[str],
-    fingerprint: str,
-    settings: ExactDedupConfig,
-) -> None:
-    """Group digests across all shards; per shard, write the copies to drop."""
-    documents = surviving(
-        layout, shards, earlier, fingerprints, ["id", "shard", "ordinal", DIGEST_COLUMN]
-    )
-    drops = documents.groupby(DIGEST_COLUMN).map_groups(choose_duplicates, batch_format="pyarrow")
-    written = (
-        drops.groupby("shard")
-        .map_groups(
-            write_decisions,
-            fn_kwargs={"layout": layout, "step": "exact_dedup", "fingerprint": fingerprint},
-            batch_format="pyarrow",
-        )
-        .take_all()
-    )
-    mark_decision_done(layout, "exact_dedup", fingerprint, {"shards_with_decisions": len(written)})
 
 
 def _apply_exact(

@@ -40,13 +40,9 @@ between (figures in the README).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import math
-import os
-import time
 from collections import ChainMap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,9 +50,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.curate import GlobalStep, RunLayout, apply_steps
+from pipeline.curate import GlobalStep, RunLayout
 from pipeline.minhash_components import components_and_drops
-from pipeline.shards import Shard, read_json
+from pipeline.shards import Shard
+from pipeline.task_rounds import (
+    TASKS_PER_CPU,
+    Survivors,
+    cluster_cpus,
+    document_counts,
+    release_freed_memory,
+    releases_freed_memory,
+    run_round,
+    shard_runs,
+    split_rows,
+)
 from stages.duplicates import DROPS_SCHEMA, split_by_drops
 from stages.minhash import (
     REASON_NEAR_DUPLICATE,
@@ -81,9 +88,7 @@ from stages.minhash_lsh import (
 )
 
 STEP = "minhash_dedup"
-TASK_CPUS = 1.0  # each task reads its own input: no reader to leave a share to
 SIGN_BATCH_BYTES = 1 << 20  # text shingled at once
-TASKS_PER_CPU = 2  # tasks per round and CPU, at least: a slow task is not the round
 
 BAND_SCHEMA = pa.schema(
     [
@@ -109,20 +114,11 @@ EDGE_SCHEMA = pa.schema([*_PAIR_FIELDS, ("similarity", pa.float64())])
 
 
 @dataclass(frozen=True)
-class StepInputs:
-    """What every task of the step needs to read documents: put in the object store
-    once, passed to each task by reference."""
+class StepInputs(Survivors):
+    """The survivors' reader and the config (with bands and rows filled in): put in the
+    object store once, passed to each task by reference."""
 
-    layout: RunLayout
-    earlier: list[GlobalStep]
-    fingerprints: list[str]
-    cfg: MinHashConfig  # with bands and rows filled in
-
-    def documents(self, shard: int, columns: list[str]) -> pa.Table:
-        """The shard's documents left after the earlier steps, projected to ``columns``."""
-        needed = list(dict.fromkeys(["id", *columns]))  # decisions are applied by id
-        table = apply_steps(self.layout, shard, self.earlier, self.fingerprints, needed)[0]
-        return table.select(columns)
+    cfg: MinHashConfig
 
     def shingle_sets(self, nodes: np.ndarray) -> Iterator[tuple[np.ndarray, dict[int, np.ndarray]]]:
         """Per shard of the given nodes: (its nodes, node -> shingle set), re-read and
@@ -151,69 +147,6 @@ class StepInputs:
             yield mine, sets
             del sets, candidates
             release_freed_memory()
-
-
-def releases_freed_memory(task: Callable[..., tuple]) -> Callable[..., tuple]:
-    """Hand the memory freed during ``task`` back to the OS when it ends: Arrow's pool
-    (jemalloc) and the C heap (glibc ``malloc_trim``, where numpy's arrays and Python's
-    large strings live).
-
-    Workers live for the whole run and both allocators keep freed pages for reuse, so
-    without this a worker's private memory creeps up with the number of tasks it ran
-    and the largest documents it met, not with the size of any one task."""
-
-    @functools.wraps(task)
-    def run(*args, **kwargs) -> tuple:
-        try:
-            return task(*args, **kwargs)
-        finally:
-            release_freed_memory()
-
-    return run
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-def release_freed_memory() -> None:
-    pa.default_memory_pool().release_unused()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def split_rows(table: pa.Table, destination: np.ndarray, count: int) -> list[pa.Table]:
-    """``table``'s rows by destination (0..count-1), in row order within each: one sort,
-    then slices (Ray serialises a slice as its rows only)."""
-    order = np.argsort(destination, kind="stable")
-    ordered = table.take(pa.array(order, pa.int64()))
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(destination, minlength=count))])
-    return [ordered.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(count)]
-
-
-def shard_groups(documents: Sequence[int], groups: int) -> list[list[int]]:
-    """Positions of the shards split into at most ``groups`` runs of consecutive shards
-    with about equal document counts, none empty."""
-    count = len(documents)
-    groups = max(1, min(groups, count))
-    if count == 0:
-        return []
-    cumulative = np.cumsum(np.asarray(documents, dtype=np.int64))
-    bounds = [0]
-    for g in range(1, groups):
-        done = cumulative[bounds[-1] - 1] if bounds[-1] else 0
-        share = (cumulative[-1] - done) / (groups - g + 1)  # of what is left, evenly
-        cut = int(np.searchsorted(cumulative, done + share, side="left")) + 1
-        cut = max(cut, bounds[-1] + 1)  # not empty
-        cut = min(cut, count - (groups - g))  # a shard left for every later run
-        bounds.append(cut)
-    bounds.append(count)
-    return [list(range(bounds[i], bounds[i + 1])) for i in range(groups)]
 
 
 @releases_freed_memory
@@ -442,49 +375,6 @@ def shuffle_strategy(name: str) -> Iterator[None]:
         context.shuffle_strategy = previous
 
 
-def _remote(function: Callable, returns: int):
-    return _remote_function(function).options(num_returns=returns)
-
-
-@functools.cache
-def _remote_function(function: Callable):
-    import ray
-
-    return ray.remote(num_cpus=TASK_CPUS)(function)
-
-
-def _round(name: str, function: Callable, calls: list[tuple], returns: int) -> tuple[list, list]:
-    """Submit one round (a task per argument tuple, ``returns`` tables each after the
-    stats) and wait for its stats: (stats per task, output references per task). A
-    line per round when ``PIPELINE_PROGRESS`` is on."""
-    import ray
-
-    started = time.perf_counter()
-    remote = _remote(function, returns + 1)
-    refs = [remote.remote(*args) for args in calls]
-    stats = ray.get([task[0] for task in refs])
-    if os.environ.get("PIPELINE_PROGRESS", "1") != "0":
-        totals: dict[str, int] = {}
-        for entry in stats:
-            for key, value in entry.items():
-                totals[key] = totals.get(key, 0) + value
-        counts = ", ".join(f"{key} {value:,}" for key, value in totals.items())
-        print(
-            f"{STEP} {name}: {len(calls)} tasks, {counts} ({time.perf_counter() - started:.1f} s)",
-            flush=True,
-        )
-    return stats, [task[1:] for task in refs]
-
-
-def document_counts(layout: RunLayout, shards: Sequence[Shard]) -> list[int]:
-    """Pass-1 documents per shard, from the shards' stats (no data read)."""
-    counts = []
-    for shard in shards:
-        stats = read_json(layout.filesystem, layout.work_stats(shard.index)) or {}
-        counts.append(stats.get("documents", {}).get("rows", 0))
-    return counts
-
-
 def decide_near_duplicates(
     layout: RunLayout,
     shards: Sequence[Shard],
@@ -505,29 +395,23 @@ def decide_near_duplicates(
     if not shards:
         mark_decision_done(layout, STEP, fingerprint, {"shards_with_decisions": 0})
         return
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = cluster_cpus()
     counts = document_counts(layout, shards)
     bands, _ = settings.band_layout()
     partitions = max(2, math.ceil(sum(counts) * bands / settings.partition_rows))
     inputs = ray.put(StepInputs(layout, earlier, fingerprints, settings.with_band_layout()))
-    positions = shard_groups(counts, max(partitions, TASKS_PER_CPU * cpus))
-    index = [shard.index for shard in shards]
-    signed, bands_out = _round(
-        "sign",
-        sign_group,
-        [(inputs, [index[i] for i in run], partitions) for run in positions],
-        partitions,
+    sign_runs, _ = shard_runs(counts, shards, max(partitions, TASKS_PER_CPU * cpus))
+    signed, bands_out = run_round(
+        STEP, "sign", sign_group, [(inputs, run, partitions) for run in sign_runs], partitions
     )
     shingles = sum(entry["shingles"] for entry in signed)
     groups_wanted = max(
         TASKS_PER_CPU * cpus, math.ceil(8 * shingles / settings.verify_partition_bytes)
     )
-    runs = shard_groups(counts, groups_wanted)
-    group_of_shard = np.zeros(max(index, default=-1) + 1, dtype=np.int32)
-    for group, run in enumerate(runs):
-        group_of_shard[[index[i] for i in run]] = group
+    runs, group_of_shard = shard_runs(counts, shards, groups_wanted)
     groups = len(runs)
-    _, candidates = _round(
+    _, candidates = run_round(
+        STEP,
         "bucket",
         bucket_partition,
         [(group_of_shard, groups, *[out[p] for out in bands_out]) for p in range(partitions)],
@@ -535,17 +419,23 @@ def decide_near_duplicates(
     )
     per_group = [[out[g] for out in candidates] for g in range(groups)]
     if settings.verify_candidates:
-        _, sent = _round(
+        _, sent = run_round(
+            STEP,
             "send sets",
             send_sets,
             [(inputs, group_of_shard, groups, *parts) for parts in per_group],
             groups,
         )
-        final, edges = _round(
-            "verify", verify_group, [(inputs, *[out[g] for out in sent]) for g in range(groups)], 1
+        final, edges = run_round(
+            STEP,
+            "verify",
+            verify_group,
+            [(inputs, *[out[g] for out in sent]) for g in range(groups)],
+            1,
         )
     else:
-        final, edges = _round("merge", merge_group, [(inputs, *parts) for parts in per_group], 1)
+        calls = [(inputs, *parts) for parts in per_group]
+        final, edges = run_round(STEP, "merge", merge_group, calls, 1)
     edge_refs = [out[0] for out in edges]
     edge_count = sum(entry["edges"] for entry in final)
     if edge_count <= settings.union_find_max_edges:
@@ -581,7 +471,7 @@ def decide_near_duplicates(
     }
     # How the work was cut depends on the cluster's CPUs: kept out of the report (and
     # so of the ledger), which must be the same for any cluster.
-    layout_used = {"cpus": cpus, "sign_tasks": len(positions), "groups": groups}
+    layout_used = {"cpus": cpus, "sign_tasks": len(sign_runs), "groups": groups}
     summary = {"shards_with_decisions": len(written), "report": report, "layout": layout_used}
     mark_decision_done(layout, STEP, fingerprint, summary)
 

@@ -5,8 +5,9 @@ Two pieces, because the decision is global and the hashing is not:
 * ``text_digests`` runs per document (inside the per-shard pass) and adds a fixed-size
   digest of the normalised text, so the global step moves 16 bytes per document
   instead of its text.
-* ``choose_duplicates`` runs once per digest group (Ray Data ``groupby``) and keeps the
-  document that comes first in input order: the smallest ``(shard, ordinal)``. Input
+* ``choose_duplicates`` runs once per partition of the digests (a round of Ray tasks,
+  ``pipeline/exact_wiring.py``) and keeps, per digest, the document that comes first in
+  input order: the smallest ``(shard, ordinal)``. Input
   order is fixed by the sorted shard plan, so the same copy survives on every run and
   for any number of workers.
 """
@@ -17,6 +18,7 @@ import hashlib
 import re
 import unicodedata
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -54,34 +56,42 @@ def text_digests(texts: pa.Array | pa.ChunkedArray, cfg: ExactDedupConfig) -> pa
     return pa.array(digests, pa.string())
 
 
-def choose_duplicates(group: pa.Table) -> pa.Table:
-    """Given the rows of one digest group (columns id, shard, ordinal), return the rows
-    to drop, each naming the id of the copy that is kept."""
-    if group.num_rows < 2:
+def choose_duplicates(rows: pa.Table) -> pa.Table:
+    """Given the rows of whole digest groups (columns id, shard, ordinal and the digest),
+    return the rows to drop, each naming the id of the copy that is kept: the first of
+    its group in input order. Vectorised over any number of groups, so a shuffle
+    partition is one call."""
+    if rows.num_rows < 2:
         return DROPS_SCHEMA.empty_table()
-    ordered = group.sort_by([("shard", "ascending"), ("ordinal", "ascending")])
-    kept_id = ordered.column("id")[0].as_py()
-    dropped = ordered.slice(1)
+    ordered = rows.sort_by(
+        [(DIGEST_COLUMN, "ascending"), ("shard", "ascending"), ("ordinal", "ascending")]
+    )
+    digests = ordered.column(DIGEST_COLUMN).combine_chunks()
+    starts = np.ones(ordered.num_rows, dtype=bool)
+    starts[1:] = pc.not_equal(digests.slice(1), digests.slice(0, len(digests) - 1)).to_numpy(
+        zero_copy_only=False
+    )
+    positions = np.arange(ordered.num_rows)
+    kept = np.maximum.accumulate(np.where(starts, positions, 0))  # each row's group start
+    dropped_rows = pa.array(positions[~starts], pa.int64())
+    dropped = ordered.take(dropped_rows)
     n = dropped.num_rows
     return pa.table(
         {
             "id": dropped.column("id").cast(pa.string()),
             "shard": dropped.column("shard").cast(pa.int32()),
             "ordinal": dropped.column("ordinal").cast(pa.int64()),
-            "duplicate_of": pa.array([kept_id] * n, pa.string()),
+            "duplicate_of": ordered.column("id")
+            .take(pa.array(kept[~starts], pa.int64()))
+            .cast(pa.string()),
             "cluster_id": pa.nulls(n, pa.string()),
-            "similarity": pa.array([1.0] * n, pa.float64()),
+            "similarity": pa.array(np.ones(n), pa.float64()),
         },
         schema=DROPS_SCHEMA,
     )
 
 
 def find_duplicates_in_memory(table: pa.Table) -> pa.Table:
-    """The whole decision on one table (tests, small runs): group by digest locally."""
-    if table.num_rows == 0:
-        return DROPS_SCHEMA.empty_table()
-    results = [DROPS_SCHEMA.empty_table()]
-    for digest in pc.unique(table.column(DIGEST_COLUMN)).to_pylist():
-        group = table.filter(pc.equal(table.column(DIGEST_COLUMN), digest))
-        results.append(choose_duplicates(group))
-    return pa.concat_tables(results).sort_by([("shard", "ascending"), ("ordinal", "ascending")])
+    """The whole decision on one table (tests, small runs)."""
+    drops = choose_duplicates(table)
+    return drops.sort_by([("shard", "ascending"), ("ordinal", "ascending")])

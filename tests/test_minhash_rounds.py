@@ -1,8 +1,7 @@
 """The rounds of ``minhash_dedup`` as plain functions, without Ray: run one after the
 other in this process, with the exchanges done by hand, they give the in-memory
 decision for any number of signing tasks, band partitions and verification groups;
-and the helpers that size the rounds (shard runs, routing, text batches) keep every
-row exactly once."""
+and its helpers (text batches, pair totals) keep every row exactly once."""
 
 from __future__ import annotations
 
@@ -18,12 +17,11 @@ from pipeline.minhash_wiring import (
     driver_drops,
     merge_group,
     send_sets,
-    shard_groups,
     sign_group,
-    split_rows,
     text_batches,
     verify_group,
 )
+from pipeline.task_rounds import shard_groups
 from stages.minhash import MinHashConfig
 from stages.minhash_lsh import find_near_duplicates_in_memory, pair_totals
 from tests.minhash_corpus import write_pass_one
@@ -91,28 +89,6 @@ def test_rounds_give_the_in_memory_decision_for_any_layout(run, verify):
         assert sum(out[0]["documents"] for out in signed) == documents.num_rows
         bands = sum(out[0]["rows"] for out in signed)
         assert bands == (documents.num_rows - 1) * 25  # the empty document has no bands
-
-
-def test_shard_groups_are_consecutive_balanced_and_never_empty():
-    assert shard_groups([], 4) == []
-    assert shard_groups([5, 5, 5], 8) == [[0], [1], [2]]
-    assert shard_groups([10, 0, 0, 10], 2) == [[0], [1, 2, 3]]
-    assert shard_groups([100, 1, 1, 1, 1], 3) == [[0], [1, 2], [3, 4]]
-    rng = random.Random(0)
-    for _ in range(50):
-        counts = [rng.randrange(0, 50) for _ in range(rng.randrange(1, 30))]
-        runs = shard_groups(counts, rng.randrange(1, 12))
-        assert [i for run in runs for i in run] == list(range(len(counts)))
-        assert all(runs)
-
-
-def test_split_rows_keeps_every_row_once_in_order():
-    table = pa.table({"x": list(range(20))})
-    destination = np.array([3, 0, 1, 3, 0] * 4, dtype=np.int32)
-    parts = split_rows(table, destination, 5)
-    assert [p.num_rows for p in parts] == [8, 4, 0, 8, 0]
-    for d, part in enumerate(parts):
-        assert part.column("x").to_pylist() == np.flatnonzero(destination == d).tolist()
 
 
 def test_pair_totals_sum_partial_counts():

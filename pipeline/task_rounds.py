@@ -1,0 +1,173 @@
+"""Rounds of Ray tasks for the global steps: the all-to-all exchange they share.
+
+A round is one Ray task per argument tuple. Each task returns a small stats dict and
+then ``returns`` Arrow tables, one per destination (``num_returns``), and each task of
+the next round takes the matching table of every task before it: a shuffle with no
+executor in between, whose objects are (senders x receivers). Tasks work on runs of
+consecutive shards (``shard_groups``) and read the documents that survived the earlier
+steps themselves (``Survivors``), so texts never travel.
+
+The pure helpers (``split_rows``, ``shard_groups``) are tested without Ray; the task
+bodies of a step are plain functions, so a step's rounds can be run in one process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.curate import GlobalStep, RunLayout, apply_steps
+from pipeline.shards import Shard, read_json
+
+TASK_CPUS = 1.0  # each task reads its own input: no reader to leave a share to
+TASKS_PER_CPU = 2  # tasks per round and CPU, at least: a slow task is not the round
+
+
+@dataclass(frozen=True)
+class Survivors:
+    """How a task reads the documents left after the earlier global steps: put in the
+    object store once, passed to each task by reference."""
+
+    layout: RunLayout
+    earlier: list[GlobalStep]
+    fingerprints: list[str]
+
+    def documents(self, shard: int, columns: list[str]) -> pa.Table:
+        """The shard's documents left after the earlier steps, projected to ``columns``."""
+        needed = list(dict.fromkeys(["id", *columns]))  # decisions are applied by id
+        table = apply_steps(self.layout, shard, self.earlier, self.fingerprints, needed)[0]
+        return table.select(columns)
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def shard_runs(counts: Sequence[int], shards: Sequence[Shard], groups: int):
+    """(runs of shard indices, group of each shard index as an array) for ``groups``
+    runs of about equal document counts."""
+    index = [shard.index for shard in shards]
+    runs = [[index[i] for i in run] for run in shard_groups(counts, groups)]
+    group_of_shard = np.zeros(max(index, default=-1) + 1, dtype=np.int32)
+    for group, run in enumerate(runs):
+        group_of_shard[run] = group
+    return runs, group_of_shard
+
+
+def releases_freed_memory(task: Callable[..., tuple]) -> Callable[..., tuple]:
+    """Hand the memory freed during ``task`` back to the OS when it ends: Arrow's pool
+    (jemalloc) and the C heap (glibc ``malloc_trim``, where numpy's arrays and Python's
+    large strings live).
+
+    Workers live for the whole run and both allocators keep freed pages for reuse, so
+    without this a worker's private memory creeps up with the number of tasks it ran
+    and the largest documents it met, not with the size of any one task."""
+
+    @functools.wraps(task)
+    def run(*args, **kwargs) -> tuple:
+        try:
+            return task(*args, **kwargs)
+        finally:
+            release_freed_memory()
+
+    return run
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+def release_freed_memory() -> None:
+    pa.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def split_rows(table: pa.Table, destination: np.ndarray, count: int) -> list[pa.Table]:
+    """``table``'s rows by destination (0..count-1), in row order within each: one sort,
+    then slices (Ray serialises a slice as its rows only)."""
+    order = np.argsort(destination, kind="stable")
+    ordered = table.take(pa.array(order, pa.int64()))
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(destination, minlength=count))])
+    return [ordered.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(count)]
+
+
+def shard_groups(documents: Sequence[int], groups: int) -> list[list[int]]:
+    """Positions of the shards split into at most ``groups`` runs of consecutive shards
+    with about equal document counts, none empty."""
+    count = len(documents)
+    groups = max(1, min(groups, count))
+    if count == 0:
+        return []
+    cumulative = np.cumsum(np.asarray(documents, dtype=np.int64))
+    bounds = [0]
+    for g in range(1, groups):
+        done = cumulative[bounds[-1] - 1] if bounds[-1] else 0
+        share = (cumulative[-1] - done) / (groups - g + 1)  # of what is left, evenly
+        cut = int(np.searchsorted(cumulative, done + share, side="left")) + 1
+        cut = max(cut, bounds[-1] + 1)  # not empty
+        cut = min(cut, count - (groups - g))  # a shard left for every later run
+        bounds.append(cut)
+    bounds.append(count)
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(groups)]
+
+
+def _remote(function: Callable, returns: int):
+    return _remote_function(function).options(num_returns=returns)
+
+
+@functools.cache
+def _remote_function(function: Callable):
+    import ray
+
+    return ray.remote(num_cpus=TASK_CPUS)(function)
+
+
+def run_round(
+    step: str, name: str, function: Callable, calls: list[tuple], returns: int
+) -> tuple[list, list]:
+    """Submit one round (a task per argument tuple, returning its stats dict and then
+    ``returns`` tables; with none, the stats dict alone) and wait for the stats: (stats
+    per task, output references per task). A line per round when ``PIPELINE_PROGRESS``
+    is on."""
+    import ray
+
+    started = time.perf_counter()
+    remote = _remote(function, returns + 1)
+    refs = [remote.remote(*args) for args in calls]
+    refs = [task if isinstance(task, list) else [task] for task in refs]  # stats only
+    stats = ray.get([task[0] for task in refs])
+    if os.environ.get("PIPELINE_PROGRESS", "1") != "0":
+        totals: dict[str, int] = {}
+        for entry in stats:
+            for key, value in entry.items():
+                totals[key] = totals.get(key, 0) + value
+        counts = ", ".join(f"{key} {value:,}" for key, value in totals.items())
+        print(
+            f"{step} {name}: {len(calls)} tasks, {counts} ({time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
+    return stats, [task[1:] for task in refs]
+
+
+def document_counts(layout: RunLayout, shards: Sequence[Shard]) -> list[int]:
+    """Pass-1 documents per shard, from the shards' stats (no data read)."""
+    counts = []
+    for shard in shards:
+        stats = read_json(layout.filesystem, layout.work_stats(shard.index)) or {}
+        counts.append(stats.get("documents", {}).get("rows", 0))
+    return counts

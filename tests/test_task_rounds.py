@@ -1,0 +1,91 @@
+"""The rounds of Ray tasks the global steps share, without Ray: the helpers that cut
+shards into runs and route rows keep every row exactly once, and the ``exact_dedup``
+rounds run one after the other in this process give the in-memory decision for any
+number of runs and partitions."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.curate import RunLayout
+from pipeline.exact_wiring import STEP, choose_partition, digest_run, write_run
+from pipeline.shards import read_parquet, write_parquet_atomic
+from pipeline.task_rounds import Survivors, shard_groups, split_rows
+from stages.duplicates import DROPS_SCHEMA
+from stages.exact_dedup import DIGEST_COLUMN, find_duplicates_in_memory
+
+SHARDS = 6
+
+
+def test_shard_groups_are_consecutive_balanced_and_never_empty():
+    assert shard_groups([], 4) == []
+    assert shard_groups([5, 5, 5], 8) == [[0], [1], [2]]
+    assert shard_groups([10, 0, 0, 10], 2) == [[0], [1, 2, 3]]
+    assert shard_groups([100, 1, 1, 1, 1], 3) == [[0], [1, 2], [3, 4]]
+    rng = random.Random(0)
+    for _ in range(50):
+        counts = [rng.randrange(0, 50) for _ in range(rng.randrange(1, 30))]
+        runs = shard_groups(counts, rng.randrange(1, 12))
+        assert [i for run in runs for i in run] == list(range(len(counts)))
+        assert all(runs)
+
+
+def test_split_rows_keeps_every_row_once_in_order():
+    table = pa.table({"x": list(range(20))})
+    destination = np.array([3, 0, 1, 3, 0] * 4, dtype=np.int32)
+    parts = split_rows(table, destination, 5)
+    assert [p.num_rows for p in parts] == [8, 4, 0, 8, 0]
+    for d, part in enumerate(parts):
+        assert part.column("x").to_pylist() == np.flatnonzero(destination == d).tolist()
+
+
+def _digests_run(root) -> tuple[RunLayout, pa.Table]:
+    """Pass-1 documents with digests: 40 distinct texts, some copied up to four times
+    across shards, shuffled."""
+    rng = random.Random(5)
+    digests = [f"{rng.getrandbits(128):032x}" for _ in range(40)]
+    pool = digests + [rng.choice(digests[:12]) for _ in range(25)]
+    rng.shuffle(pool)
+    layout = RunLayout.for_output(str(root))
+    tables = []
+    for shard in range(SHARDS):
+        mine = pool[shard::SHARDS]
+        table = pa.table(
+            {
+                "id": [f"e{shard}-{i}" for i in range(len(mine))],
+                "shard": pa.array([shard] * len(mine), pa.int32()),
+                "ordinal": pa.array(range(len(mine)), pa.int64()),
+                DIGEST_COLUMN: mine,
+            }
+        )
+        write_parquet_atomic(layout.filesystem, layout.work_documents(shard), table)
+        tables.append(table)
+    return layout, pa.concat_tables(tables)
+
+
+def test_exact_rounds_give_the_in_memory_decision_for_any_layout(tmp_path):
+    layout, documents = _digests_run(tmp_path)
+    expected = find_duplicates_in_memory(documents)
+    assert expected.num_rows >= 20
+    survivors = Survivors(layout, [], [])
+    for runs_wanted, partitions in [(1, 1), (3, 2), (6, 5), (4, 7)]:
+        fingerprint = f"layout-{runs_wanted}-{partitions}"
+        runs = shard_groups([10] * SHARDS, runs_wanted)
+        group_of_shard = np.zeros(SHARDS, np.int32)
+        for group, run in enumerate(runs):
+            group_of_shard[run] = group
+        digests = [digest_run(survivors, run, partitions) for run in runs]
+        chosen = [
+            choose_partition(group_of_shard, len(runs), *[out[1 + p] for out in digests])
+            for p in range(partitions)
+        ]
+        for g in range(len(runs)):
+            write_run(layout, fingerprint, *[out[1 + g] for out in chosen])
+        got = pa.concat_tables(
+            read_parquet(layout.filesystem, layout.decision(STEP, fingerprint, s), DROPS_SCHEMA)
+            for s in range(SHARDS)
+        )
+        assert got.sort_by([("shard", "ascending"), ("ordinal", "ascending")]).equals(expected)
