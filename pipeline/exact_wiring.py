@@ -24,9 +24,7 @@ import pyarrow as pa
 from pipeline.curate import GlobalStep, RunLayout
 from pipeline.shards import Shard
 from pipeline.task_rounds import (
-    TASKS_PER_CPU,
     Survivors,
-    cluster_cpus,
     document_counts,
     releases_freed_memory,
     run_round,
@@ -95,9 +93,7 @@ def decide_exact_duplicates(
         counts = document_counts(layout, shards)
         partitions = max(1, math.ceil(sum(counts) / PARTITION_ROWS))
         survivors = ray.put(Survivors(layout, earlier, fingerprints))
-        runs, group_of_shard = shard_runs(
-            counts, shards, max(partitions, TASKS_PER_CPU * cluster_cpus())
-        )
+        runs, group_of_shard = shard_runs(counts, shards, partitions)
         _, digests = run_round(
             STEP, "digests", digest_run, [(survivors, run, partitions) for run in runs], partitions
         )

@@ -2,55 +2,29 @@
 
 Each step reads the documents that survived the steps before it, decides across the
 cluster (no process sees every document) and writes one decision table per shard, then
-a ``_SUCCESS`` marker. Exact dedup and MinHash run rounds of Ray tasks
-(``pipeline/task_rounds.py``, ``exact_wiring.py``, ``minhash_wiring.py``); template
-lines decides with Ray Data's ``groupby`` over ``surviving``. The pure halves (how a
-group is decided, how a shard applies its decision) live in the stage modules.
+a ``_SUCCESS`` marker. Each step is rounds of Ray tasks on the exchange of
+``pipeline/task_rounds.py`` (``exact_wiring.py``, ``minhash_wiring.py``,
+``template_wiring.py``). The pure halves (how a group is decided, how a shard applies
+its decision) live in the stage modules.
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
 
 import pyarrow as pa
 
 from pipeline.config import CurateConfig
-from pipeline.curate import GlobalStep, RunLayout, apply_steps
+from pipeline.curate import GlobalStep, RunLayout
 from pipeline.exact_wiring import decide_exact_duplicates
 from pipeline.minhash_wiring import minhash_step
-from pipeline.shards import Shard, read_json, write_json_atomic, write_parquet_atomic
+from pipeline.shards import read_json, write_json_atomic, write_parquet_atomic
 from pipeline.template_wiring import template_lines_step
 from stages.duplicates import DROPS_SCHEMA, split_by_drops
 from stages.exact_dedup import (
     REASON_EXACT_DUPLICATE,
     ExactDedupConfig,
 )
-
-
-def surviving(
-    layout: RunLayout,
-    shards: Sequence[Shard],
-    earlier: list[GlobalStep],
-    fingerprints: list[str],
-    columns: list[str],
-):
-    """A Ray dataset of the documents left after the earlier steps, one block per shard,
-    projected to ``columns`` (the texts stay on disk unless a step asks for them)."""
-    import ray
-
-    needed = list(dict.fromkeys(["id", *columns]))  # decisions are applied by id
-
-    def load(batch: pa.Table) -> pa.Table:
-        tables = [
-            apply_steps(layout, index, earlier, fingerprints, needed)[0].select(columns)
-            for index in batch.column("shard").to_pylist()
-        ]
-        return pa.concat_tables(tables)
-
-    return ray.data.from_items([{"shard": s.index} for s in shards]).map_batches(
-        load, batch_size=1, batch_format="pyarrow", num_cpus=0.5
-    )
 
 
 def write_decisions(group: pa.Table, layout: RunLayout, step: str, fingerprint: str) -> pa.Table:

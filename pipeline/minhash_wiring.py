@@ -54,7 +54,6 @@ from pipeline.curate import GlobalStep, RunLayout
 from pipeline.minhash_components import components_and_drops
 from pipeline.shards import Shard
 from pipeline.task_rounds import (
-    TASKS_PER_CPU,
     Survivors,
     cluster_cpus,
     document_counts,
@@ -400,15 +399,13 @@ def decide_near_duplicates(
     bands, _ = settings.band_layout()
     partitions = max(2, math.ceil(sum(counts) * bands / settings.partition_rows))
     inputs = ray.put(StepInputs(layout, earlier, fingerprints, settings.with_band_layout()))
-    sign_runs, _ = shard_runs(counts, shards, max(partitions, TASKS_PER_CPU * cpus))
+    sign_runs, _ = shard_runs(counts, shards, partitions)
     signed, bands_out = run_round(
         STEP, "sign", sign_group, [(inputs, run, partitions) for run in sign_runs], partitions
     )
     shingles = sum(entry["shingles"] for entry in signed)
-    groups_wanted = max(
-        TASKS_PER_CPU * cpus, math.ceil(8 * shingles / settings.verify_partition_bytes)
-    )
-    runs, group_of_shard = shard_runs(counts, shards, groups_wanted)
+    wanted = math.ceil(8 * shingles / settings.verify_partition_bytes)
+    runs, group_of_shard = shard_runs(counts, shards, wanted)
     groups = len(runs)
     _, candidates = run_round(
         STEP,

@@ -45,6 +45,7 @@ from pipeline.shards import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from pipeline.task_rounds import cluster_cpus
 from stages import STAGES
 from stages.base import missing_requirements
 
@@ -112,18 +113,12 @@ def init_ray(
     DataContext.get_current().enable_progress_bars = os.environ.get("PIPELINE_PROGRESS", "1") != "0"
 
 
-def _cluster_cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
 def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int]) -> None:
     import ray
 
     if not pending:
         return
-    workers = min(len(pending), _cluster_cpus())
+    workers = min(len(pending), cluster_cpus())
     dataset = ray.data.from_items([{"shard": index} for index in pending])
     summaries = dataset.map_batches(
         DocumentPass,

@@ -52,9 +52,11 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def shard_runs(counts: Sequence[int], shards: Sequence[Shard], groups: int):
-    """(runs of shard indices, group of each shard index as an array) for ``groups``
-    runs of about equal document counts."""
+def shard_runs(counts: Sequence[int], shards: Sequence[Shard], wanted: int):
+    """(runs of shard indices, group of each shard index as an array): ``wanted`` runs
+    of about equal document counts, and at least ``TASKS_PER_CPU`` per CPU of the
+    cluster (never more than the shards)."""
+    groups = max(wanted, TASKS_PER_CPU * cluster_cpus())
     index = [shard.index for shard in shards]
     runs = [[index[i] for i in run] for run in shard_groups(counts, groups)]
     group_of_shard = np.zeros(max(index, default=-1) + 1, dtype=np.int32)

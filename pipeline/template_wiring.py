@@ -1,13 +1,17 @@
-"""Ray wiring of the template-lines step (the pure halves are in ``stages/template_lines.py``).
+"""Ray wiring of the template-lines step (the pure halves are in ``stages/template_lines.py``):
+three rounds of Ray tasks (``pipeline/task_rounds.py``).
 
-1. From the documents that survived the earlier steps, one row per (document, distinct
-   normalised line): 8-byte line hash, host, id, position, line indices; never the text.
-2. ``groupby(line_hash)``: each group holds every document with that line, from every
-   shard, so the per-host and corpus-wide document counts are global. A group returns
-   the rows whose line is a template.
-3. ``groupby(shard)``: per shard, read the shard's texts once, turn its removals into a
-   decision (lines to remove, characters left), write it, and return the shard's most
-   often removed lines for the summary.
+1. **Lines**, one task per run of consecutive shards: from the documents that survived
+   the earlier steps, one row per (document, distinct normalised line): 8-byte line
+   hash, host, id, position, line indices; never the text. Split by a partition of the
+   line hash; the task also counts the documents considered (the corpus-wide
+   fraction's denominator).
+2. **Templates**, one task per line partition: each holds every document with its lines,
+   from every shard, so the per-host and corpus-wide document counts are global. It
+   keeps the rows whose line is a template, sent to the run of their shard.
+3. **Decide**, one task per run: per shard, read the shard's texts once, turn its
+   removals into a decision (lines to remove, characters left), write it, and return
+   the shard's most often removed lines for the summary.
 
 The ``_SUCCESS`` summary carries a ``report`` that the runner copies into the ledger
 under the step, and the funnel prints: ``documents_changed`` and ``lines_removed``
@@ -19,13 +23,24 @@ count the documents that stay (rewritten), ``template_only`` and
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 
-from pipeline.curate import GlobalStep, RunLayout, apply_steps
+from pipeline.curate import GlobalStep, RunLayout
 from pipeline.shards import Shard, write_parquet_atomic
+from pipeline.task_rounds import (
+    Survivors,
+    document_counts,
+    releases_freed_memory,
+    run_round,
+    shard_runs,
+    split_rows,
+)
+from stages.minhash_lsh import partition_of
 from stages.template_lines import (
     DECISION_SCHEMA,
     TemplateLinesConfig,
@@ -42,30 +57,72 @@ STEP = "template_lines"
 SHARD_TOP_LINES = 200
 
 
-def _write_shard_decision(
-    group: pa.Table,
-    layout: RunLayout,
-    earlier: list[GlobalStep],
-    fingerprints: list[str],
-    fingerprint: str,
-) -> pa.Table:
-    shard = group.column("shard")[0].as_py()
-    texts = apply_steps(layout, shard, earlier, fingerprints, ["id", "text"])[0]
-    decision, counts, examples = shard_decision(group, texts)
-    write_parquet_atomic(layout.filesystem, layout.decision(STEP, fingerprint, shard), decision)
-    top = [[str(h), examples[h], n] for h, n in counts.most_common(SHARD_TOP_LINES)]
-    return pa.table(
-        {
-            "shard": [shard],
-            "lines": [[len(r) for r in decision.column("remove_lines").to_pylist()]],
-            "remaining_chars": [decision.column("remaining_chars").to_pylist()],
-            "top": [json.dumps(top, ensure_ascii=False)],
-        }
-    )
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("shard", pa.int64()),
+        ("lines", pa.list_(pa.int64())),
+        ("remaining_chars", pa.list_(pa.int64())),
+        ("top", pa.string()),
+    ]
+)
+COLUMNS = ["id", "shard", "ordinal", "url", "format", "text"]
+PARTITION_DOCUMENTS = 20_000  # documents' line rows per templates task (~1M rows)
 
 
-def _count_considered(batch: pa.Table, settings: TemplateLinesConfig) -> pa.Table:
-    return pa.table({"documents": [considered_documents(batch, settings)]})
+@releases_freed_memory
+def line_run(
+    survivors: Survivors, shards: list[int], cfg: TemplateLinesConfig, partitions: int
+) -> tuple:
+    """Round 1: (stats, one table of line rows per partition) for these shards."""
+    tables, considered = [], 0
+    for shard in shards:
+        documents = survivors.documents(shard, COLUMNS)
+        considered += considered_documents(documents, cfg)
+        tables.append(line_pairs(documents, cfg))
+    pairs = pa.concat_tables(tables)
+    route = partition_of(pairs.column("line_hash").to_numpy(), partitions)
+    stats = {"considered": considered, "line_rows": pairs.num_rows}
+    return stats, *split_rows(pairs, route, partitions)
+
+
+@releases_freed_memory
+def template_partition(
+    group_of_shard: np.ndarray,
+    groups: int,
+    cfg: TemplateLinesConfig,
+    total_documents: int,
+    *parts: pa.Table,
+) -> tuple:
+    """Round 2, one line partition: the template rows, one table per run of shards."""
+    removals = template_removals(pa.concat_tables(parts), cfg, total_documents)
+    route = group_of_shard[removals.column("shard").to_numpy()]
+    return {"template_rows": removals.num_rows}, *split_rows(removals, route, groups)
+
+
+@releases_freed_memory
+def decide_run(survivors: Survivors, fingerprint: str, *parts: pa.Table) -> tuple:
+    """Round 3, one run of shards: each shard with removals gets its decision written,
+    and a summary row (lines removed and characters left per document, top lines)."""
+    removals = pa.concat_tables(parts)
+    shards = removals.column("shard").to_numpy()
+    rows = []
+    for shard in np.unique(shards).tolist():
+        mine = removals.filter(pa.array(shards == shard))
+        texts = survivors.documents(shard, ["id", "text"])
+        decision, counts, examples = shard_decision(mine, texts)
+        layout = survivors.layout
+        write_parquet_atomic(layout.filesystem, layout.decision(STEP, fingerprint, shard), decision)
+        top = [[str(h), examples[h], n] for h, n in counts.most_common(SHARD_TOP_LINES)]
+        rows.append(
+            {
+                "shard": shard,
+                "lines": [len(r) for r in decision.column("remove_lines").to_pylist()],
+                "remaining_chars": decision.column("remaining_chars").to_pylist(),
+                "top": json.dumps(top, ensure_ascii=False),
+            }
+        )
+    summary = pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
+    return {"shards_with_decisions": len(rows)}, summary
 
 
 def summarize(rows: list[dict], settings: TemplateLinesConfig) -> dict:
@@ -109,42 +166,27 @@ def decide_template_lines(
     settings: TemplateLinesConfig,
 ) -> None:
     """Count every line's documents across the corpus; per shard, write what to remove."""
-    from pipeline.global_steps import mark_decision_done, surviving
+    import ray
 
-    columns = ["id", "shard", "ordinal", "url", "format", "text"]
-    documents = surviving(layout, shards, earlier, fingerprints, columns)
-    considered = 0  # the corpus-wide fraction's denominator, counted only when needed
-    if settings.min_corpus_fraction is not None:
-        considered = sum(
-            row["documents"]
-            for row in surviving(layout, shards, earlier, fingerprints, ["format"])
-            .map_batches(
-                _count_considered, fn_kwargs={"settings": settings}, batch_format="pyarrow"
-            )
-            .take_all()
-        )
-    pairs = documents.map_batches(line_pairs, fn_kwargs={"cfg": settings}, batch_format="pyarrow")
-    # A partition per shard (Ray's default is 200): small runs do not pay for empty ones.
-    partitions = min(max(len(shards), 1), 200)
-    removals = pairs.groupby("line_hash", num_partitions=partitions).map_groups(
-        template_removals,
-        fn_kwargs={"cfg": settings, "total_documents": considered},
-        batch_format="pyarrow",
-    )
-    rows = (
-        removals.groupby("shard", num_partitions=partitions)
-        .map_groups(
-            _write_shard_decision,
-            fn_kwargs={
-                "layout": layout,
-                "earlier": earlier,
-                "fingerprints": fingerprints,
-                "fingerprint": fingerprint,
-            },
-            batch_format="pyarrow",
-        )
-        .take_all()
-    )
+    from pipeline.global_steps import mark_decision_done
+
+    rows: list[dict] = []
+    if shards:
+        counts = document_counts(layout, shards)
+        partitions = max(1, math.ceil(sum(counts) / PARTITION_DOCUMENTS))
+        survivors = ray.put(Survivors(layout, earlier, fingerprints))
+        runs, group_of_shard = shard_runs(counts, shards, partitions)
+        calls = [(survivors, run, settings, partitions) for run in runs]
+        lined, lines = run_round(STEP, "lines", line_run, calls, partitions)
+        considered = sum(entry["considered"] for entry in lined)
+        calls = [
+            (group_of_shard, len(runs), settings, considered, *[out[p] for out in lines])
+            for p in range(partitions)
+        ]
+        _, removals = run_round(STEP, "templates", template_partition, calls, len(runs))
+        calls = [(survivors, fingerprint, *[out[g] for out in removals]) for g in range(len(runs))]
+        _, summaries = run_round(STEP, "decide", decide_run, calls, 1)
+        rows = pa.concat_tables(ray.get([out[0] for out in summaries])).to_pylist()
     rows.sort(key=lambda row: row["shard"])
     mark_decision_done(layout, STEP, fingerprint, summarize(rows, settings))
 

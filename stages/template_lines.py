@@ -27,6 +27,7 @@ import re
 from collections import Counter
 from urllib.parse import urlsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
@@ -170,17 +171,26 @@ def is_corpus_template(documents: int, cfg: TemplateLinesConfig, total_documents
     return fraction is None or documents >= fraction * total_documents
 
 
-def template_removals(group: pa.Table, cfg: TemplateLinesConfig, total_documents: int) -> pa.Table:
-    """All pair rows of one line hash in, the rows whose line is a template out."""
-    group = group.select(PAIRS_SCHEMA.names).cast(PAIRS_SCHEMA)
-    if is_corpus_template(group.num_rows, cfg, total_documents):  # one row per document
-        return group
-    if cfg.min_host_documents is None:
-        return PAIRS_SCHEMA.empty_table()
-    hosts = group.column("host").to_pylist()
-    per_host = Counter(host for host in hosts if host is not None)
-    on_host = [host is not None and per_host[host] >= cfg.min_host_documents for host in hosts]
-    return group.filter(pa.array(on_host, pa.bool_()))
+def template_removals(rows: pa.Table, cfg: TemplateLinesConfig, total_documents: int) -> pa.Table:
+    """Pair rows of whole line-hash groups in (one group or a whole shuffle partition),
+    the rows whose line is a template out: its line is in enough documents corpus-wide
+    (one row per document and line), or in enough documents of the row's host."""
+    rows = rows.select(PAIRS_SCHEMA.names).cast(PAIRS_SCHEMA)
+    if rows.num_rows == 0:
+        return rows
+    hashes = rows.column("line_hash").to_numpy()
+    _, line, documents = np.unique(hashes, return_inverse=True, return_counts=True)
+    corpus = np.array(
+        [is_corpus_template(int(n), cfg, total_documents) for n in documents.tolist()]
+    )
+    keep = corpus[line]
+    if cfg.min_host_documents is not None:
+        hosts = rows.column("host").combine_chunks().dictionary_encode()
+        host = pc.fill_null(hosts.indices, -1).to_numpy().astype(np.int64)
+        pairs = np.stack([line.astype(np.int64), host], axis=1)
+        _, pair, on_host = np.unique(pairs, axis=0, return_inverse=True, return_counts=True)
+        keep |= (host >= 0) & (on_host[pair.reshape(-1)] >= cfg.min_host_documents)
+    return rows.filter(pa.array(keep))
 
 
 def remove_lines(text: str, remove: set[int]) -> str:
@@ -279,12 +289,7 @@ def find_template_lines_in_memory(
     documents: pa.Table, cfg: TemplateLinesConfig
 ) -> tuple[pa.Table, Counter[int], dict[int, str]]:
     """The whole decision on one table (tests, small runs): what the Ray wiring computes
-    with a ``groupby`` over line hashes, here with a local one."""
+    with a shuffle over line hashes, here in one call."""
     pairs = line_pairs(documents, cfg)
-    total = considered_documents(documents, cfg)
-    groups = [
-        template_removals(pairs.filter(pc.equal(pairs.column("line_hash"), digest)), cfg, total)
-        for digest in pc.unique(pairs.column("line_hash")).to_pylist()
-    ]
-    removals = pa.concat_tables([PAIRS_SCHEMA.empty_table(), *groups])
+    removals = template_removals(pairs, cfg, considered_documents(documents, cfg))
     return shard_decision(removals, documents.select(["id", "text"]))

@@ -1,7 +1,10 @@
 """Template-line removal without Ray: which lines count as templates, how text is
 rewritten, and what is rejected (the Ray path is in tests/test_template_lines_ray.py)."""
 
+import random
+
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from pydantic import ValidationError
 
@@ -15,6 +18,7 @@ from stages.template_lines import (
     host_of,
     line_key,
     remove_lines,
+    template_removals,
 )
 
 NAV = "Home | Local news | Sport | Weather | Contact the newsroom"
@@ -182,3 +186,47 @@ def test_config_rejects_every_rule_off_and_bad_values():
 def test_host_of():
     assert host_of("https://www.Harbor.example:8080/x?y=1") == "harbor.example"
     assert host_of(None) is None and host_of("not a url") is None
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        HOST_ONLY,
+        TemplateLinesConfig(min_host_documents=None, min_corpus_documents=4),
+        TemplateLinesConfig(min_host_documents=2, min_corpus_fraction=0.05),
+    ],
+)
+def test_removals_of_a_whole_partition_equal_those_of_each_line_alone(cfg):
+    """A shuffle partition holds many line hashes; one call over it must keep exactly
+    the rows that a call per line hash keeps."""
+    rng = random.Random(2)
+    rows = [
+        {
+            "line_hash": rng.randrange(-40, 40),
+            "host": rng.choice(["a.example", "b.example", "c.example", None]),
+            "id": f"d{n}",
+            "shard": n % 3,
+            "ordinal": n,
+            "line_indices": [rng.randrange(30)],
+        }
+        for n in range(600)
+    ]
+    pairs = pa.Table.from_pylist(rows).cast(
+        pa.schema(
+            [
+                ("line_hash", pa.int64()),
+                ("host", pa.string()),
+                ("id", pa.string()),
+                ("shard", pa.int32()),
+                ("ordinal", pa.int64()),
+                ("line_indices", pa.list_(pa.int32())),
+            ]
+        )
+    )
+    whole = template_removals(pairs, cfg, total_documents=600)
+    alone = pa.concat_tables(
+        template_removals(pairs.filter(pc.equal(pairs.column("line_hash"), h)), cfg, 600)
+        for h in pc.unique(pairs.column("line_hash")).to_pylist()
+    )
+    assert 0 < whole.num_rows < pairs.num_rows
+    assert sorted(whole.column("id").to_pylist()) == sorted(alone.column("id").to_pylist())
