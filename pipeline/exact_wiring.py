@@ -25,6 +25,7 @@ from pipeline.curate import GlobalStep, RunLayout
 from pipeline.shards import Shard
 from pipeline.task_rounds import (
     Survivors,
+    by_shard,
     document_counts,
     releases_freed_memory,
     run_round,
@@ -67,12 +68,11 @@ def write_run(layout: RunLayout, fingerprint: str, *parts: pa.Table) -> dict:
     # global_steps imports this module to register the step: import it back lazily.
     from pipeline.global_steps import write_decisions
 
-    drops = pa.concat_tables(parts)
-    shards = drops.column("shard").to_numpy()
-    for shard in np.unique(shards).tolist():
-        mine = drops.filter(pa.array(shards == shard))
+    written = [
         write_decisions(mine, layout, STEP, fingerprint)
-    return {"shards_with_decisions": len(np.unique(shards))}
+        for _, mine in by_shard(pa.concat_tables(parts))
+    ]
+    return {"shards_with_decisions": len(written)}
 
 
 def decide_exact_duplicates(

@@ -55,6 +55,7 @@ from pipeline.minhash_components import components_and_drops
 from pipeline.shards import Shard
 from pipeline.task_rounds import (
     Survivors,
+    by_shard,
     cluster_cpus,
     document_counts,
     release_freed_memory,
@@ -476,15 +477,7 @@ def decide_near_duplicates(
 def _write_from_driver(drops: pa.Table, layout, fingerprint: str, write) -> list[dict]:
     """The drops already met on the driver (the edge list did): write them per shard
     from here rather than shuffle them back out."""
-    drops = drops.sort_by([("shard", "ascending"), ("ordinal", "ascending")])
-    shards = drops.column("shard").to_numpy()
-    starts = np.flatnonzero(np.concatenate([[True], shards[1:] != shards[:-1]]))
-    ends = np.append(starts[1:], len(shards))
-    return [
-        write(drops.slice(start, end - start), layout, STEP, fingerprint).to_pylist()[0]
-        for start, end in zip(starts.tolist(), ends.tolist(), strict=True)
-        if end > start
-    ]
+    return [write(mine, layout, STEP, fingerprint).to_pylist()[0] for _, mine in by_shard(drops)]
 
 
 def _check_prefer_column(layout: RunLayout, shards: Sequence[Shard], cfg: MinHashConfig) -> None:

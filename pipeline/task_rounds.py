@@ -17,7 +17,7 @@ import ctypes
 import functools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,6 +106,20 @@ def split_rows(table: pa.Table, destination: np.ndarray, count: int) -> list[pa.
     ordered = table.take(pa.array(order, pa.int64()))
     bounds = np.concatenate([[0], np.cumsum(np.bincount(destination, minlength=count))])
     return [ordered.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(count)]
+
+
+def by_shard(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """(shard, its rows) for each shard in ``table``'s ``shard`` column, ascending; rows
+    keep their order within a shard. One stable sort, then slices."""
+    if table.num_rows == 0:
+        return
+    shards = table.column("shard").to_numpy()
+    order = np.argsort(shards, kind="stable")
+    ordered, sorted_shards = table.take(pa.array(order, pa.int64())), shards[order]
+    starts = np.flatnonzero(np.diff(sorted_shards, prepend=np.iinfo(np.int64).min) != 0)
+    ends = np.append(starts[1:], len(order))
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        yield int(sorted_shards[start]), ordered.slice(start, end - start)
 
 
 def shard_groups(documents: Sequence[int], groups: int) -> list[list[int]]:

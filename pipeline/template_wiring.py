@@ -34,6 +34,7 @@ from pipeline.curate import GlobalStep, RunLayout
 from pipeline.shards import Shard, write_parquet_atomic
 from pipeline.task_rounds import (
     Survivors,
+    by_shard,
     document_counts,
     releases_freed_memory,
     run_round,
@@ -103,11 +104,8 @@ def template_partition(
 def decide_run(survivors: Survivors, fingerprint: str, *parts: pa.Table) -> tuple:
     """Round 3, one run of shards: each shard with removals gets its decision written,
     and a summary row (lines removed and characters left per document, top lines)."""
-    removals = pa.concat_tables(parts)
-    shards = removals.column("shard").to_numpy()
     rows = []
-    for shard in np.unique(shards).tolist():
-        mine = removals.filter(pa.array(shards == shard))
+    for shard, mine in by_shard(pa.concat_tables(parts)):
         texts = survivors.documents(shard, ["id", "text"])
         decision, counts, examples = shard_decision(mine, texts)
         layout = survivors.layout

@@ -1,5 +1,6 @@
-"""Pass-1 outputs for the MinHash tests, as a run leaves them: per shard, the
-documents (id, shard, ordinal, text) and the stats the step sizes its rounds from."""
+"""Pass-1 outputs for the global-step tests (MinHash, exact dedup), as a run leaves
+them: per shard, the documents (id, shard, ordinal, and the text or another column)
+and the stats the step sizes its rounds from."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pipeline.shards import Shard, write_json_atomic, write_parquet_atomic
 
 
 def write_pass_one(
-    root: Path, texts: list[str], shards: int
+    root: Path, texts: list[str], shards: int, column: str = "text"
 ) -> tuple[RunLayout, list[Shard], pa.Table]:
-    """``texts`` dealt round-robin over ``shards`` shards: (layout, shards, all documents
+    """``texts`` dealt round-robin over ``shards`` shards, as the ``column`` of their
+    documents (``text``, or e.g. exact dedup's digest): (layout, shards, all documents
     in shard order)."""
     layout = RunLayout.for_output(str(root))
     tables = []
@@ -25,7 +27,7 @@ def write_pass_one(
                 "id": [f"s{shard}-{i:03d}" for i in range(len(mine))],
                 "shard": pa.array([shard] * len(mine), pa.int32()),
                 "ordinal": pa.array(range(len(mine)), pa.int64()),
-                "text": mine,
+                column: mine,
             }
         )
         write_parquet_atomic(layout.filesystem, layout.work_documents(shard), table)

@@ -12,10 +12,11 @@ import pyarrow as pa
 
 from pipeline.curate import RunLayout
 from pipeline.exact_wiring import STEP, choose_partition, digest_run, write_run
-from pipeline.shards import read_parquet, write_parquet_atomic
-from pipeline.task_rounds import Survivors, shard_groups, split_rows
+from pipeline.shards import read_parquet
+from pipeline.task_rounds import Survivors, by_shard, shard_groups, split_rows
 from stages.duplicates import DROPS_SCHEMA
 from stages.exact_dedup import DIGEST_COLUMN, find_duplicates_in_memory
+from tests.minhash_corpus import write_pass_one
 
 SHARDS = 6
 
@@ -42,6 +43,13 @@ def test_split_rows_keeps_every_row_once_in_order():
         assert part.column("x").to_pylist() == np.flatnonzero(destination == d).tolist()
 
 
+def test_by_shard_gives_each_shard_its_rows_in_order():
+    table = pa.table({"shard": pa.array([2, 0, 2, 5, 0, 2], pa.int32()), "x": list(range(6))})
+    got = [(shard, part.column("x").to_pylist()) for shard, part in by_shard(table)]
+    assert got == [(0, [1, 4]), (2, [0, 2, 5]), (5, [3])]
+    assert list(by_shard(table.slice(0, 0))) == []
+
+
 def _digests_run(root) -> tuple[RunLayout, pa.Table]:
     """Pass-1 documents with digests: 40 distinct texts, some copied up to four times
     across shards, shuffled."""
@@ -49,21 +57,8 @@ def _digests_run(root) -> tuple[RunLayout, pa.Table]:
     digests = [f"{rng.getrandbits(128):032x}" for _ in range(40)]
     pool = digests + [rng.choice(digests[:12]) for _ in range(25)]
     rng.shuffle(pool)
-    layout = RunLayout.for_output(str(root))
-    tables = []
-    for shard in range(SHARDS):
-        mine = pool[shard::SHARDS]
-        table = pa.table(
-            {
-                "id": [f"e{shard}-{i}" for i in range(len(mine))],
-                "shard": pa.array([shard] * len(mine), pa.int32()),
-                "ordinal": pa.array(range(len(mine)), pa.int64()),
-                DIGEST_COLUMN: mine,
-            }
-        )
-        write_parquet_atomic(layout.filesystem, layout.work_documents(shard), table)
-        tables.append(table)
-    return layout, pa.concat_tables(tables)
+    layout, _, documents = write_pass_one(root, pool, SHARDS, column=DIGEST_COLUMN)
+    return layout, documents
 
 
 def test_exact_rounds_give_the_in_memory_decision_for_any_layout(tmp_path):
