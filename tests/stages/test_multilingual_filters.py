@@ -247,3 +247,9 @@ def test_language_id_keeps_a_language_at_its_own_threshold(langid_stage):
     lenient = LangIdConfig(min_score=1.0, min_score_by_language={language: score - 0.01})
     assert langid_stage(strict)(batch).column("drop_reason")[0].as_py() is not None
     assert langid_stage(lenient)(batch).column("drop_reason")[0].as_py() is None
+
+
+def test_thai_passage_repeated_is_still_rejected():
+    passage = "ภาษาไทยเขียนติดกันโดยไม่มีการเว้นวรรคระหว่างคำ แต่เว้นวรรคระหว่างประโยค ผู้อ่านจึงต้องรู้จักคำ"
+    (reason,) = verdicts([" ".join([passage] * 3)], ["th"])
+    assert reason is not None and reason.startswith(("gopher_dup_", "gopher_top_"))
