@@ -108,7 +108,8 @@ def stage_changes(entry: dict[str, Any]) -> tuple[int, int] | None:
     return changed, lines
 
 
-UNKNOWN_LANGUAGE = "und"  # ISO 639 "undetermined": dropped before language id, or code
+UNKNOWN_LANGUAGE = "und"  # ISO 639 "undetermined": dropped before language id
+CODE = "code"  # source files, which language id leaves alone
 
 
 def language_counts(batch: pa.Table) -> dict[str, dict[str, Any]]:
@@ -120,6 +121,12 @@ def language_counts(batch: pa.Table) -> dict[str, dict[str, Any]]:
         languages = batch.column("language").to_pylist()
     else:
         languages = [None] * n
+    if "format" in batch.column_names:  # source code has no natural language: say so
+        formats = batch.column("format").to_pylist()
+        languages = [
+            CODE if language is None and fmt == "code" else language
+            for language, fmt in zip(languages, formats, strict=True)
+        ]
     stages = (
         batch.column(DROP_STAGE).to_pylist() if DROP_STAGE in batch.column_names else [None] * n
     )
@@ -139,7 +146,8 @@ def move_to_dropped(
     counts: dict[str, dict[str, Any]], dropped: pa.Table, stage: str
 ) -> dict[str, dict[str, Any]]:
     """``counts`` after a global step dropped ``dropped`` (rows kept until then)."""
-    batch = dropped.select([c for c in ("language", DROP_REASON) if c in dropped.column_names])
+    names = [c for c in ("language", "format", DROP_REASON) if c in dropped.column_names]
+    batch = dropped.select(names)
     for language, entry in language_counts(
         batch.append_column(DROP_STAGE, pa.array([stage] * batch.num_rows, pa.string()))
     ).items():

@@ -84,15 +84,16 @@ def _rows(languages, stages, reasons):
 
 def test_language_counts_follow_each_language_through_the_global_steps():
     shard = _rows(
-        ["zh", "zh", "en", None, "zh"],
-        [None, "heuristics", None, "extract", None],
-        [None, "gopher_dup_line_fraction", None, "no_extractable_text", None],
-    )
+        ["zh", "zh", "en", None, "zh", None],
+        [None, "heuristics", None, "extract", None, None],
+        [None, "gopher_dup_line_fraction", None, "no_extractable_text", None, None],
+    ).append_column("format", pa.array(["html"] * 5 + ["code"]))
     counts = language_counts(shard)
     assert counts == {
         "zh": {"kept": 2, "dropped": {"heuristics:gopher_dup_line_fraction": 1}},
         "en": {"kept": 1, "dropped": {}},
         "und": {"kept": 0, "dropped": {"extract:no_extractable_text": 1}},
+        "code": {"kept": 1, "dropped": {}},
     }
     # Exact dedup later drops one of the Chinese documents that pass 1 kept.
     dropped = pa.table({"language": ["zh"], DROP_REASON: ["exact_duplicate"]})
@@ -103,7 +104,7 @@ def test_language_counts_follow_each_language_through_the_global_steps():
     }
     other = {"en": {"kept": 4, "dropped": {"langid:language_score_below_min": 1}}}
     merged = merge_language_counts([counts, other])
-    assert list(merged) == ["en", "zh", "und"]  # most documents in first
+    assert list(merged) == ["en", "zh", "code", "und"]  # most documents in first
     assert merged["en"] == {"kept": 5, "dropped": {"langid:language_score_below_min": 1}}
     ledger = {
         "stages": {},
