@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.safe_paths import is_uri, overlap_problem, system_folder_problem
 from stages.decontaminate import DecontaminateConfig
 from stages.domain import DomainConfig
 from stages.exact_dedup import ExactDedupConfig
@@ -37,6 +39,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+FILESYSTEM_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+"""URI schemes pyarrow opens as a filesystem; anything else (http, ftp) is refused at
+validation instead of failing in a worker."""
+
+
+def check_filesystem_uri(value: str) -> str:
+    """Pydantic validator body: a local path, or a URI of a scheme pyarrow can list."""
+    if "\x00" in value:
+        raise ValueError("a path cannot hold a NUL character")
+    if is_uri(value):
+        scheme = value.partition("://")[0].lower()
+        if scheme not in FILESYSTEM_SCHEMES:
+            raise ValueError(
+                f"{scheme}:// is not a filesystem this project reads or writes"
+                f" (use a local path or one of: {', '.join(FILESYSTEM_SCHEMES)})"
+            )
+    return value
+
+
 class InputSpec(_Strict):
     path: str
     """A file, a folder (read recursively) or a glob, local or a pyarrow filesystem URI
@@ -44,6 +65,16 @@ class InputSpec(_Strict):
 
     name: str | None = None
     """Label for this input in document ids and the ledger; defaults to the path."""
+
+    follow_symlinks_outside: bool = False
+    """Symlinks are followed only when they point inside this input's root folder; a
+    link pointing elsewhere becomes a ledger row (``symlink_outside_input``). ``true``
+    follows them anywhere (loops are still detected)."""
+
+    @field_validator("path")
+    @classmethod
+    def _readable_filesystem(cls, value: str) -> str:
+        return check_filesystem_uri(value)
 
 
 class StagesConfig(_Strict):
@@ -85,12 +116,26 @@ class CurateConfig(_Strict):
     """Input files are grouped into shards of about this many (compressed) bytes; a shard
     is the unit of parallelism, of retry and of resume."""
 
+    allow_system_output_dir: bool = False
+    """An output_dir in a system folder (/etc, /usr, /bin, /boot, /proc, /sys, /dev, ...)
+    or ``/`` itself is refused unless this is ``true``."""
+
     @field_validator("output_dir")
     @classmethod
     def _output_dir_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must be a non-empty path")
-        return value
+        return check_filesystem_uri(value)
+
+    def placement_problem(self) -> str | None:
+        """Why output_dir cannot be written (overlaps an input, or a system folder)."""
+        inputs = [(f"inputs[{i}].path", spec.path) for i, spec in enumerate(self.inputs)]
+        problem = overlap_problem(self.output_dir, inputs)
+        if problem is None and not self.allow_system_output_dir:
+            problem = system_folder_problem(self.output_dir)
+            if problem is not None:
+                problem += " (set allow_system_output_dir: true if you really mean it)"
+        return problem
 
     def fingerprint(self) -> str:
         """Names this exact configuration: a rerun into the same folder must match it."""
@@ -108,6 +153,11 @@ def _format_location(location: tuple[Any, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
+_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_SHORT.maxstring = _SHORT.maxother = 160
+_SHORT.maxlist = _SHORT.maxdict = 8
+
+
 def format_validation_error(path: str | Path, error: ValidationError) -> str:
     """One line per problem: ``file: key.path: what was expected (got: value)``."""
     lines = [f"{path}: invalid configuration ({error.error_count()} problem(s))"]
@@ -117,14 +167,84 @@ def format_validation_error(path: str | Path, error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             message = "unknown key (not part of the schema; check the spelling)"
         got = item.get("input")
-        shown = "" if isinstance(got, dict) or item["type"] == "missing" else f" (got: {got!r})"
+        # reprlib bounds the work: a huge value is never rendered whole just to be cut.
+        hidden = isinstance(got, dict) or item["type"] == "missing"
+        shown = "" if hidden else f" (got: {_SHORT.repr(got)})"
         lines.append(f"  {path}: {location}: {message}{shown[:200]}")
     return "\n".join(lines)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``safe_load`` that refuses a key given twice in one mapping: YAML would keep the
-    last one silently, so a second ``output_dir:`` line would win unnoticed."""
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of mappings and lists a config may have (the schemas need < 10)."""
+MAX_YAML_INT_DIGITS = 24
+"""Longest integer literal accepted (int64 has 19 digits): a 5,000-digit number is an
+attack or a typo, and Python refuses to parse > 4,300 digits with a traceback."""
+MAX_YAML_BYTES = 4 * 1024**2
+"""Largest config file read: configs are a few kilobytes."""
+PLAIN_TAGS = frozenset(
+    "tag:yaml.org,2002:" + name for name in ("str", "int", "float", "bool", "null", "seq", "map")
+)
+"""The only tags a config's values may carry: ``!!binary``, ``!!set``, ``!!timestamp``,
+``!!python/...`` and local tags are refused rather than turned into surprising types."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``safe_load`` with bounds, so loading a config costs what its bytes cost.
+
+    Refused, each with a ConstructorError pointing at the line: anchors and aliases
+    (a 500-byte "billion laughs" file expands to gigabytes), nesting deeper than
+    MAX_YAML_DEPTH (a recursion error otherwise), integers longer than
+    MAX_YAML_INT_DIGITS, any tag outside PLAIN_TAGS, and a key given twice in one
+    mapping (YAML would keep the last one silently, so a second ``output_dir:`` line
+    would win unnoticed)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None,
+                f"found alias *{event.anchor}: anchors and aliases are refused in configs"
+                " (write the value out)",
+                event.start_mark,
+            )  # fmt: skip
+        event = self.peek_event()
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None,
+                f"found anchor &{event.anchor}: anchors and aliases are refused in configs",
+                event.start_mark,
+            )  # fmt: skip
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels", event.start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if node.tag not in PLAIN_TAGS:
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"tag {node.tag} is refused (only plain strings, numbers, booleans, null,"
+                " lists and mappings; quote a value to make it a string)",
+                node.start_mark,
+            )  # fmt: skip
+        if node.tag.endswith(":int"):
+            digits = sum(character.isdigit() for character in str(node.value))
+            if digits > MAX_YAML_INT_DIGITS:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"an integer of {digits} digits (at most {MAX_YAML_INT_DIGITS})",
+                    node.start_mark,
+                )  # fmt: skip
+        return super().construct_object(node, deep=deep)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[Any] = set()
@@ -145,14 +265,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Load a YAML mapping with ``safe_load``; any failure is a ConfigError naming the file."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES} bytes; not a config")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # safe_load, duplicate keys refused
-    except yaml.YAMLError as exc:
+        data = yaml.load(text, Loader=_BoundedLoader)  # safe_load, bounded (see the class)
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
         raise ConfigError(
             f"{path}: not valid YAML (or uses tags safe_load refuses): {exc}"
         ) from exc
@@ -198,6 +320,9 @@ def load_curate_config(path: str | Path, overrides: dict[str, Any] | None = None
     config = config.model_copy(
         update={"inputs": inputs, "output_dir": _resolve_relative(config.output_dir, base)}
     )
+    problem = config.placement_problem()
+    if problem is not None:
+        raise ConfigError(f"{path}: output_dir: {problem}")
     config = _resolve_eval_files(config, path, base)
     return _resolve_model_files(config, path, base)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,20 @@ REJECTS_SCHEMA = pa.schema(
 )
 
 
+# Every name a curation run writes under its output_dir (see RunLayout), and the hidden
+# temporary a crash may leave beside one: what `--overwrite` may delete, and nothing else.
+_OWNED_PATH = re.compile(
+    r"""(?:run|ledger|manifest)\.json | funnel\.txt
+    | docs/shard-\d{5}\.parquet
+    | rejects/[a-z_]+-\d{5}\.parquet
+    | stats/\d{5}\.json
+    | work/documents/\d{5}\.(?:parquet|json)
+    | work/[a-z_]+/[0-9a-f]{16}/(?:\d{5}\.parquet|_SUCCESS)""",
+    re.VERBOSE,
+)
+_TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.tmp-[0-9a-f]{32}")
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Where each pass puts its files under the output directory."""
@@ -88,6 +103,16 @@ class RunLayout:
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
+
+    @staticmethod
+    def owns(relative: str) -> bool:
+        """Whether ``relative`` (a path under the output root) is a name a curation run
+        writes, or the temporary of one: ``--overwrite`` deletes these files only."""
+        folder, name = posixpath.split(relative)
+        temporary = _TEMPORARY_NAME.fullmatch(name)
+        if temporary is not None:
+            relative = posixpath.join(folder, temporary.group("name"))
+        return _OWNED_PATH.fullmatch(relative) is not None
 
     def work_documents(self, shard: int) -> str:
         return self.path("work", "documents", f"{shard_name(shard)}.parquet")

@@ -37,6 +37,7 @@ from pipeline.curate import (
 )
 from pipeline.global_steps import build_global_steps, decision_done
 from pipeline.ledger import build_ledger, merge_stage_counts, render_funnel
+from pipeline.safe_paths import delete_owned_files
 from pipeline.shards import (
     Shard,
     list_input,
@@ -212,7 +213,9 @@ def _finalized(layout: RunLayout, shard: int, fingerprint: str | None) -> bool:
 
 
 def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) -> None:
-    """A folder belongs to one configuration: refuse to mix outputs of two."""
+    """A folder belongs to one configuration: refuse to mix outputs of two. With
+    ``overwrite``, only the files a curation run writes are deleted (RunLayout.owns);
+    anything else in the folder stays, and is named in the log."""
     fs = layout.filesystem
     run_file = layout.path("run.json")
     previous = read_json(fs, run_file)
@@ -223,7 +226,14 @@ def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) 
                 f"output_dir {config.output_dir} holds a run of another configuration; "
                 "choose a new output_dir or pass --overwrite"
             )
-        fs.delete_dir_contents(layout.root)
+        deleted, foreign = delete_owned_files(fs, layout.root, RunLayout.owns)
+        log.info("--overwrite: deleted %d files of the previous run", deleted)
+        if foreign:
+            log.warning(
+                "--overwrite kept %d files this project did not write: %s",
+                len(foreign),
+                ", ".join(foreign[:10]),
+            )
     try:
         write_json_atomic(
             fs,
@@ -239,6 +249,9 @@ def run_curate(
 ) -> CurateResult:
     """Plan, then run the three passes; returns the ledger (also written to disk)."""
     started = time.monotonic()
+    problem = config.placement_problem()  # load_curate_config checks too; library callers
+    if problem is not None:
+        raise ConfigError(f"output_dir: {problem}")
     check_requirements(config)
     shards = plan(config)
     layout = RunLayout.for_output(config.output_dir)

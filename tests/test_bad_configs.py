@@ -76,7 +76,7 @@ CASES = [
      ["inputs[0].path", "nowhere", "does not exist"]),
     ("input-glob-matches-nothing", GOOD.replace("path: data", "path: data/*.warc.gz"),
      ["inputs[0].path", "no readable files"]),
-    ("output-dir-is-a-file", GOOD.replace("output_dir: out", "output_dir: data/a.txt"),
+    ("output-dir-is-a-file", GOOD.replace("output_dir: out", "output_dir: config.yaml"),
      ["output_dir", "cannot write"]),
     # YAML that must not load
     ("python-tag-top", "!!python/object/apply:os.system ['true']\n", ["safe_load refuses"]),
