@@ -27,6 +27,7 @@ import pyarrow.fs as pafs
 
 from pipeline.config import CurateConfig
 from pipeline.ledger import dedup_counts, stage_counts
+from pipeline.safe_paths import inside
 from pipeline.shards import (
     Shard,
     read_json,
@@ -102,7 +103,9 @@ class RunLayout:
         return cls(filesystem, root.rstrip("/"))
 
     def path(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
+        """``root/parts``, checked to stay inside the root once resolved: a symlink in
+        the output folder pointing elsewhere is refused, never written through."""
+        return inside(self.root, *parts)
 
     @staticmethod
     def owns(relative: str) -> bool:
