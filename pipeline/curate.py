@@ -29,6 +29,7 @@ from pipeline.config import CurateConfig
 from pipeline.ledger import dedup_counts, stage_counts
 from pipeline.safe_paths import inside
 from pipeline.shards import (
+    InputFile,
     Shard,
     read_json,
     read_parquet,
@@ -39,6 +40,7 @@ from pipeline.shards import (
 )
 from stages import STAGES
 from stages.base import (
+    DOCUMENT_SCHEMA,
     DROP_REASON,
     DROP_SCORE,
     DROP_STAGE,
@@ -48,7 +50,7 @@ from stages.base import (
     set_column,
 )
 from stages.exact_dedup import DIGEST_COLUMN, text_digests
-from stages.readers import read_shard
+from stages.readers import document_id, read_shard
 
 READ_STAGE = "read"
 REJECT_SNIPPET_CHARS = 500
@@ -139,6 +141,26 @@ class RunLayout:
         return self.path("stats", f"{shard_name(shard)}.json")
 
 
+def unreadable_rows(files: list[InputFile], shard_index: int, first_ordinal: int) -> pa.Table:
+    """One rejected ``read`` row per entry planning listed but would not open (a FIFO,
+    a dangling or outside link, a name that is not UTF-8), after the shard's read rows:
+    the ledger then counts every entry that looked like input."""
+    count = len(files)
+    columns: dict[str, Any] = {
+        name: pa.nulls(count, field.type) for name, field in zip(
+            DOCUMENT_SCHEMA.names, DOCUMENT_SCHEMA, strict=True
+        )
+    }  # fmt: skip
+    columns["id"] = pa.array([document_id(f.source, "file", b"") for f in files], pa.string())
+    columns["shard"] = pa.array([shard_index] * count, pa.int32())
+    columns["ordinal"] = pa.array(range(first_ordinal, first_ordinal + count), pa.int64())
+    columns["source"] = pa.array([f.source for f in files], pa.string())
+    columns["record"] = pa.array(["file"] * count, pa.string())
+    columns[DROP_REASON] = pa.array([f.problem for f in files], pa.string())
+    columns[DROP_STAGE] = pa.array([READ_STAGE] * count, pa.string())
+    return pa.table(columns, schema=DOCUMENT_SCHEMA)
+
+
 def document_stage_names(config: CurateConfig) -> list[str]:
     """The enabled per-document stages, in run order."""
     return [name for name in STAGES if getattr(config.stages, name) is not None]
@@ -199,9 +221,14 @@ class DocumentPass:
 
     def run(self, shard_index: int) -> dict[str, Any]:
         shard = self.shards[shard_index]
-        files = [(f.path, f.source) for f in shard.files]
+        files = [(f.path, f.source) for f in shard.files if f.problem is None]
         input_filesystem, _ = resolve_filesystem(self.config.inputs[shard.input_index].path)
         batch = read_shard(files, shard.index, input_filesystem, self.config.reader)
+        unreadable = [f for f in shard.files if f.problem is not None]
+        if unreadable:
+            batch = pa.concat_tables(
+                [batch, unreadable_rows(unreadable, shard.index, batch.num_rows)]
+            )
         for stage in self.stages:
             batch = apply_to_live_rows(stage, batch)
         return self.write(shard.index, batch)

@@ -67,7 +67,7 @@ def plan(config: CurateConfig) -> list[Shard]:
     listings = []
     for index, spec in enumerate(config.inputs):
         try:
-            _, files = list_input(spec.path, spec.name or spec.path)
+            _, files = list_input(spec.path, spec.name or spec.path, spec.follow_symlinks_outside)
         except (FileNotFoundError, OSError) as exc:
             raise ConfigError(f"inputs[{index}].path: {exc}") from exc
         listings.append(files)

@@ -167,7 +167,8 @@ def read_documents(spec: SourceSpec, config: TrainQualityConfig) -> list[tuple[s
         filesystem, files = list_input(spec.path, spec.name or spec.path)
     except (FileNotFoundError, OSError) as exc:
         raise ConfigError(f"source {spec.name!r}: {exc}") from exc
-    table = read_shard([(f.path, f.source) for f in files], 0, filesystem, config.reader)
+    readable = [(f.path, f.source) for f in files if f.problem is None]  # no FIFOs, no links out
+    table = read_shard(readable, 0, filesystem, config.reader)
     table = table.filter(pc.is_null(table.column(DROP_REASON)))
     if spec.max_documents is not None and table.num_rows > spec.max_documents:
         rows = random.Random(f"{config.seed}:{spec.name}").sample(
