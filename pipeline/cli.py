@@ -99,6 +99,9 @@ def _curate(config_path: Path, address: str | None, overwrite: bool) -> int:
     except ConfigError as exc:  # found while planning (paths, output_dir): name the file too
         raise ConfigError(f"{config_path}: {exc}") from exc
     print(render_funnel(result.ledger))
+    if result.input_changes:
+        print(f"input changed since the last run ({len(result.input_changes)}), re-run:")
+        print("\n".join(f"  {change}" for change in result.input_changes))
     print(
         f"curated {result.ledger['documents_written']} documents in {result.seconds:.1f} s "
         f"({result.shards_run} shards run, {result.shards_skipped} already done)"

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import reprlib
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from pipeline.safe_paths import is_uri, overlap_problem, system_folder_problem
 from stages.decontaminate import DecontaminateConfig
@@ -137,10 +138,36 @@ class CurateConfig(_Strict):
                 problem += " (set allow_system_output_dir: true if you really mean it)"
         return problem
 
+    _config_dir: str | None = PrivateAttr(default=None)
+    """The config file's folder (set by load_curate_config): paths under it are named
+    relative to it in the fingerprint."""
+
+    def portable_dump(self) -> dict[str, Any]:
+        """The config as JSON with every path inside the config file's folder written
+        relative to it (``./data``): the same job gives the same dump wherever its
+        checkout lies, e.g. in a Ray job's working directory, whose absolute path holds
+        the Ray session and changes when the cluster restarts."""
+        return _relative_paths(self.model_dump(mode="json"), self._config_dir)
+
     def fingerprint(self) -> str:
-        """Names this exact configuration: a rerun into the same folder must match it."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Names this exact configuration: a rerun into the same folder must match it.
+        Made of the config's content (paths relative to the config file, model and eval
+        file digests), never of where the checkout or Ray runs."""
+        canonical = json.dumps(self.portable_dump(), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _relative_paths(value: Any, folder: str | None) -> Any:
+    """``value`` with every string naming ``folder`` or a path under it made relative."""
+    if folder is None:
+        return value
+    if isinstance(value, dict):
+        return {key: _relative_paths(item, folder) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(item, folder) for item in value]
+    if isinstance(value, str) and (value == folder or value.startswith(folder.rstrip("/") + "/")):
+        return "./" + posixpath.relpath(value, folder) if value != folder else "."
+    return value
 
 
 def _format_location(location: tuple[Any, ...]) -> str:
@@ -324,7 +351,9 @@ def load_curate_config(path: str | Path, overrides: dict[str, Any] | None = None
     if problem is not None:
         raise ConfigError(f"{path}: output_dir: {problem}")
     config = _resolve_eval_files(config, path, base)
-    return _resolve_model_files(config, path, base)
+    config = _resolve_model_files(config, path, base)
+    config._config_dir = str(base)
+    return config
 
 
 def _resolve_eval_files(config: CurateConfig, path: Path, base: Path) -> CurateConfig:

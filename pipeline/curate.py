@@ -85,7 +85,7 @@ _OWNED_PATH = re.compile(
     | docs/shard-\d{5}\.parquet
     | rejects/[a-z_]+-\d{5}\.parquet
     | stats/\d{5}\.json
-    | work/documents/\d{5}\.(?:parquet|json)
+    | work/documents/\d{5}\.(?:parquet|json) | work/inputs\.json
     | work/[a-z_]+/[0-9a-f]{16}/(?:\d{5}\.parquet|_SUCCESS)""",
     re.VERBOSE,
 )
@@ -231,9 +231,11 @@ class DocumentPass:
             )
         for stage in self.stages:
             batch = apply_to_live_rows(stage, batch)
-        return self.write(shard.index, batch)
+        return self.write(shard.index, batch, input_records(shard, input_filesystem))
 
-    def write(self, shard_index: int, batch: pa.Table) -> dict[str, Any]:
+    def write(
+        self, shard_index: int, batch: pa.Table, inputs: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         live = pc.is_null(batch.column(DROP_REASON))
         kept = batch.filter(live)
         kept = kept.drop_columns([c for c in OUTPUT_DROP_COLUMNS[:4] if c in kept.column_names])
@@ -253,6 +255,7 @@ class DocumentPass:
             "documents": docs_entry,
             "stage_order": self.stage_order,
             "stages": stage_counts(batch, self.stage_order),
+            "inputs": inputs,
         }
         write_json_atomic(layout.filesystem, layout.work_stats(shard_index), stats)
         return {"shard": shard_index, "documents": kept.num_rows}
@@ -261,6 +264,68 @@ class DocumentPass:
 def documents_pass_done(layout: RunLayout, shard_index: int) -> dict[str, Any] | None:
     """The pass-1 stats of a finished shard (its marker), or None."""
     return read_json(layout.filesystem, layout.work_stats(shard_index))
+
+
+def file_digest(filesystem: pafs.FileSystem, path: str) -> str:
+    """sha256 of a file, streamed in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with filesystem.open_input_stream(path, compression=None) as stream:
+        while piece := stream.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def input_records(shard: Shard, filesystem: pafs.FileSystem) -> list[dict[str, Any]]:
+    """What the shard was made of, for its done marker: source, size, mtime, the reason
+    it was not read, and the content digest (so a copy with new mtimes, as a job's
+    working directory unpacked after a cluster restart, still counts as unchanged)."""
+    records = []
+    for file in shard.files:
+        digest = None
+        if file.problem is None:
+            try:
+                digest = file_digest(filesystem, file.path)
+            except OSError:
+                digest = None  # the reader reports the file's own error row
+        records.append(
+            {
+                "source": file.source,
+                "bytes": file.size_bytes,
+                "mtime_ns": file.mtime_ns,
+                "problem": file.problem,
+                "sha256": digest,
+            }
+        )
+    return records
+
+
+def input_changes(
+    recorded: list[dict[str, Any]] | None, shard: Shard, filesystem: pafs.FileSystem
+) -> list[str]:
+    """How the shard's files now differ from those its done marker recorded (empty:
+    the marker still holds). A file whose mtime changed but not its size is read and
+    compared by digest, so touching or copying a file does not re-run its shard."""
+    if recorded is None:
+        return ["the done marker does not record its input files (an older run)"]
+    before = {record["source"]: record for record in recorded}
+    now = {file.source: file for file in shard.files}
+    changes = [f"added {source}" for source in sorted(now.keys() - before.keys())]
+    changes += [f"removed {source}" for source in sorted(before.keys() - now.keys())]
+    for source in sorted(now.keys() & before.keys()):
+        old, new = before[source], now[source]
+        if old["problem"] != new.problem:
+            changes.append(f"modified {source} ({old['problem'] or 'readable'} -> "
+                           f"{new.problem or 'readable'})")  # fmt: skip
+        elif old["bytes"] != new.size_bytes:
+            changes.append(f"modified {source} ({old['bytes']} -> {new.size_bytes} bytes)")
+        elif new.problem is None and old["mtime_ns"] != new.mtime_ns:
+            try:
+                same = file_digest(filesystem, new.path) == old["sha256"]
+            except OSError:
+                same = False
+            if not same:
+                changes.append(f"modified {source} (same size, other content)")
+    return changes
 
 
 @dataclass(frozen=True)

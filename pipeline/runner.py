@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -33,6 +34,7 @@ from pipeline.curate import (
     documents_fingerprint,
     documents_pass_done,
     finalize_shard,
+    input_changes,
     step_fingerprints,
 )
 from pipeline.global_steps import build_global_steps, decision_done
@@ -43,6 +45,7 @@ from pipeline.shards import (
     list_input,
     plan_shards,
     read_json,
+    resolve_filesystem,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -60,6 +63,9 @@ class CurateResult:
     shards_run: int
     shards_skipped: int
     seconds: float
+    input_changes: list[str] = field(default_factory=list)
+    """What changed in the input since the shards' done markers were written (those
+    shards were run again); empty on a first run or an unchanged rerun."""
 
 
 def plan(config: CurateConfig) -> list[Shard]:
@@ -238,10 +244,55 @@ def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) 
         write_json_atomic(
             fs,
             run_file,
-            {"config_fingerprint": fingerprint, "config": config.model_dump(mode="json")},
+            {"config_fingerprint": fingerprint, "config": config.portable_dump()},
         )
     except OSError as exc:  # a file in the way, no permission: a config problem, pre-Ray
         raise ConfigError(f"output_dir: cannot write to {config.output_dir}: {exc}") from exc
+
+
+_SHARD_FILE = re.compile(r"(?:[a-z_]+-)?(?:shard-)?(\d{5})\.(?:parquet|json)")
+
+
+def _invalidate_changed_shards(
+    layout: RunLayout, config: CurateConfig, shards: list[Shard]
+) -> list[str]:
+    """Compare each done shard's recorded input files with the plan: a shard whose files
+    were added, removed or modified loses its pass-1 marker (it runs again, and every
+    global decision and final shard after it, through the fingerprint chain); the
+    files of shards the plan no longer has are deleted. Returns what changed."""
+    listing_path = layout.path("work", "inputs.json")
+    listed_before = read_json(layout.filesystem, listing_path)
+    listed_now = sorted(file.source for shard in shards for file in shard.files)
+    changes: list[str] = []
+    if listed_before is not None:
+        changes += [f"added {s}" for s in sorted(set(listed_now) - set(listed_before))]
+        changes += [f"removed {s}" for s in sorted(set(listed_before) - set(listed_now))]
+    for shard in shards:
+        stats = documents_pass_done(layout, shard.index)
+        if stats is None:
+            continue
+        filesystem, _ = resolve_filesystem(config.inputs[shard.input_index].path)
+        found = input_changes(stats.get("inputs"), shard, filesystem)
+        if found:  # added and removed files are named above, once, not per shard
+            changes += [c for c in found if not c.startswith(("added ", "removed "))]
+            changes.append(f"shard {shard.index}: its input files changed, run again")
+            layout.filesystem.delete_file(layout.work_stats(shard.index))
+    dropped = set()
+    for folder in ("docs", "stats", "rejects", "work/documents"):
+        selector = pafs.FileSelector(layout.path(folder), allow_not_found=True)
+        for entry in layout.filesystem.get_file_info(selector):
+            match = _SHARD_FILE.fullmatch(posixpath.basename(entry.path))
+            relative = posixpath.relpath(entry.path, layout.root)
+            if match and int(match.group(1)) >= len(shards) and RunLayout.owns(relative):
+                layout.filesystem.delete_file(entry.path)
+                dropped.add(int(match.group(1)))
+    changes.extend(
+        f"shard {index}: no longer planned, its files deleted" for index in sorted(dropped)
+    )
+    for change in changes:
+        log.warning("input changed since the last run: %s", change)
+    write_json_atomic(layout.filesystem, listing_path, listed_now)
+    return changes
 
 
 def run_curate(
@@ -256,6 +307,7 @@ def run_curate(
     shards = plan(config)
     layout = RunLayout.for_output(config.output_dir)
     _claim_output_dir(layout, config, overwrite)
+    changes = _invalidate_changed_shards(layout, config, shards)
     init_ray(address, config.ray.num_cpus, config.ray.object_store_memory_bytes)
 
     pending = [s.index for s in shards if documents_pass_done(layout, s.index) is None]
@@ -325,4 +377,5 @@ def run_curate(
         len(pending),
         len(shards) - len(pending),
         time.monotonic() - started,
+        changes,
     )
