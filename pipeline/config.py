@@ -13,7 +13,7 @@ import json
 import posixpath
 import reprlib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -218,58 +218,73 @@ PLAIN_TAGS = frozenset(
 class _BoundedLoader(yaml.SafeLoader):
     """``safe_load`` with bounds, so loading a config costs what its bytes cost.
 
-    Refused, each with a ConstructorError pointing at the line: anchors and aliases
-    (a 500-byte "billion laughs" file expands to gigabytes), nesting deeper than
-    MAX_YAML_DEPTH (a recursion error otherwise), integers longer than
+    Refused, each with an error naming the key path and pointing at the line: anchors
+    and aliases (a 500-byte "billion laughs" file expands to gigabytes), nesting deeper
+    than MAX_YAML_DEPTH (a recursion error otherwise), integers longer than
     MAX_YAML_INT_DIGITS, any tag outside PLAIN_TAGS, and a key given twice in one
     mapping (YAML would keep the last one silently, so a second ``output_dir:`` line
     would win unnoticed)."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
-        self._depth = 0
+        self._keys: list[str] = []  # the key path of the node being composed
+        self._node_keys: dict[int, str] = {}  # id(node) -> its key path, for construction
+
+    def _key_path(self) -> str:
+        """``stages.langid.languages[1]``; a deep path shows its first levels only."""
+        keys = [key for key in self._keys if key]
+        shown = keys[:6] + (["..."] if len(keys) > 6 else [])
+        return "".join(
+            key if key.startswith("[") or index == 0 else f".{key}"
+            for index, key in enumerate(shown)
+        )
+
+    def _refuse(self, problem: str, mark: Any, key: str | None = None) -> NoReturn:
+        error = yaml.constructor.ConstructorError(None, None, problem, mark)
+        error.key_path = self._key_path() if key is None else key
+        raise error
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None,
-                f"found alias *{event.anchor}: anchors and aliases are refused in configs"
-                " (write the value out)",
-                event.start_mark,
-            )  # fmt: skip
-        event = self.peek_event()
-        if getattr(event, "anchor", None) is not None:
-            raise yaml.composer.ComposerError(
-                None, None,
-                f"found anchor &{event.anchor}: anchors and aliases are refused in configs",
-                event.start_mark,
-            )  # fmt: skip
-        self._depth += 1
+        if isinstance(index, yaml.ScalarNode):
+            self._keys.append(str(index.value)[:80])
+        elif isinstance(index, int):
+            self._keys.append(f"[{index}]")
+        else:
+            self._keys.append("")  # a mapping key, or the document
         try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels", event.start_mark
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                self._refuse(
+                    f"found alias *{event.anchor}: anchors and aliases are refused in"
+                    " configs (write the value out)", event.start_mark,
+                )  # fmt: skip
+            if getattr(event, "anchor", None) is not None:
+                self._refuse(
+                    f"found anchor &{event.anchor}: anchors and aliases are refused in configs",
+                    event.start_mark,
                 )
-            return super().compose_node(parent, index)
+            if len(self._keys) > MAX_YAML_DEPTH:
+                self._refuse(f"nesting deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+            node = super().compose_node(parent, index)
+            self._node_keys[id(node)] = self._key_path()
+            return node
         finally:
-            self._depth -= 1
+            self._keys.pop()
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        key = self._node_keys.get(id(node), "")
         if node.tag not in PLAIN_TAGS:
-            raise yaml.constructor.ConstructorError(
-                None, None,
+            self._refuse(
                 f"tag {node.tag} is refused (only plain strings, numbers, booleans, null,"
                 " lists and mappings; quote a value to make it a string)",
-                node.start_mark,
+                node.start_mark, key,
             )  # fmt: skip
         if node.tag.endswith(":int"):
             digits = sum(character.isdigit() for character in str(node.value))
             if digits > MAX_YAML_INT_DIGITS:
-                raise yaml.constructor.ConstructorError(
-                    None, None,
+                self._refuse(
                     f"an integer of {digits} digits (at most {MAX_YAML_INT_DIGITS})",
-                    node.start_mark,
+                    node.start_mark, key,
                 )  # fmt: skip
         return super().construct_object(node, deep=deep)
 
@@ -280,10 +295,11 @@ class _BoundedLoader(yaml.SafeLoader):
             if not isinstance(key, str | int | float | bool):
                 continue  # unhashable or exotic keys: the base class judges them
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"found duplicate key {key!r}", key_node.start_mark,
-                )  # fmt: skip
+                self._refuse(
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                    ".".join(k for k in (self._node_keys.get(id(node), ""), str(key)) if k),
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -302,8 +318,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_BoundedLoader)  # safe_load, bounded (see the class)
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        key = getattr(exc, "key_path", "")
         raise ConfigError(
-            f"{path}: not valid YAML (or uses tags safe_load refuses): {exc}"
+            f"{path}: {key + ': ' if key else ''}not valid YAML"
+            f" (or uses tags safe_load refuses): {exc}"
         ) from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
