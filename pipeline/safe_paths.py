@@ -110,6 +110,11 @@ def system_folder_problem(output_dir: str) -> str | None:
     return None
 
 
+def output_problem(output_dir: str, inputs: Iterable[tuple[str, str]]) -> str | None:
+    """Both checks of an output folder: no overlap with an input, no system folder."""
+    return overlap_problem(output_dir, inputs) or system_folder_problem(output_dir)
+
+
 def inside(root: str, *parts: str) -> str:
     """``root/parts...``, or ValueError when the result leaves ``root``.
 

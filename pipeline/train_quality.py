@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import ConfigError, validate_yaml
+from pipeline.safe_paths import output_problem
 from pipeline.shards import list_input
 from stages.base import DROP_REASON, apply_to_live_rows
 from stages.extract import Extract, ExtractConfig
@@ -152,13 +153,19 @@ def load_train_config(path: str | Path) -> TrainQualityConfig:
             resolved.append(spec)
         return resolved
 
-    return config.model_copy(
+    config = config.model_copy(
         update={
             "positive": sources("positive", config.positive),
             "negative": sources("negative", config.negative),
             "output_dir": resolve(config.output_dir),
         }
     )
+    inputs = [(f"positive[{i}].path", spec.path) for i, spec in enumerate(config.positive)]
+    inputs += [(f"negative[{i}].path", spec.path) for i, spec in enumerate(config.negative)]
+    problem = output_problem(config.output_dir, inputs)
+    if problem is not None:
+        raise ConfigError(f"{path}: output_dir: {problem}")
+    return config
 
 
 def read_documents(spec: SourceSpec, config: TrainQualityConfig) -> list[tuple[str, str]]:

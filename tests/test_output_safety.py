@@ -216,3 +216,26 @@ def test_rerun_with_another_config_and_overwrite_keeps_the_input(ray_session, tm
     assert second.ledger["identity_holds"] and second.ledger["shards"] == 4
     assert _digest_tree(data) == before
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep me"
+
+
+def test_tokenize_and_train_quality_outputs_are_checked_too(tmp_path):
+    from pipeline.tokenizing import load_tokenize_config
+    from pipeline.train_quality import load_train_config
+
+    (tmp_path / "curated").mkdir()
+    tokenize = tmp_path / "tokenize.yaml"
+    tokenize.write_text(
+        "curated_dir: curated\noutput_dir: curated/tokenized\n"
+        "tokenizer: {tokenizer_path: tokenizer.json}\n"
+    )
+    with pytest.raises(ConfigError, match=r"tokenize.yaml: output_dir: .* inside curated_dir"):
+        load_tokenize_config(tokenize)
+    _corpus(tmp_path / "good")
+    _corpus(tmp_path / "crawl")
+    quality = tmp_path / "quality.yaml"
+    quality.write_text(
+        "positive: [{path: good, name: good}]\nnegative: [{path: crawl, name: crawl}]\n"
+        "output_dir: crawl\n"
+    )
+    with pytest.raises(ConfigError, match=r"output_dir: .* same folder as negative\[0\]"):
+        load_train_config(quality)
