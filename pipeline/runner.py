@@ -90,6 +90,21 @@ def check_requirements(config: CurateConfig) -> None:
             raise ConfigError(f"stages.{name} needs: pip install {' '.join(missing)}")
 
 
+LOOPBACK = "127.0.0.1"
+EMBEDDED_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _loopback_only() -> None:
+    """Keep an embedded Ray on 127.0.0.1. Ray's servers bind to loopback only when the
+    node address is 127.0.0.1, and Ray swaps 127.0.0.1 for the machine's address unless
+    multi-node mode is off: its flag is read from the environment when ``ray`` is first
+    imported (so the driver's copy is set here too) and by every process Ray starts."""
+    from ray._private import ray_constants
+
+    os.environ.update(EMBEDDED_LOOPBACK_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(
     address: str | None,
     num_cpus: int | None = None,
@@ -111,11 +126,13 @@ def init_ray(
             # session, and address="local" keeps a cluster someone started on this
             # machine from being joined by accident (--address / RAY_ADDRESS do that).
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            _loopback_only()
             ray.init(
                 address="local",
                 num_cpus=num_cpus,
                 object_store_memory=object_store_memory_bytes,
                 include_dashboard=False,
+                _node_ip_address=LOOPBACK,
             )
     DataContext.get_current().enable_progress_bars = os.environ.get("PIPELINE_PROGRESS", "1") != "0"
 
