@@ -107,7 +107,8 @@ class RunLayout:
     def path(self, *parts: str) -> str:
         """``root/parts``, checked to stay inside the root once resolved: a symlink in
         the output folder pointing elsewhere is refused, never written through."""
-        return inside(self.root, *parts)
+        local = isinstance(self.filesystem, pafs.LocalFileSystem)
+        return inside(self.root, *parts, local=local)
 
     @staticmethod
     def owns(relative: str) -> bool:

@@ -115,17 +115,22 @@ def output_problem(output_dir: str, inputs: Iterable[tuple[str, str]]) -> str | 
     return overlap_problem(output_dir, inputs) or system_folder_problem(output_dir)
 
 
-def inside(root: str, *parts: str) -> str:
+def inside(root: str, *parts: str, local: bool = True) -> str:
     """``root/parts...``, or ValueError when the result leaves ``root``.
 
     Every part is a name or a relative path built from config values; the joined path
-    is normalised (and, locally, resolved through existing symlinks) before the check,
-    so ``../x``, an absolute part and a symlink pointing out are all caught."""
+    is normalised (and, for a ``local`` root, resolved through existing symlinks) before
+    the check, so ``../x``, an absolute part and a symlink pointing out are all caught.
+    ``local=False`` is for a path inside an object store (no symlinks there)."""
     for part in parts:
         if PurePosixPath(part).is_absolute() or "\x00" in part:
             raise ValueError(f"{part!r} is not a relative name: refusing to write outside {root}")
     joined = posixpath.join(root, *parts)
-    if not _contains(canonical(root), canonical(joined)):
+    if local and not is_uri(root):
+        outer, inner = canonical(root), canonical(joined)
+    else:
+        outer, inner = posixpath.normpath(root), posixpath.normpath(joined)
+    if not _contains(outer, inner):
         raise ValueError(f"{joined} lies outside the output root {root}")
     return joined
 
