@@ -277,9 +277,11 @@ def file_digest(filesystem: pafs.FileSystem, path: str) -> str:
 
 
 def input_records(shard: Shard, filesystem: pafs.FileSystem) -> list[dict[str, Any]]:
-    """What the shard was made of, for its done marker: source, size, mtime, the reason
-    it was not read, and the content digest (so a copy with new mtimes, as a job's
-    working directory unpacked after a cluster restart, still counts as unchanged)."""
+    """What the shard was made of, for its done marker: source, size, the reason it was
+    not read, and the content digest (so a copy with new mtimes, as a job's working
+    directory unpacked after a cluster restart, still counts as unchanged). No mtime:
+    the marker is the same bytes on every run; the runner keeps the mtimes apart
+    (``work/inputs.json``) to skip hashing files that were not touched."""
     records = []
     for file in shard.files:
         digest = None
@@ -292,7 +294,6 @@ def input_records(shard: Shard, filesystem: pafs.FileSystem) -> list[dict[str, A
             {
                 "source": file.source,
                 "bytes": file.size_bytes,
-                "mtime_ns": file.mtime_ns,
                 "problem": file.problem,
                 "sha256": digest,
             }
@@ -301,11 +302,15 @@ def input_records(shard: Shard, filesystem: pafs.FileSystem) -> list[dict[str, A
 
 
 def input_changes(
-    recorded: list[dict[str, Any]] | None, shard: Shard, filesystem: pafs.FileSystem
+    recorded: list[dict[str, Any]] | None,
+    shard: Shard,
+    filesystem: pafs.FileSystem,
+    mtimes: dict[str, int],
 ) -> list[str]:
     """How the shard's files now differ from those its done marker recorded (empty:
-    the marker still holds). A file whose mtime changed but not its size is read and
-    compared by digest, so touching or copying a file does not re-run its shard."""
+    the marker still holds). A file of the same size whose mtime is not the one
+    ``mtimes`` (the last run's) holds is read and compared by digest, so touching or
+    copying a file does not re-run its shard."""
     if recorded is None:
         return ["the done marker does not record its input files (an older run)"]
     before = {record["source"]: record for record in recorded}
@@ -319,7 +324,7 @@ def input_changes(
                            f"{new.problem or 'readable'})")  # fmt: skip
         elif old["bytes"] != new.size_bytes:
             changes.append(f"modified {source} ({old['bytes']} -> {new.size_bytes} bytes)")
-        elif new.problem is None and old["mtime_ns"] != new.mtime_ns:
+        elif new.problem is None and mtimes.get(source) != new.mtime_ns:
             try:
                 same = file_digest(filesystem, new.path) == old["sha256"]
             except OSError:

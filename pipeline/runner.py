@@ -277,9 +277,9 @@ def _invalidate_changed_shards(
     were added, removed or modified loses its pass-1 marker (it runs again, and every
     global decision and final shard after it, through the fingerprint chain); the
     files of shards the plan no longer has are deleted. Returns what changed."""
-    listing_path = layout.path("work", "inputs.json")
+    listing_path = layout.path("work", "inputs.json")  # source -> mtime_ns, last run's
     listed_before = read_json(layout.filesystem, listing_path)
-    listed_now = sorted(file.source for shard in shards for file in shard.files)
+    listed_now = {file.source: file.mtime_ns for shard in shards for file in shard.files}
     changes: list[str] = []
     if listed_before is not None:
         changes += [f"added {s}" for s in sorted(set(listed_now) - set(listed_before))]
@@ -289,7 +289,7 @@ def _invalidate_changed_shards(
         if stats is None:
             continue
         filesystem, _ = resolve_filesystem(config.inputs[shard.input_index].path)
-        found = input_changes(stats.get("inputs"), shard, filesystem)
+        found = input_changes(stats.get("inputs"), shard, filesystem, listed_before or {})
         if found:  # added and removed files are named above, once, not per shard
             changes += [c for c in found if not c.startswith(("added ", "removed "))]
             changes.append(f"shard {shard.index}: its input files changed, run again")
@@ -308,7 +308,7 @@ def _invalidate_changed_shards(
     )
     for change in changes:
         log.warning("input changed since the last run: %s", change)
-    write_json_atomic(layout.filesystem, listing_path, listed_now)
+    write_json_atomic(layout.filesystem, listing_path, dict(sorted(listed_now.items())))
     return changes
 
 

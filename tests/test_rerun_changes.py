@@ -46,10 +46,11 @@ def _sources(out: Path) -> list[str]:
 
 
 def _digests(out: Path) -> dict[str, str]:
+    """Every output but ``work/inputs.json``, which holds the input files' mtimes."""
     return {
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name != "run.json"
+        if p.is_file() and str(p.relative_to(out)) != "work/inputs.json"
     }
 
 
