@@ -86,3 +86,12 @@ def test_a_symlink_in_the_output_pointing_out_is_never_written_through(tmp_path)
     assert inside("s3://bucket/run", "docs", "a.parquet") == "s3://bucket/run/docs/a.parquet"
     with pytest.raises(ValueError):
         inside("s3://bucket/run", "..", "other", "a.parquet")
+
+
+@pytest.mark.parametrize("command", ["mix", "demo"])
+def test_mix_and_demo_refuse_a_system_folder(tmp_path, capsys, command):
+    args = {"mix": ["mix", str(tmp_path / "m.yaml"), "--tokenized", str(tmp_path), "--out"],
+            "demo": ["demo", "--out"]}[command]  # fmt: skip
+    assert cli.main([*args, "/usr/share/curriculum"]) == 2
+    assert "--out: /usr/share/curriculum lies in the system folder /usr" in capsys.readouterr().err
+    assert not Path("/usr/share/curriculum").exists()
