@@ -43,6 +43,10 @@ STAGE_SCRIPTS = (
                 "web", ("--rounds", "1")),
     StageScript("Language id", "bench.langid",
                 "The langid stage against raw fastText `predict` on lingua's sentences.", ""),
+    StageScript("Filter recall per language", "bench.filter_recall",
+                "Genuine articles kept per language and junk rejected: the default extract,"
+                " langid and heuristics against the previous defaults and datatrove's presets.",
+                "", (), 3.0),
     StageScript("Quality and domains", "bench.quality",
                 "Domain tagger and quality classifier on the shared corpus.", ""),
     StageScript("MinHash dedup", "bench.dedup",

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipeline.config import CurateConfig
-from pipeline.ledger import dedup_counts, stage_counts
+from pipeline.ledger import dedup_counts, language_counts, move_to_dropped, stage_counts
 from pipeline.safe_paths import inside
 from pipeline.shards import (
     InputFile,
@@ -68,6 +68,7 @@ REJECTS_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("record", pa.string()),
         ("url", pa.string()),
+        ("language", pa.string()),  # null when dropped before language id
         ("stage", pa.string()),
         ("reason", pa.string()),
         ("score", pa.float64()),
@@ -189,6 +190,7 @@ def rejects_table(rows: pa.Table) -> pa.Table:
         "source": rows.column("source"),
         "record": rows.column("record"),
         "url": rows.column("url"),
+        "language": column("language"),
         "stage": rows.column(DROP_STAGE),
         "reason": rows.column(DROP_REASON),
         "score": rows.column(DROP_SCORE).cast(pa.float64()),
@@ -256,6 +258,7 @@ class DocumentPass:
             "documents": docs_entry,
             "stage_order": self.stage_order,
             "stages": stage_counts(batch, self.stage_order),
+            "languages": language_counts(batch),
             "inputs": inputs,
         }
         write_json_atomic(layout.filesystem, layout.work_stats(shard_index), stats)
@@ -408,7 +411,9 @@ def finalize_shard(
     stage_order = list(pass_stats["stage_order"])
     stages = {name: pass_stats["stages"][name] for name in stage_order}
     documents, dropped_by_step = apply_steps(layout, shard_index, steps, fingerprints)
+    languages = pass_stats.get("languages", {})
     for name, dropped in dropped_by_step:
+        languages = move_to_dropped(languages, dropped, name)
         dropped = set_column(dropped, DROP_STAGE, pa.array([name] * dropped.num_rows, pa.string()))
         write_parquet_atomic(fs, layout.rejects(name, shard_index), rejects_table(dropped))
         kept_before = stages[stage_order[-1]]["kept"]
@@ -425,6 +430,7 @@ def finalize_shard(
         "docs": entry,
         "stage_order": stage_order,
         "stages": stages,
+        "languages": languages,
     }
     write_json_atomic(fs, layout.stats(shard_index), stats)
     return stats

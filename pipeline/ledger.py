@@ -108,6 +108,87 @@ def stage_changes(entry: dict[str, Any]) -> tuple[int, int] | None:
     return changed, lines
 
 
+UNKNOWN_LANGUAGE = "und"  # ISO 639 "undetermined": dropped before language id, or code
+
+
+def language_counts(batch: pa.Table) -> dict[str, dict[str, Any]]:
+    """Per language (the ``language`` column; ``und`` where there is none), the rows
+    kept and the rows dropped by ``stage:reason``: a filter that eats one language shows
+    here even when the corpus-wide counts look normal."""
+    n = batch.num_rows
+    if "language" in batch.column_names:
+        languages = batch.column("language").to_pylist()
+    else:
+        languages = [None] * n
+    stages = (
+        batch.column(DROP_STAGE).to_pylist() if DROP_STAGE in batch.column_names else [None] * n
+    )
+    reasons = batch.column(DROP_REASON).to_pylist()
+    counts: dict[str, dict[str, Any]] = {}
+    for language, stage, reason in zip(languages, stages, reasons, strict=True):
+        entry = counts.setdefault(language or UNKNOWN_LANGUAGE, {"kept": 0, "dropped": {}})
+        if reason is None:
+            entry["kept"] += 1
+        else:
+            key = f"{stage}:{reason}"
+            entry["dropped"][key] = entry["dropped"].get(key, 0) + 1
+    return counts
+
+
+def move_to_dropped(
+    counts: dict[str, dict[str, Any]], dropped: pa.Table, stage: str
+) -> dict[str, dict[str, Any]]:
+    """``counts`` after a global step dropped ``dropped`` (rows kept until then)."""
+    batch = dropped.select([c for c in ("language", DROP_REASON) if c in dropped.column_names])
+    for language, entry in language_counts(
+        batch.append_column(DROP_STAGE, pa.array([stage] * batch.num_rows, pa.string()))
+    ).items():
+        total = counts.setdefault(language, {"kept": 0, "dropped": {}})
+        for key, n in entry["dropped"].items():
+            total["kept"] -= n
+            total["dropped"][key] = total["dropped"].get(key, 0) + n
+    return counts
+
+
+def merge_language_counts(per_shard: Iterable[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Sum per-shard language counts; languages ordered by documents in, most first."""
+    merged: dict[str, dict[str, Any]] = {}
+    for counts in per_shard:
+        for language, entry in counts.items():
+            total = merged.setdefault(language, {"kept": 0, "dropped": {}})
+            total["kept"] += entry["kept"]
+            for key, n in entry["dropped"].items():
+                total["dropped"][key] = total["dropped"].get(key, 0) + n
+
+    def documents_in(item: tuple[str, dict[str, Any]]) -> tuple[int, str]:
+        return -(item[1]["kept"] + sum(item[1]["dropped"].values())), item[0]
+
+    return {
+        language: {"kept": entry["kept"], "dropped": dict(sorted(entry["dropped"].items()))}
+        for language, entry in sorted(merged.items(), key=documents_in)
+    }
+
+
+def render_languages(languages: dict[str, dict[str, Any]], top: int = 12) -> str:
+    """Kept and dropped per language, the largest first, with the top reasons."""
+    lines = [f"{'language':<14}{'input':>10}{'kept':>10}{'dropped':>10}{'kept %':>9}  top reasons"]
+    for language, entry in list(languages.items())[:top]:
+        dropped = sum(entry["dropped"].values())
+        total = entry["kept"] + dropped
+        reasons = Counter(entry["dropped"]).most_common(3)
+        lines.append(
+            f"{language:<14}{total:>10}{entry['kept']:>10}{dropped:>10}"
+            f"{100 * entry['kept'] / total if total else 0:>8.1f}%  "
+            + ", ".join(f"{reason}={n}" for reason, n in reasons)
+        )
+    if len(languages) > top:
+        rest = list(languages.values())[top:]
+        kept = sum(e["kept"] for e in rest)
+        dropped = sum(sum(e["dropped"].values()) for e in rest)
+        lines.append(f"{f'{len(rest)} more':<14}{kept + dropped:>10}{kept:>10}{dropped:>10}")
+    return "\n".join(lines)
+
+
 def render_funnel(ledger: dict[str, Any]) -> str:
     """The funnel as the CLI prints it: one line per stage, then the identity. The
     ``changed`` column counts kept documents a stage rewrote (and the lines it took
@@ -133,4 +214,6 @@ def render_funnel(ledger: dict[str, Any]) -> str:
         f"input {totals['input']} = kept {totals['kept']} + rejected {totals['rejected']}"
         f" + errors {totals['errors']}: {verdict}"
     )
+    if ledger.get("languages"):
+        lines += ["", render_languages(ledger["languages"])]
     return "\n".join(lines)

@@ -38,7 +38,12 @@ from pipeline.curate import (
     step_fingerprints,
 )
 from pipeline.global_steps import build_global_steps, decision_done
-from pipeline.ledger import build_ledger, merge_stage_counts, render_funnel
+from pipeline.ledger import (
+    build_ledger,
+    merge_language_counts,
+    merge_stage_counts,
+    render_funnel,
+)
 from pipeline.safe_paths import delete_owned_files
 from pipeline.shards import (
     Shard,
@@ -372,6 +377,7 @@ def run_curate(
     written = sum(stats["docs"]["rows"] for stats in final_stats)
     ledger = build_ledger(stages, written)
     ledger["shards"] = len(shards)
+    ledger["languages"] = merge_language_counts(stats.get("languages", {}) for stats in final_stats)
     for step, fingerprint in zip(steps, fingerprints, strict=True):
         # A step's own figures (template lines: the top removed lines) go under its entry.
         marker = posixpath.join(layout.decision_dir(step.name, fingerprint), "_SUCCESS")

@@ -12,6 +12,7 @@ overruns (this also survives a crash inside lxml's C code).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from stages.base import ERROR_PREFIX, Resources, Stage, StageConfig, set_column, with_reasons
 
@@ -55,7 +56,16 @@ class ExtractConfig(StageConfig):
     target_language: str | None = None
     """ISO 639-1 code: trafilatura discards pages in other languages (None: keep all)."""
     min_text_chars: int = 200
-    """Extracted text shorter than this is rejected as no_extractable_text."""
+    """Extracted text shorter than this is rejected as no_extractable_text: about 35
+    English words, a sentence or two (pages with less are menus, errors, stubs)."""
+    min_text_chars_by_script: dict[str, int] = Field(
+        default_factory=lambda: {"cjk": 70, "hangul": 90}
+    )
+    """The same minimum, in characters of that script, for text written mostly in it
+    (``script_of``): "cjk" (Chinese characters and kana), "hangul". One Chinese
+    character carries about what three Latin letters do (a 200-character English brief
+    is about 60-70 characters in Chinese, 90 in Korean), so 200 for every script
+    rejected complete Chinese news briefs. Scripts not named use ``min_text_chars``."""
     timeout_seconds: float = 5.0
     """Wall-clock limit for one page; past it the row gets error:extract_timeout."""
 
@@ -65,6 +75,14 @@ class ExtractConfig(StageConfig):
             raise ValueError("favor_precision and favor_recall exclude each other")
         if self.min_text_chars < 0:
             raise ValueError("min_text_chars must be >= 0")
+        for script, minimum in self.min_text_chars_by_script.items():
+            if script not in SCRIPTS:
+                raise ValueError(
+                    f"min_text_chars_by_script: unknown script {script!r}; known: "
+                    f"{', '.join(SCRIPTS)}"
+                )
+            if minimum < 0:
+                raise ValueError(f"min_text_chars_by_script[{script!r}] must be >= 0")
         if self.timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be > 0")
         return self
@@ -72,8 +90,36 @@ class ExtractConfig(StageConfig):
     def trafilatura_options(self) -> dict[str, Any]:
         """Keyword arguments for ``trafilatura.extract`` (the other fields are named as its
         parameters), shared with the bench's bare loop so both use the same settings."""
-        options = self.model_dump(exclude={"min_text_chars", "timeout_seconds"})
+        options = self.model_dump(
+            exclude={"min_text_chars", "min_text_chars_by_script", "timeout_seconds"}
+        )
         return {**options, "output_format": "txt"}
+
+
+# Letters of scripts written with few characters per word, by Unicode block.
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
+_LETTERS = re.compile(r"[^\W\d_]")
+SCRIPTS = {"cjk": _CJK, "hangul": _HANGUL}
+
+
+def script_of(text: str) -> str | None:
+    """ "cjk" or "hangul" when more than half of the text's letters are of that script,
+    else None (alphabetic scripts, whose lengths compare with Latin text)."""
+    letters = len(_LETTERS.findall(text))
+    for script, pattern in SCRIPTS.items():
+        if letters and len(pattern.findall(text)) * 2 > letters:
+            return script
+    return None
+
+
+def too_short(text: str, cfg: ExtractConfig) -> float | None:
+    """The text's length when it is below the minimum for its script, else None."""
+    length = len(text)
+    if length >= max(cfg.min_text_chars, *cfg.min_text_chars_by_script.values(), 1):
+        return None  # the common case: no need to look at the script
+    minimum = cfg.min_text_chars_by_script.get(script_of(text) or "", cfg.min_text_chars)
+    return float(length) if length < max(minimum, 1) else None
 
 
 def extract_page(
@@ -244,8 +290,8 @@ class Extract(Stage):
             outcomes = iter(self.child.run(pages, self.cfg.timeout_seconds) if pages else [])
         for i in rows:
             (text, title), reasons[i] = next(outcomes) if htmls[i] else (_NOTHING, None)
-            if reasons[i] is None and len(text or "") < max(self.cfg.min_text_chars, 1):
-                reasons[i], scores[i] = REASON_NO_CONTENT, float(len(text or ""))
+            if reasons[i] is None and (short := too_short(text or "", self.cfg)) is not None:
+                reasons[i], scores[i] = REASON_NO_CONTENT, short
             if reasons[i] is None:  # rejected rows keep their page for excluded/
                 texts[i], titles[i], htmls[i] = text, title or titles[i], None
         batch = set_column(batch, "text", pa.array(texts, pa.string()))

@@ -12,9 +12,21 @@ Words. The papers do not pin a tokenizer, and datatrove uses NLTK or spaCy per l
 We split on whitespace instead: fast, the same for every language, and it keeps
 ``"hello,"`` one word. A *token* is a whitespace-separated run; a *word* is a token's
 core from its first to its last letter or digit (``"(hello),"`` -> ``"hello"``), and a
-token without any letter or digit (``"|"``, ``"--"``) is not a word. Scripts written
-without spaces (Chinese, Japanese, Thai) come out as few, very long words, so the word
-rules only make sense for space-separated languages.
+token without any letter or digit (``"|"``, ``"--"``) is not a word.
+
+Chinese and Japanese are written without spaces, so whitespace makes a whole clause one
+"word". For them (``DocView(text, words="cjk")``) every Han or kana character is a word
+of its own, as character-level models of those languages treat them, and the runs of
+other letters between them are words as before. Every ratio then has a meaningful
+denominator ("#" per word is "#" per character), and the n-gram repetition rules work on
+character n-grams (two characters for each word of the rule's n), so a passage
+repeated on one line is caught. Thresholds that count
+words or word lengths describe English words and stay off for these languages
+(``stages/heuristics.py`` says which).
+
+Tables. trafilatura writes a table row as one line, ``| cell | cell |``. Line rules were
+written for lines of running text, so the rules see each non-empty cell as a line of
+its own (``rule_view``); a row of empty cells is layout, not text.
 """
 
 from __future__ import annotations
@@ -70,8 +82,8 @@ ELLIPSES = ("...", "…")
 C4_END_PUNCTUATION = (".", "?", "!", '"', "'")
 # FineWeb: datatrove uses Unicode's sentence terminals plus quotes; these are the common ones.
 FINEWEB_END_PUNCTUATION = (
-    *C4_END_PUNCTUATION, "”", "。", "！", "？", "｡", "．", "؟", "۔", "।", "॥", "።", "‼", "‽", "⁇",
-    "⁈", "⁉",
+    *C4_END_PUNCTUATION, "”", "。", "！", "？", "｡", "．", "؟", "۔", "।", "॥", "።", "։", "‼", "‽",
+    "⁇", "⁈", "⁉",
 )  # fmt: skip
 C4_POLICY_PHRASES = (
     "terms of use",
@@ -83,6 +95,12 @@ C4_POLICY_PHRASES = (
 )
 
 _WORD = re.compile(r"[^\W_](?:\S*[^\W_])?")  # a token's core: first to last letter or digit
+# Han characters (CJK unified ideographs and their extensions) and kana.
+CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+# One Han or kana character, or a word of other letters that stops at the next one.
+_CJK_WORD = re.compile(rf"[{CJK_CHARS}]|[^\W_{CJK_CHARS}](?:[^\s{CJK_CHARS}]*[^\W_{CJK_CHARS}])?")
+_NO_WORD_CHAR = re.compile(r"[\W_]+")
+WORD_MODES = ("whitespace", "cjk")
 _LETTER = re.compile(r"[^\W\d_]")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")  # Wikipedia markers, as C4
@@ -92,8 +110,12 @@ _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")  # Wikipedia marker
 # A sentence ends at . ! ? followed by a space or the end of the line; full-width marks
 # (Chinese, Japanese) end one even with the next sentence right after them.
 _SENTENCE_END = re.compile(
-    r"(?<![.!?。！？؟])[.!?؟]++[\"'”’)\]]*+(?=\s|$)|(?<![。！？])[。！？]++[”’」』）]*+"
+    r"(?<![.!?。！？؟।॥۔։።])[.!?؟।॥۔։።]++[\"'”’)\]]*+(?=\s|$)|(?<![。！？])[。！？]++[”’」』）]*+"
 )
+# "φάρμακα.Από": a sentence end where the space after the mark was lost (pages that
+# join paragraphs); counted only between a lower-case and an upper-case letter, so
+# "U.S." and "3.5" stay one sentence.
+_UNSPACED_END = re.compile(r"(?<=[^\W\d_])[.!?](?=[^\W\d_])")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for the rolling n-gram hash
 
 
@@ -102,9 +124,14 @@ class DocView:
     tokens, words, n-gram hashes), each computed on first use: most documents fail or
     pass long before the costly n-gram measures are needed."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, words: str = "whitespace") -> None:
         self.text = text
         self.chars = max(len(text), 1)  # denominator of every character fraction
+        self.cjk = words == "cjk"
+        # An n-gram rule counts n words; a Chinese word is about two characters (a
+        # one-character n-gram scale dropped a third of real Chinese news articles as
+        # "duplicated 5-grams", bench/filter_recall.py), so it spans 2n characters.
+        self.ngram_words = 2 if self.cjk else 1
         self._ngrams: dict[int, np.ndarray] = {}
 
     @cached_property
@@ -118,17 +145,44 @@ class DocView:
 
     @cached_property
     def token_count(self) -> int:
+        """Whitespace tokens; in "cjk" mode the words plus the tokens that hold no
+        letter or digit ("-", "|"), as punctuation attached to a word is not a token."""
+        if self.cjk:
+            symbols = sum(1 for token in self.text.split() if _NO_WORD_CHAR.fullmatch(token))
+            return len(self.words) + symbols
         return len(self.text.split())
 
     @cached_property
     def words(self) -> list[str]:
+        if self.cjk:
+            return [match.group() for match in self._cjk_matches]
         return _WORD.findall(self.text)
+
+    @cached_property
+    def _cjk_matches(self) -> list[re.Match[str]]:
+        return list(_CJK_WORD.finditer(self.text))
 
     @cached_property
     def word_chars_cumsum(self) -> np.ndarray:
         """``[0, len(w0), len(w0)+len(w1), ...]``: any n-gram's character count in O(1)."""
         lengths = np.fromiter(map(len, self.words), dtype=np.int64, count=len(self.words))
         return np.concatenate(([0], np.cumsum(lengths)))
+
+    @cached_property
+    def word_gaps(self) -> np.ndarray:
+        """Characters between each word and the next. Whitespace words are joined by one
+        space (datatrove's measure); in "cjk" mode the gaps are the text's own, so two
+        adjacent Han characters add nothing."""
+        if not self.cjk:
+            return np.ones(max(len(self.words) - 1, 0), dtype=np.int64)
+        matches = self._cjk_matches
+        starts = np.fromiter((m.start() for m in matches[1:]), np.int64, max(len(matches) - 1, 0))
+        ends = np.fromiter((m.end() for m in matches[:-1]), np.int64, max(len(matches) - 1, 0))
+        return starts - ends
+
+    @cached_property
+    def word_gaps_cumsum(self) -> np.ndarray:
+        return np.concatenate(([0], np.cumsum(self.word_gaps)))
 
     def ngram_hashes(self, n: int) -> np.ndarray:
         """A 64-bit hash per n-gram start, built from the (n-1)-gram hashes, so all
@@ -149,6 +203,35 @@ class DocView:
     @cached_property
     def paragraph_duplicates(self) -> tuple[int, int]:
         return _duplicates(self.paragraphs)
+
+
+_CELL_SEPARATOR = re.compile(r"(?<!\\)\|")  # trafilatura writes a "|" inside a cell as "\\|"
+_HEADER_RULE = re.compile(r"[-:\s]+")
+
+
+def table_cells(line: str) -> list[str] | None:
+    """The non-empty cells of a table row as trafilatura writes it (``| a | b |``),
+    or None for any other line. A header rule (``|---|---|``) has no cells."""
+    stripped = line.strip()
+    if len(stripped) < 2 or stripped[0] != "|" or stripped[-1] != "|" or stripped[-2] == "\\":
+        return None
+    cells = (cell.strip().replace("\\|", "|") for cell in _CELL_SEPARATOR.split(stripped[1:-1]))
+    return [cell for cell in cells if cell and not _HEADER_RULE.fullmatch(cell)]
+
+
+def rule_view(text: str) -> str:
+    """The text as the line rules should see it: each table row replaced by its cells,
+    one per line (a row of empty cells disappears)."""
+    if "|" not in text:
+        return text
+    out: list[str] = []
+    for line in text.split("\n"):
+        cells = table_cells(line)
+        if cells is None:
+            out.append(line)
+        else:
+            out.extend(cells)
+    return "\n".join(out)
 
 
 def _duplicates(items: Iterable[str]) -> tuple[int, int]:
@@ -243,6 +326,7 @@ def top_ngram_char_fraction(doc: DocView, params: Params, *, n: int) -> float:
     """Characters (words joined by single spaces) of the most frequent n-gram times its
     count. An n-gram that occurs once is not repetition, so it scores 0 (datatrove scores
     it, which drops a 3-word document as a "top 2-gram"). Ties take the longest."""
+    n *= doc.ngram_words
     hashes = doc.ngram_hashes(n)
     if hashes.size < 2:
         return 0.0
@@ -253,15 +337,16 @@ def top_ngram_char_fraction(doc: DocView, params: Params, *, n: int) -> float:
     if top < 2:
         return 0.0
     firsts = order[group_starts[counts == top]]
-    cumsum = doc.word_chars_cumsum
-    span_chars = int((cumsum[firsts + n] - cumsum[firsts]).max()) + n - 1
-    return top * span_chars / doc.chars
+    cumsum, gaps = doc.word_chars_cumsum, doc.word_gaps_cumsum
+    spans = cumsum[firsts + n] - cumsum[firsts] + gaps[firsts + n - 1] - gaps[firsts]
+    return top * int(spans.max()) / doc.chars
 
 
 def dup_ngram_char_fraction(doc: DocView, params: Params, *, n: int) -> float:
     """Characters covered by n-grams that repeat an earlier one, each character counted
     once however many duplicate n-grams overlap it (Gopher's wording; datatrove
     approximates by skipping n words after each hit)."""
+    n *= doc.ngram_words
     hashes = doc.ngram_hashes(n)
     if hashes.size < 2:
         return 0.0
@@ -275,13 +360,20 @@ def dup_ngram_char_fraction(doc: DocView, params: Params, *, n: int) -> float:
     )
     covered = np.cumsum(depth[:n_words]) > 0
     lengths = np.diff(doc.word_chars_cumsum)
-    spaces = np.count_nonzero(covered[1:] & covered[:-1])  # single spaces inside each run
-    return (int(lengths[covered].sum()) + spaces) / doc.chars
+    inside = covered[1:] & covered[:-1]  # the gaps inside each covered run
+    return (int(lengths[covered].sum()) + int(doc.word_gaps[inside].sum())) / doc.chars
 
 
 # --- FineWeb -----------------------------------------------------------------------------
 def line_punctuation_fraction(doc: DocView, params: Params) -> float:
-    ended = sum(line.endswith(FINEWEB_END_PUNCTUATION) for line in doc.lines)
+    """Lines that end a sentence: at their end (FineWeb's test) or inside them. A line
+    holding whole sentences is running text even when it stops mid-sentence (pages that
+    break paragraphs with ``<br>``) or on an unpunctuated quote; FineWeb's test alone
+    dropped such real news articles, whose every paragraph is one such line."""
+    ended = sum(
+        line.endswith(FINEWEB_END_PUNCTUATION) or _SENTENCE_END.search(line) is not None
+        for line in doc.lines
+    )
     return _fraction(ended, len(doc.lines))
 
 
@@ -370,9 +462,9 @@ def c4_clean(text: str, params: Params) -> tuple[str, str | None, float | None]:
     Returns ``(kept_text, reason, score)``. Checks run per stripped line in TFDS's
     order, so "lorem ipsum" or "{" on a line already removed (say, one without terminal
     punctuation) does not reject the page: that is C4's behaviour, kept on purpose.
+    A table row is judged cell by cell, each cell as a line (``rule_view``), and kept
+    whole, as it was written, when any of its cells is kept.
     """
-    max_word_chars = params["max_word_chars"]
-    min_line_words = params["min_line_words"]
     kept: list[str] = []
     sentences = 0
     for raw in text.splitlines():
@@ -381,35 +473,61 @@ def c4_clean(text: str, params: Params) -> tuple[str, str | None, float | None]:
             if params["keep_blank_lines"] and kept and kept[-1]:
                 kept.append("")
             continue
-        words = line.split()
-        if (
-            max_word_chars is not None
-            and len(line) > max_word_chars  # a shorter line cannot hold a longer word
-            and max(map(len, words)) > max_word_chars
-        ):
-            continue
-        if params["remove_citations"]:
-            line = _CITATION.sub("", line)
-        if params["require_terminal_punctuation"] and (
-            not line.endswith(FINEWEB_END_PUNCTUATION) or line.endswith("...")
-        ):
-            continue
-        if min_line_words is not None and len(words) < min_line_words:
-            continue
-        lowered = line.lower()
-        if params["reject_lorem_ipsum"] and "lorem ipsum" in lowered:
-            return text, REASON_C4_LOREM_IPSUM, 1.0
-        if params["remove_javascript_lines"] and "javascript" in lowered:
-            continue
-        if params["reject_curly_bracket"] and "{" in line:
-            return text, REASON_C4_CURLY_BRACKET, 1.0
-        if params["remove_policy_lines"] and any(p in lowered for p in C4_POLICY_PHRASES):
-            continue
-        sentences += max(1, len(_SENTENCE_END.findall(line)))
-        kept.append(line)
+        cells = table_cells(line) if params.get("table_cells", True) else None
+        verdicts = [_c4_line(cell, params) for cell in (line,) if cells is None]
+        verdicts += [_c4_line(cell, params) for cell in cells or ()]
+        for verdict in verdicts:
+            if isinstance(verdict, tuple):  # the whole page goes
+                return text, *verdict
+        survivors = [v for v in verdicts if v is not None]
+        if survivors:
+            sentences += sum(map(sentence_count, survivors))
+            kept.append(survivors[0] if cells is None else line)
     if params["min_sentences"] is not None and sentences < params["min_sentences"]:
         return text, REASON_C4_TOO_FEW_SENTENCES, float(sentences)
     cleaned = "\n".join(kept).strip()
     if not cleaned:
         return text, REASON_C4_NO_LINES_LEFT, 0.0
     return cleaned, None, None
+
+
+def sentence_count(line: str) -> int:
+    """Sentences on one line, at least one (C4 used NLTK's punkt)."""
+    count = len(_SENTENCE_END.findall(line))
+    for match in _UNSPACED_END.finditer(line):
+        start = match.start()
+        if line[start - 1].islower() and line[start + 1].isupper():
+            count += 1
+    return max(1, count)
+
+
+def _c4_line(line: str, params: Params) -> str | tuple[str, float] | None:
+    """One stripped line under C4's line rules: the line to keep (citations removed),
+    None to drop it, or ``(reason, score)`` when it rejects the whole page."""
+    max_word_chars = params["max_word_chars"]
+    min_line_words = params["min_line_words"]
+    words = line.split()
+    if (
+        max_word_chars is not None
+        and len(line) > max_word_chars  # a shorter line cannot hold a longer word
+        and max(map(len, words)) > max_word_chars
+    ):
+        return None
+    if params["remove_citations"]:
+        line = _CITATION.sub("", line)
+    if params["require_terminal_punctuation"] and (
+        not line.endswith(FINEWEB_END_PUNCTUATION) or line.endswith("...")
+    ):
+        return None
+    if min_line_words is not None and len(words) < min_line_words:
+        return None
+    lowered = line.lower()
+    if params["reject_lorem_ipsum"] and "lorem ipsum" in lowered:
+        return REASON_C4_LOREM_IPSUM, 1.0
+    if params["remove_javascript_lines"] and "javascript" in lowered:
+        return None
+    if params["reject_curly_bracket"] and "{" in line:
+        return REASON_C4_CURLY_BRACKET, 1.0
+    if params["remove_policy_lines"] and any(p in lowered for p in C4_POLICY_PHRASES):
+        return None
+    return line

@@ -2,11 +2,15 @@ import pyarrow as pa
 
 from pipeline.ledger import (
     build_ledger,
+    language_counts,
+    merge_language_counts,
     merge_stage_counts,
+    move_to_dropped,
     render_funnel,
     stage_changes,
     stage_counts,
 )
+from stages.base import DROP_REASON, DROP_STAGE
 
 
 def _batch(stages, reasons):
@@ -66,3 +70,47 @@ def test_funnel_shows_what_an_editing_stage_changed():
     assert "template_only=1" in funnel[2]
     assert "lines_removed=5 from 2 kept documents" in funnel[2]
     assert funnel[-1].endswith("holds")
+
+
+def _rows(languages, stages, reasons):
+    return pa.table(
+        {
+            "language": pa.array(languages, pa.string()),
+            DROP_STAGE: pa.array(stages, pa.string()),
+            DROP_REASON: pa.array(reasons, pa.string()),
+        }
+    )
+
+
+def test_language_counts_follow_each_language_through_the_global_steps():
+    shard = _rows(
+        ["zh", "zh", "en", None, "zh"],
+        [None, "heuristics", None, "extract", None],
+        [None, "gopher_dup_line_fraction", None, "no_extractable_text", None],
+    )
+    counts = language_counts(shard)
+    assert counts == {
+        "zh": {"kept": 2, "dropped": {"heuristics:gopher_dup_line_fraction": 1}},
+        "en": {"kept": 1, "dropped": {}},
+        "und": {"kept": 0, "dropped": {"extract:no_extractable_text": 1}},
+    }
+    # Exact dedup later drops one of the Chinese documents that pass 1 kept.
+    dropped = pa.table({"language": ["zh"], DROP_REASON: ["exact_duplicate"]})
+    counts = move_to_dropped(counts, dropped, "exact_dedup")
+    assert counts["zh"] == {
+        "kept": 1,
+        "dropped": {"heuristics:gopher_dup_line_fraction": 1, "exact_dedup:exact_duplicate": 1},
+    }
+    other = {"en": {"kept": 4, "dropped": {"langid:language_score_below_min": 1}}}
+    merged = merge_language_counts([counts, other])
+    assert list(merged) == ["en", "zh", "und"]  # most documents in first
+    assert merged["en"] == {"kept": 5, "dropped": {"langid:language_score_below_min": 1}}
+    ledger = {
+        "stages": {},
+        "totals": {"input": 9, "kept": 6, "rejected": 3, "errors": 0},
+        "identity_holds": True,
+        "languages": merged,
+    }
+    text = render_funnel(ledger)
+    assert "zh" in text and "33.3%" in text  # 1 of 3 Chinese documents kept
+    assert "heuristics:gopher_dup_line_fraction=1" in text

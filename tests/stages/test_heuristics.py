@@ -233,11 +233,20 @@ RULE_NAMES.update(
 )
 
 
+# Rules of the published presets that are off by default here (see PRESETS["c4"]).
+SWITCHED_ON = {hr.REASON_C4_CURLY_BRACKET: {"c4": {"reject_curly_bracket": True}}}
+
+
 @pytest.mark.parametrize(("preset", "text", "reason", "reason_when_off"), CASES)
 def test_each_rule_trips_on_its_document(preset, text, reason, reason_when_off):
-    assert judge(text, [preset])[0] == reason
+    assert judge(text, [preset], SWITCHED_ON.get(reason))[0] == reason
     rule_off = {preset: {RULE_NAMES[reason]: None}}
     assert judge(text, [preset], rule_off)[0] == reason_when_off
+
+
+def test_curly_bracket_rule_is_off_by_default():
+    code_prose = ARTICLE + "\nCall it like this { return 1; } from your own code."
+    assert judge(code_prose, ["c4"])[0] is None
 
 
 def test_every_reason_has_a_case():
@@ -245,11 +254,17 @@ def test_every_reason_has_a_case():
     assert set(RULE_NAMES) <= tested
 
 
-def test_clean_article_passes_every_preset_and_loses_its_title():
+def test_clean_article_passes_every_preset_and_keeps_its_title():
     out = Heuristics(HeuristicsConfig())(batch_of([ARTICLE]))
     assert out.column("drop_reason").to_pylist() == [None]
     assert out.column("drop_score").to_pylist() == [None]
-    # C4 keeps only lines ending in terminal punctuation, joined by single newlines.
+    # C4 as FineWeb ran it keeps unpunctuated lines (the title), joined by single newlines.
+    assert out.column("text")[0].as_py() == "\n".join([TITLE, *PARAGRAPHS])
+
+
+def test_c4_as_published_drops_the_unpunctuated_title():
+    cfg = HeuristicsConfig(overrides={"c4": {"require_terminal_punctuation": True}})
+    out = Heuristics(cfg)(batch_of([ARTICLE]))
     assert out.column("text")[0].as_py() == "\n".join(PARAGRAPHS)
 
 
@@ -283,7 +298,7 @@ def test_c4_removes_lines_and_keeps_the_rest():
         "The bridge over the river was finished in 1820.[3]",
         "Sightings were rare and often doubted by experts...",
     )
-    cfg = HeuristicsConfig(presets=["c4"])
+    cfg = HeuristicsConfig(presets=["c4"], overrides={"c4": {"require_terminal_punctuation": True}})
     out = Heuristics(cfg)(batch_of([text]))
     assert out.column("drop_reason")[0].as_py() is None
     expected = lines(*PARAGRAPHS[:3], "The bridge over the river was finished in 1820.")
@@ -298,7 +313,8 @@ def test_c4_fineweb_setting_and_blank_lines():
 
 
 def test_c4_no_lines_left_when_sentence_rule_is_off():
-    assert judge(TITLE, ["c4"], {"c4": {"min_sentences": None}}) == (
+    published = {"min_sentences": None, "require_terminal_punctuation": True}
+    assert judge(TITLE, ["c4"], {"c4": published}) == (
         hr.REASON_C4_NO_LINES_LEFT,
         0.0,
     )
@@ -332,7 +348,7 @@ def test_code_passes_untouched_and_rows_keep_their_order():
         None,
         None,
     ]
-    kept_article = "\n".join(PARAGRAPHS)
+    kept_article = "\n".join([TITLE, *PARAGRAPHS])
     assert out.column("text").to_pylist() == [kept_article, code, "Too short.", code, kept_article]
 
 
