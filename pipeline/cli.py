@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_curate_config
+from pipeline.safe_paths import system_folder_problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,6 +100,9 @@ def _curate(config_path: Path, address: str | None, overwrite: bool) -> int:
     except ConfigError as exc:  # found while planning (paths, output_dir): name the file too
         raise ConfigError(f"{config_path}: {exc}") from exc
     print(render_funnel(result.ledger))
+    if result.input_changes:
+        print(f"input changed since the last run ({len(result.input_changes)}), re-run:")
+        print("\n".join(f"  {change}" for change in result.input_changes))
     print(
         f"curated {result.ledger['documents_written']} documents in {result.seconds:.1f} s "
         f"({result.shards_run} shards run, {result.shards_skipped} already done)"
@@ -114,6 +118,9 @@ def _demo(out: Path, seed: int, address: str | None, train_steps: int | None) ->
     from pipeline.flow import DEMO_MIX, stage_demo_configs, train_on_curriculum
     from pipeline.report import write_report
 
+    problem = system_folder_problem(str(out))
+    if problem is not None:
+        raise ConfigError(f"--out: {problem}")
     counts = generate_demo_corpus(out / "corpus", seed=seed)
     print(f"demo corpus in {out / 'corpus'}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     stage_demo_configs(out)
@@ -181,6 +188,9 @@ def _run_mix(
     from pipeline.mixing import pack_locally, prepare_mix, render_summary, run_mix
     from pipeline.token_runner import run_mix_on_ray
 
+    problem = system_folder_problem(str(out))
+    if problem is not None:
+        raise ConfigError(f"--out: {problem}")
     mix = load_mix(mix_path, scale=scale)
     prepared = prepare_mix(mix, tokenized)
     seed = mix.config.seed if seed is None else seed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ import pyarrow.fs as pafs
 
 from pipeline.config import CurateConfig
 from pipeline.ledger import dedup_counts, language_counts, move_to_dropped, stage_counts
+from pipeline.safe_paths import inside
 from pipeline.shards import (
+    InputFile,
     Shard,
     read_json,
     read_parquet,
@@ -37,6 +40,7 @@ from pipeline.shards import (
 )
 from stages import STAGES
 from stages.base import (
+    DOCUMENT_SCHEMA,
     DROP_REASON,
     DROP_SCORE,
     DROP_STAGE,
@@ -46,7 +50,7 @@ from stages.base import (
     set_column,
 )
 from stages.exact_dedup import DIGEST_COLUMN, text_digests
-from stages.readers import read_shard
+from stages.readers import document_id, read_shard
 
 READ_STAGE = "read"
 REJECT_SNIPPET_CHARS = 500
@@ -75,6 +79,20 @@ REJECTS_SCHEMA = pa.schema(
 )
 
 
+# Every name a curation run writes under its output_dir (see RunLayout), and the hidden
+# temporary a crash may leave beside one: what `--overwrite` may delete, and nothing else.
+_OWNED_PATH = re.compile(
+    r"""(?:run|ledger|manifest)\.json | funnel\.txt
+    | docs/shard-\d{5}\.parquet
+    | rejects/[a-z_]+-\d{5}\.parquet
+    | stats/\d{5}\.json
+    | work/documents/\d{5}\.(?:parquet|json) | work/inputs\.json
+    | work/[a-z_]+/[0-9a-f]{16}/(?:\d{5}\.parquet|_SUCCESS)""",
+    re.VERBOSE,
+)
+_TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.tmp-[0-9a-f]{32}")
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Where each pass puts its files under the output directory."""
@@ -88,7 +106,20 @@ class RunLayout:
         return cls(filesystem, root.rstrip("/"))
 
     def path(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
+        """``root/parts``, checked to stay inside the root once resolved: a symlink in
+        the output folder pointing elsewhere is refused, never written through."""
+        local = isinstance(self.filesystem, pafs.LocalFileSystem)
+        return inside(self.root, *parts, local=local)
+
+    @staticmethod
+    def owns(relative: str) -> bool:
+        """Whether ``relative`` (a path under the output root) is a name a curation run
+        writes, or the temporary of one: ``--overwrite`` deletes these files only."""
+        folder, name = posixpath.split(relative)
+        temporary = _TEMPORARY_NAME.fullmatch(name)
+        if temporary is not None:
+            relative = posixpath.join(folder, temporary.group("name"))
+        return _OWNED_PATH.fullmatch(relative) is not None
 
     def work_documents(self, shard: int) -> str:
         return self.path("work", "documents", f"{shard_name(shard)}.parquet")
@@ -110,6 +141,26 @@ class RunLayout:
 
     def stats(self, shard: int) -> str:
         return self.path("stats", f"{shard_name(shard)}.json")
+
+
+def unreadable_rows(files: list[InputFile], shard_index: int, first_ordinal: int) -> pa.Table:
+    """One rejected ``read`` row per entry planning listed but would not open (a FIFO,
+    a dangling or outside link, a name that is not UTF-8), after the shard's read rows:
+    the ledger then counts every entry that looked like input."""
+    count = len(files)
+    columns: dict[str, Any] = {
+        name: pa.nulls(count, field.type) for name, field in zip(
+            DOCUMENT_SCHEMA.names, DOCUMENT_SCHEMA, strict=True
+        )
+    }  # fmt: skip
+    columns["id"] = pa.array([document_id(f.source, "file", b"") for f in files], pa.string())
+    columns["shard"] = pa.array([shard_index] * count, pa.int32())
+    columns["ordinal"] = pa.array(range(first_ordinal, first_ordinal + count), pa.int64())
+    columns["source"] = pa.array([f.source for f in files], pa.string())
+    columns["record"] = pa.array(["file"] * count, pa.string())
+    columns[DROP_REASON] = pa.array([f.problem for f in files], pa.string())
+    columns[DROP_STAGE] = pa.array([READ_STAGE] * count, pa.string())
+    return pa.table(columns, schema=DOCUMENT_SCHEMA)
 
 
 def document_stage_names(config: CurateConfig) -> list[str]:
@@ -173,14 +224,21 @@ class DocumentPass:
 
     def run(self, shard_index: int) -> dict[str, Any]:
         shard = self.shards[shard_index]
-        files = [(f.path, f.source) for f in shard.files]
+        files = [(f.path, f.source) for f in shard.files if f.problem is None]
         input_filesystem, _ = resolve_filesystem(self.config.inputs[shard.input_index].path)
         batch = read_shard(files, shard.index, input_filesystem, self.config.reader)
+        unreadable = [f for f in shard.files if f.problem is not None]
+        if unreadable:
+            batch = pa.concat_tables(
+                [batch, unreadable_rows(unreadable, shard.index, batch.num_rows)]
+            )
         for stage in self.stages:
             batch = apply_to_live_rows(stage, batch)
-        return self.write(shard.index, batch)
+        return self.write(shard.index, batch, input_records(shard, input_filesystem))
 
-    def write(self, shard_index: int, batch: pa.Table) -> dict[str, Any]:
+    def write(
+        self, shard_index: int, batch: pa.Table, inputs: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         live = pc.is_null(batch.column(DROP_REASON))
         kept = batch.filter(live)
         kept = kept.drop_columns([c for c in OUTPUT_DROP_COLUMNS[:4] if c in kept.column_names])
@@ -201,6 +259,7 @@ class DocumentPass:
             "stage_order": self.stage_order,
             "stages": stage_counts(batch, self.stage_order),
             "languages": language_counts(batch),
+            "inputs": inputs,
         }
         write_json_atomic(layout.filesystem, layout.work_stats(shard_index), stats)
         return {"shard": shard_index, "documents": kept.num_rows}
@@ -209,6 +268,73 @@ class DocumentPass:
 def documents_pass_done(layout: RunLayout, shard_index: int) -> dict[str, Any] | None:
     """The pass-1 stats of a finished shard (its marker), or None."""
     return read_json(layout.filesystem, layout.work_stats(shard_index))
+
+
+def file_digest(filesystem: pafs.FileSystem, path: str) -> str:
+    """sha256 of a file, streamed in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with filesystem.open_input_stream(path, compression=None) as stream:
+        while piece := stream.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def input_records(shard: Shard, filesystem: pafs.FileSystem) -> list[dict[str, Any]]:
+    """What the shard was made of, for its done marker: source, size, the reason it was
+    not read, and the content digest (so a copy with new mtimes, as a job's working
+    directory unpacked after a cluster restart, still counts as unchanged). No mtime:
+    the marker is the same bytes on every run; the runner keeps the mtimes apart
+    (``work/inputs.json``) to skip hashing files that were not touched."""
+    records = []
+    for file in shard.files:
+        digest = None
+        if file.problem is None:
+            try:
+                digest = file_digest(filesystem, file.path)
+            except OSError:
+                digest = None  # the reader reports the file's own error row
+        records.append(
+            {
+                "source": file.source,
+                "bytes": file.size_bytes,
+                "problem": file.problem,
+                "sha256": digest,
+            }
+        )
+    return records
+
+
+def input_changes(
+    recorded: list[dict[str, Any]] | None,
+    shard: Shard,
+    filesystem: pafs.FileSystem,
+    mtimes: dict[str, int],
+) -> list[str]:
+    """How the shard's files now differ from those its done marker recorded (empty:
+    the marker still holds). A file of the same size whose mtime is not the one
+    ``mtimes`` (the last run's) holds is read and compared by digest, so touching or
+    copying a file does not re-run its shard."""
+    if recorded is None:
+        return ["the done marker does not record its input files (an older run)"]
+    before = {record["source"]: record for record in recorded}
+    now = {file.source: file for file in shard.files}
+    changes = [f"added {source}" for source in sorted(now.keys() - before.keys())]
+    changes += [f"removed {source}" for source in sorted(before.keys() - now.keys())]
+    for source in sorted(now.keys() & before.keys()):
+        old, new = before[source], now[source]
+        if old["problem"] != new.problem:
+            changes.append(f"modified {source} ({old['problem'] or 'readable'} -> "
+                           f"{new.problem or 'readable'})")  # fmt: skip
+        elif old["bytes"] != new.size_bytes:
+            changes.append(f"modified {source} ({old['bytes']} -> {new.size_bytes} bytes)")
+        elif new.problem is None and mtimes.get(source) != new.mtime_ns:
+            try:
+                same = file_digest(filesystem, new.path) == old["sha256"]
+            except OSError:
+                same = False
+            if not same:
+                changes.append(f"modified {source} (same size, other content)")
+    return changes
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from pipeline.config import ConfigError, _Strict, validate_yaml
+from pipeline.safe_paths import check_safe_name
 from stages.mix import PLAN_VERSION, ComponentConfig, component_targets
 
 LONG_DOCS = "long_docs"
@@ -69,7 +70,8 @@ class PackingConfig(_Strict):
 
 class PhaseConfig(_Strict):
     name: str = Field(min_length=1)
-    """Names the phase: its output folder, plan file and manifest."""
+    """Names the phase: its output folder, plan file and manifest; so a safe name
+    (letters, digits, '.', '_', '-', starting with a letter or digit)."""
 
     tokens: int
     """Token budget (tokens in use, padding excluded): 20T, 80B, 500M, 1.5k or an integer."""
@@ -94,6 +96,11 @@ class PhaseConfig(_Strict):
 
     long_doc_max_epochs: float = Field(default=1.0, gt=0)
     """Passes over the long documents allowed to fill their share."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_safe_name(value)
 
     @field_validator("tokens", mode="before")
     @classmethod

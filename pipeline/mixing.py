@@ -47,6 +47,7 @@ from model_hooks.shard_format import (
     write_shard,
 )
 from pipeline.mix_config import Mix, Phase, check_against_data
+from pipeline.safe_paths import inside
 from pipeline.shards import parquet_bytes, resolve_filesystem, write_json_atomic
 from pipeline.tokenizing import read_index, read_tokenized_manifest
 from stages.mix import PLAN_SCHEMA, phase_plan, stable_seed
@@ -86,11 +87,13 @@ class PhaseJob:
 
 
 def plan_path(out_dir: str, phase: str) -> str:
-    return str(Path(out_dir) / "plans" / f"{phase}.parquet")
+    """``OUT/plans/<phase>.parquet``; ValueError if a phase name would leave OUT/plans."""
+    return inside(str(Path(out_dir) / "plans"), f"{phase}.parquet")
 
 
 def phase_dir(out_dir: str, phase: str) -> str:
-    return str(Path(out_dir) / "packed" / phase)
+    """``OUT/packed/<phase>``; ValueError if a phase name would leave OUT/packed."""
+    return inside(str(Path(out_dir) / "packed"), phase)
 
 
 def write_plan(path: str, plan: pa.Table) -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -33,6 +34,7 @@ from pipeline.curate import (
     documents_fingerprint,
     documents_pass_done,
     finalize_shard,
+    input_changes,
     step_fingerprints,
 )
 from pipeline.global_steps import build_global_steps, decision_done
@@ -42,11 +44,13 @@ from pipeline.ledger import (
     merge_stage_counts,
     render_funnel,
 )
+from pipeline.safe_paths import delete_owned_files
 from pipeline.shards import (
     Shard,
     list_input,
     plan_shards,
     read_json,
+    resolve_filesystem,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -64,6 +68,9 @@ class CurateResult:
     shards_run: int
     shards_skipped: int
     seconds: float
+    input_changes: list[str] = field(default_factory=list)
+    """What changed in the input since the shards' done markers were written (those
+    shards were run again); empty on a first run or an unchanged rerun."""
 
 
 def plan(config: CurateConfig) -> list[Shard]:
@@ -71,7 +78,7 @@ def plan(config: CurateConfig) -> list[Shard]:
     listings = []
     for index, spec in enumerate(config.inputs):
         try:
-            _, files = list_input(spec.path, spec.name or spec.path)
+            _, files = list_input(spec.path, spec.name or spec.path, spec.follow_symlinks_outside)
         except (FileNotFoundError, OSError) as exc:
             raise ConfigError(f"inputs[{index}].path: {exc}") from exc
         listings.append(files)
@@ -86,6 +93,21 @@ def check_requirements(config: CurateConfig) -> None:
         missing = missing_requirements(stage_class)
         if missing:
             raise ConfigError(f"stages.{name} needs: pip install {' '.join(missing)}")
+
+
+LOOPBACK = "127.0.0.1"
+EMBEDDED_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _loopback_only() -> None:
+    """Keep an embedded Ray on 127.0.0.1. Ray's servers bind to loopback only when the
+    node address is 127.0.0.1, and Ray swaps 127.0.0.1 for the machine's address unless
+    multi-node mode is off: its flag is read from the environment when ``ray`` is first
+    imported (so the driver's copy is set here too) and by every process Ray starts."""
+    from ray._private import ray_constants
+
+    os.environ.update(EMBEDDED_LOOPBACK_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def init_ray(
@@ -109,11 +131,13 @@ def init_ray(
             # session, and address="local" keeps a cluster someone started on this
             # machine from being joined by accident (--address / RAY_ADDRESS do that).
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            _loopback_only()
             ray.init(
                 address="local",
                 num_cpus=num_cpus,
                 object_store_memory=object_store_memory_bytes,
                 include_dashboard=False,
+                _node_ip_address=LOOPBACK,
             )
     DataContext.get_current().enable_progress_bars = os.environ.get("PIPELINE_PROGRESS", "1") != "0"
 
@@ -217,7 +241,9 @@ def _finalized(layout: RunLayout, shard: int, fingerprint: str | None) -> bool:
 
 
 def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) -> None:
-    """A folder belongs to one configuration: refuse to mix outputs of two."""
+    """A folder belongs to one configuration: refuse to mix outputs of two. With
+    ``overwrite``, only the files a curation run writes are deleted (RunLayout.owns);
+    anything else in the folder stays, and is named in the log."""
     fs = layout.filesystem
     run_file = layout.path("run.json")
     previous = read_json(fs, run_file)
@@ -228,15 +254,67 @@ def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) 
                 f"output_dir {config.output_dir} holds a run of another configuration; "
                 "choose a new output_dir or pass --overwrite"
             )
-        fs.delete_dir_contents(layout.root)
+        deleted, foreign = delete_owned_files(fs, layout.root, RunLayout.owns)
+        log.info("--overwrite: deleted %d files of the previous run", deleted)
+        if foreign:
+            log.warning(
+                "--overwrite kept %d files this project did not write: %s",
+                len(foreign),
+                ", ".join(foreign[:10]),
+            )
     try:
         write_json_atomic(
             fs,
             run_file,
-            {"config_fingerprint": fingerprint, "config": config.model_dump(mode="json")},
+            {"config_fingerprint": fingerprint, "config": config.portable_dump()},
         )
     except OSError as exc:  # a file in the way, no permission: a config problem, pre-Ray
         raise ConfigError(f"output_dir: cannot write to {config.output_dir}: {exc}") from exc
+
+
+_SHARD_FILE = re.compile(r"(?:[a-z_]+-)?(?:shard-)?(\d{5})\.(?:parquet|json)")
+
+
+def _invalidate_changed_shards(
+    layout: RunLayout, config: CurateConfig, shards: list[Shard]
+) -> list[str]:
+    """Compare each done shard's recorded input files with the plan: a shard whose files
+    were added, removed or modified loses its pass-1 marker (it runs again, and every
+    global decision and final shard after it, through the fingerprint chain); the
+    files of shards the plan no longer has are deleted. Returns what changed."""
+    listing_path = layout.path("work", "inputs.json")  # source -> mtime_ns, last run's
+    listed_before = read_json(layout.filesystem, listing_path)
+    listed_now = {file.source: file.mtime_ns for shard in shards for file in shard.files}
+    changes: list[str] = []
+    if listed_before is not None:
+        changes += [f"added {s}" for s in sorted(set(listed_now) - set(listed_before))]
+        changes += [f"removed {s}" for s in sorted(set(listed_before) - set(listed_now))]
+    for shard in shards:
+        stats = documents_pass_done(layout, shard.index)
+        if stats is None:
+            continue
+        filesystem, _ = resolve_filesystem(config.inputs[shard.input_index].path)
+        found = input_changes(stats.get("inputs"), shard, filesystem, listed_before or {})
+        if found:  # added and removed files are named above, once, not per shard
+            changes += [c for c in found if not c.startswith(("added ", "removed "))]
+            changes.append(f"shard {shard.index}: its input files changed, run again")
+            layout.filesystem.delete_file(layout.work_stats(shard.index))
+    dropped = set()
+    for folder in ("docs", "stats", "rejects", "work/documents"):
+        selector = pafs.FileSelector(layout.path(folder), allow_not_found=True)
+        for entry in layout.filesystem.get_file_info(selector):
+            match = _SHARD_FILE.fullmatch(posixpath.basename(entry.path))
+            relative = posixpath.relpath(entry.path, layout.root)
+            if match and int(match.group(1)) >= len(shards) and RunLayout.owns(relative):
+                layout.filesystem.delete_file(entry.path)
+                dropped.add(int(match.group(1)))
+    changes.extend(
+        f"shard {index}: no longer planned, its files deleted" for index in sorted(dropped)
+    )
+    for change in changes:
+        log.warning("input changed since the last run: %s", change)
+    write_json_atomic(layout.filesystem, listing_path, dict(sorted(listed_now.items())))
+    return changes
 
 
 def run_curate(
@@ -244,10 +322,14 @@ def run_curate(
 ) -> CurateResult:
     """Plan, then run the three passes; returns the ledger (also written to disk)."""
     started = time.monotonic()
+    problem = config.placement_problem()  # load_curate_config checks too; library callers
+    if problem is not None:
+        raise ConfigError(f"output_dir: {problem}")
     check_requirements(config)
     shards = plan(config)
     layout = RunLayout.for_output(config.output_dir)
     _claim_output_dir(layout, config, overwrite)
+    changes = _invalidate_changed_shards(layout, config, shards)
     init_ray(address, config.ray.num_cpus, config.ray.object_store_memory_bytes)
 
     pending = [s.index for s in shards if documents_pass_done(layout, s.index) is None]
@@ -318,4 +400,5 @@ def run_curate(
         len(pending),
         len(shards) - len(pending),
         time.monotonic() - started,
+        changes,
     )

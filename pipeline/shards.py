@@ -12,11 +12,14 @@ exists for a complete shard.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import io
 import json
+import os
 import posixpath
+import stat
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +33,26 @@ from stages.readers import reader_kind
 GLOB_CHARACTERS = set("*?[")
 
 
+# Why an entry of an input folder is listed but cannot be read: each becomes one
+# rejected row (stage "read") in the ledger, so input = kept + rejected + errors still
+# counts every entry that looked like input.
+REASON_DANGLING_SYMLINK = "dangling_symlink"
+REASON_SYMLINK_LOOP = "symlink_loop"
+REASON_SYMLINK_OUTSIDE = "symlink_outside_input"
+REASON_FIFO = "fifo"
+REASON_SOCKET = "socket"
+REASON_DEVICE = "device_file"
+REASON_NON_UTF8_NAME = "non_utf8_filename"
+REASON_UNLISTABLE = "unlistable_folder"
+
+
 @dataclass(frozen=True, slots=True)
 class InputFile:
     path: str  # path inside its filesystem
     source: str  # input name + path relative to the input root: stable across mounts
     size_bytes: int
+    mtime_ns: int = 0  # recorded in the shard's done marker: a changed file is noticed
+    problem: str | None = None  # a REASON_* above: listed, never opened
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +64,11 @@ class Shard:
     @property
     def size_bytes(self) -> int:
         return sum(f.size_bytes for f in self.files)
+
+    def listing(self) -> list[list[Any]]:
+        """``[source, size, mtime_ns, problem]`` per file: what a done marker records,
+        so a rerun can tell whether the shard's input is still the same."""
+        return [[f.source, f.size_bytes, f.mtime_ns, f.problem] for f in self.files]
 
 
 def resolve_filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
@@ -64,10 +87,35 @@ def _split_glob(path: str) -> tuple[str, str | None]:
     return path, None
 
 
-def list_input(path: str, name: str) -> tuple[pafs.FileSystem, list[InputFile]]:
-    """The readable files of one input spec, sorted. Raises FileNotFoundError if none."""
+def list_input(
+    path: str, name: str, follow_symlinks_outside: bool = False
+) -> tuple[pafs.FileSystem, list[InputFile]]:
+    """The files of one input spec, sorted by source; entries that look like input but
+    cannot be read (see the REASON_* constants) are listed with their ``problem``.
+    Raises FileNotFoundError if nothing matches."""
     filesystem, inner = resolve_filesystem(path)
     base, pattern = _split_glob(inner)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        files = _list_local(base, pattern, name, follow_symlinks_outside)
+    else:
+        files = _list_remote(filesystem, base, pattern, name)
+    if not files:
+        raise FileNotFoundError(f"input {name!r}: no readable files match {path}")
+    return filesystem, sorted(files, key=lambda f: f.source)
+
+
+def _wanted(relative: str, pattern: str | None) -> bool:
+    """The glob decides when there is one; otherwise the file must have a reader (a
+    folder may hold files we do not read: READMEs without .txt, images)."""
+    if pattern is not None:
+        return fnmatch.fnmatchcase(relative, pattern)
+    return reader_kind(relative) is not None
+
+
+def _list_remote(
+    filesystem: pafs.FileSystem, base: str, pattern: str | None, name: str
+) -> list[InputFile]:
+    """Object stores and other pyarrow filesystems: no symlinks, no special files."""
     info = filesystem.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {name!r}: {base} does not exist")
@@ -81,14 +129,148 @@ def list_input(path: str, name: str) -> tuple[pafs.FileSystem, list[InputFile]]:
         if entry.type != pafs.FileType.File:
             continue
         relative = posixpath.relpath(entry.path, base)
-        if pattern is not None and not fnmatch.fnmatchcase(relative, pattern):
-            continue
-        if pattern is None and reader_kind(entry.path) is None:
-            continue  # a folder may hold files we do not read (READMEs without .txt, images)
-        files.append(InputFile(entry.path, f"{name}/{relative}", entry.size or 0))
-    if not files:
-        raise FileNotFoundError(f"input {name!r}: no readable files match {path}")
-    return filesystem, sorted(files, key=lambda f: f.source)
+        if _wanted(relative, pattern):
+            mtime = entry.mtime_ns or 0
+            files.append(InputFile(entry.path, f"{name}/{relative}", entry.size or 0, mtime))
+    return files
+
+
+def _list_local(base: str, pattern: str | None, name: str, follow_outside: bool) -> list[InputFile]:
+    """Walk a local input folder once per real folder, names as bytes.
+
+    Symlinks are followed only when they resolve inside the input root (or anywhere with
+    ``follow_outside``); a folder reached twice (a link to an ancestor, two links to one
+    folder) is walked once, and a file reached through several links is listed once, so
+    the work is bounded by the number of real entries. Dangling links, link loops,
+    links pointing out, FIFOs, sockets, devices and names that are not UTF-8 are listed
+    with a problem instead of being read or skipped silently."""
+    try:
+        top = os.stat(base)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"input {name!r}: {base} does not exist") from None
+    if stat.S_ISREG(top.st_mode) and pattern is None:
+        relative = posixpath.basename(base)
+        return [InputFile(base, f"{name}/{relative}", top.st_size, top.st_mtime_ns)]
+    if not stat.S_ISDIR(top.st_mode):
+        raise FileNotFoundError(f"input {name!r}: {base} is not a file or a folder")
+    root_real = os.path.realpath(base)
+    walker = _LocalWalker(base, root_real, pattern, name, follow_outside)
+    walker.walk(os.fsencode(base), b"", top)
+    return walker.files
+
+
+class _LocalWalker:
+    """State of one ``_list_local`` walk: folders seen (device, inode), files seen."""
+
+    def __init__(
+        self, base: str, root_real: str, pattern: str | None, name: str, follow_outside: bool
+    ) -> None:
+        self.base, self.root_real, self.pattern, self.name = base, root_real, pattern, name
+        self.follow_outside = follow_outside
+        self.folders_seen: set[tuple[int, int]] = set()
+        self.files_seen: set[tuple[int, int]] = set()
+        self.files: list[InputFile] = []
+        self.links: list[tuple[bytes, bytes]] = []  # symlinks met, followed after
+
+    def walk(self, folder: bytes, relative: bytes, info: os.stat_result) -> None:
+        """Real folders first, links after: a file or folder reachable both directly
+        and through a link is listed under its own name, whatever the name order."""
+        pending = [(folder, relative, info)]
+        while pending or self.links:
+            if not pending:
+                links, self.links = self.links, []
+                for link, link_relative in links:
+                    child = self._entry(link, link_relative, follow=True)
+                    if child is not None:
+                        pending.append(child)
+                pending.reverse()
+                continue
+            folder, relative, info = pending.pop()
+            if (info.st_dev, info.st_ino) in self.folders_seen:
+                continue  # a loop, or a second link to a folder already walked
+            self.folders_seen.add((info.st_dev, info.st_ino))
+            try:
+                with os.scandir(folder) as scan:
+                    entries = sorted(scan, key=lambda entry: entry.name)
+            except OSError as exc:
+                self._problem(relative or b".", f"{REASON_UNLISTABLE}:{exc.errno}", force=True)
+                continue
+            found = []
+            for entry in entries:
+                entry_relative = relative + b"/" + entry.name if relative else entry.name
+                child = self._entry(entry.path, entry_relative)
+                if child is not None:
+                    found.append(child)
+            pending.extend(reversed(found))  # depth first, in name order
+
+    def _entry(self, full: bytes, relative: bytes, follow: bool = False) -> tuple | None:
+        """List one entry; return (folder, relative, stat) when it is a folder to walk.
+        A symlink is put aside until the real entries are walked (``follow`` then)."""
+        try:
+            own = os.lstat(full)
+        except OSError:
+            return None  # vanished since the folder was listed
+        if stat.S_ISLNK(own.st_mode) and not follow:
+            self.links.append((full, relative))
+            return None
+        if stat.S_ISLNK(own.st_mode):
+            try:
+                info = os.stat(full)
+            except FileNotFoundError:
+                return self._problem(relative, REASON_DANGLING_SYMLINK)
+            except OSError as exc:  # ELOOP: a link to itself, or a cycle of links
+                reason = (
+                    REASON_SYMLINK_LOOP if exc.errno == errno.ELOOP else REASON_DANGLING_SYMLINK
+                )
+                return self._problem(relative, reason)
+            target = os.path.realpath(os.fsdecode(full))
+            inside_root = target == self.root_real or target.startswith(
+                self.root_real.rstrip("/") + "/"
+            )
+            if not inside_root and not self.follow_outside:
+                # Never read: a link to /etc/passwd must not end up in the rejects' snippets.
+                return self._problem(
+                    relative, REASON_SYMLINK_OUTSIDE, force=stat.S_ISDIR(info.st_mode)
+                )
+        else:
+            info = own
+        if stat.S_ISDIR(info.st_mode):
+            return (full, relative, info)
+        if stat.S_ISREG(info.st_mode):
+            if (info.st_dev, info.st_ino) in self.files_seen:
+                return None  # the same file through another link: listed once
+            text = self._decoded(relative)
+            if text is None:
+                return self._problem(relative, REASON_NON_UTF8_NAME)
+            if _wanted(text, self.pattern):
+                self.files_seen.add((info.st_dev, info.st_ino))
+                path = posixpath.join(self.base, text)
+                self.files.append(
+                    InputFile(path, f"{self.name}/{text}", info.st_size, info.st_mtime_ns)
+                )
+            return None
+        if stat.S_ISFIFO(info.st_mode):
+            return self._problem(relative, REASON_FIFO)
+        if stat.S_ISSOCK(info.st_mode):
+            return self._problem(relative, REASON_SOCKET)
+        return self._problem(relative, REASON_DEVICE)
+
+    @staticmethod
+    def _decoded(relative: bytes) -> str | None:
+        try:
+            return relative.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    def _problem(self, relative: bytes, reason: str, force: bool = False) -> None:
+        """List an entry that cannot be read, if its name is one the input would read
+        (``force``: always, for folders); a name that is not UTF-8 is shown escaped."""
+        text = relative.decode("utf-8", "backslashreplace")
+        if force or _wanted(text, self.pattern):
+            problem = REASON_NON_UTF8_NAME if self._decoded(relative) is None else reason
+            source = f"{self.name}/{text}"
+            self.files.append(InputFile(posixpath.join(self.base, text), source, 0, 0, problem))
+        return None
 
 
 def plan_shards(inputs: list[list[InputFile]], shard_input_bytes: int) -> list[Shard]:

@@ -36,6 +36,7 @@ from pipeline.config import (
     _Strict,
     validate_yaml,
 )
+from pipeline.safe_paths import output_problem
 from pipeline.shards import (
     read_json,
     resolve_filesystem,
@@ -85,13 +86,17 @@ def load_tokenize_config(path: str | Path) -> TokenizeRunConfig:
     tokenizer = config.tokenizer.model_copy(
         update={"tokenizer_path": _resolve_relative(config.tokenizer.tokenizer_path, base)}
     )
-    return config.model_copy(
+    config = config.model_copy(
         update={
             "curated_dir": _resolve_relative(config.curated_dir, base),
             "output_dir": _resolve_relative(config.output_dir, base),
             "tokenizer": tokenizer,
         }
     )
+    problem = output_problem(config.output_dir, [("curated_dir", config.curated_dir)])
+    if problem is not None:
+        raise ConfigError(f"{path}: output_dir: {problem}")
+    return config
 
 
 def curated_shards(curated_dir: str) -> list[dict[str, Any]]:

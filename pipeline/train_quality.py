@@ -22,10 +22,14 @@ held-out precision/recall and the files' digests).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import random
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +38,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import ConfigError, validate_yaml
+from pipeline.safe_paths import output_problem
 from pipeline.shards import list_input
 from stages.base import DROP_REASON, apply_to_live_rows
 from stages.extract import Extract, ExtractConfig
@@ -48,10 +53,34 @@ LM_FILE = "fluency_lm.npz"
 WORD_MODEL_FILE = "fluency_words.npz"
 # fasttext-numpy2 0.10.4 initialises only the first ``thread`` tenths of the input matrix
 # (one tenth per thread); the rest keeps whatever the allocator handed out, and training
-# then diverges to NaN or learns nothing, depending on the run (measured here). Eleven
-# threads cover every tenth plus the remainder. The price: hogwild training, so two
-# trainings of one config differ slightly (held-out scores by about 0.01).
-_TRAIN_THREADS = 11
+# then diverges to NaN or learns nothing, depending on the run (measured here). With 11
+# threads every tenth is initialised, but training is hogwild: two trainings of one
+# config differ, and so does everything downstream (curated shards, tokenizer, plans,
+# checkpoints). So training runs on one thread while glibc fills every block it hands
+# out with zeros (mallopt M_PERTURB): the nine uninitialised tenths start at zero, the
+# first tenth from the seed, and the same config gives the same model bytes.
+_TRAIN_THREADS = 1
+_HOGWILD_THREADS = 11  # only where the allocator cannot be told (not glibc)
+_M_PERTURB = -6  # glibc mallopt: allocations are filled with (byte ^ 0xff), frees with byte
+_PERTURB_ZERO_FILL = 0xFF
+
+
+@contextlib.contextmanager
+def _zero_filled_allocations() -> Iterator[bool]:
+    """While open, glibc fills every block malloc returns with zeros (freed blocks with
+    0xff), so a matrix fastText leaves partly uninitialised starts at zero instead of
+    at the heap's leftovers (which hold pointers: they differ on every run). Yields
+    False where mallopt is unavailable (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        zeroed = bool(mallopt(_M_PERTURB, _PERTURB_ZERO_FILL))
+    except (OSError, AttributeError):
+        yield False
+        return
+    try:
+        yield zeroed
+    finally:
+        mallopt(_M_PERTURB, 0)
 
 
 class _Strict(BaseModel):
@@ -152,13 +181,19 @@ def load_train_config(path: str | Path) -> TrainQualityConfig:
             resolved.append(spec)
         return resolved
 
-    return config.model_copy(
+    config = config.model_copy(
         update={
             "positive": sources("positive", config.positive),
             "negative": sources("negative", config.negative),
             "output_dir": resolve(config.output_dir),
         }
     )
+    inputs = [(f"positive[{i}].path", spec.path) for i, spec in enumerate(config.positive)]
+    inputs += [(f"negative[{i}].path", spec.path) for i, spec in enumerate(config.negative)]
+    problem = output_problem(config.output_dir, inputs)
+    if problem is not None:
+        raise ConfigError(f"{path}: output_dir: {problem}")
+    return config
 
 
 def read_documents(spec: SourceSpec, config: TrainQualityConfig) -> list[tuple[str, str]]:
@@ -167,7 +202,8 @@ def read_documents(spec: SourceSpec, config: TrainQualityConfig) -> list[tuple[s
         filesystem, files = list_input(spec.path, spec.name or spec.path)
     except (FileNotFoundError, OSError) as exc:
         raise ConfigError(f"source {spec.name!r}: {exc}") from exc
-    table = read_shard([(f.path, f.source) for f in files], 0, filesystem, config.reader)
+    readable = [(f.path, f.source) for f in files if f.problem is None]  # no FIFOs, no links out
+    table = read_shard(readable, 0, filesystem, config.reader)
     table = table.filter(pc.is_null(table.column(DROP_REASON)))
     if spec.max_documents is not None and table.num_rows > spec.max_documents:
         rows = random.Random(f"{config.seed}:{spec.name}").sample(
@@ -231,10 +267,11 @@ def _train_fasttext(positives: list[str], negatives: list[str], config: TrainQua
     lines = [f"{LABEL_POSITIVE} {model_text(t, config.example_chars)}" for t in positives]
     lines += [f"{LABEL_NEGATIVE} {model_text(t, config.example_chars)}" for t in negatives]
     random.Random(f"{config.seed}:shuffle").shuffle(lines)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _zero_filled_allocations() as zeroed:
         train_file = Path(tmp) / "train.txt"
         train_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        common = {"epoch": params.epoch, "lr": params.lr, "thread": _TRAIN_THREADS}
+        threads = _TRAIN_THREADS if zeroed else _HOGWILD_THREADS
+        common = {"epoch": params.epoch, "lr": params.lr, "thread": threads}
         model = fasttext.train_supervised(
             input=str(train_file), wordNgrams=params.word_ngrams, dim=params.dim,
             bucket=params.bucket, minCount=params.min_count, seed=config.seed, verbose=0,
@@ -242,6 +279,7 @@ def _train_fasttext(positives: list[str], negatives: list[str], config: TrainQua
         )  # fmt: skip
         if params.quantize:
             model.quantize(input=str(train_file), qnorm=True, retrain=False, verbose=0, **common)
+    model.training_threads = threads  # 1: reproducible; more: hogwild (quality.json says)
     return model
 
 
@@ -288,6 +326,7 @@ def train_quality(config: TrainQualityConfig) -> dict[str, Any]:
             "heldout": {"positive": len(pos_held), "negative": len(neg_held)},
         },
         "heldout": [precision_recall(scores, labels, t) for t in config.thresholds],
+        "training_threads": model.training_threads,
     }
     files = [model_file]
     if config.fluency_lm_order is not None:

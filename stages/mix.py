@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
+from pipeline.safe_paths import check_safe_name
 from stages.base import StageConfig
 
 # Bump when the sampler or the packer would give other output for the same inputs:
@@ -58,7 +59,8 @@ class ComponentConfig(StageConfig):
     Selection keys combine with AND; a list inside a key means any of its values."""
 
     name: str = Field(min_length=1)
-    """Names the component in errors, plans and the manifest."""
+    """Names the component in errors, plans and the manifest (a safe name: letters,
+    digits, '.', '_', '-')."""
 
     weight: float = Field(gt=0, le=1)
     """Share of the phase's tokens this component provides."""
@@ -87,6 +89,11 @@ class ComponentConfig(StageConfig):
 
     min_doc_tokens: int | None = Field(default=None, gt=0)
     """Only documents of at least this many tokens (long-context data)."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_safe_name(value)
 
     @field_validator("domain", "source", "language", "format", mode="before")
     @classmethod

@@ -28,6 +28,14 @@ def _with(extra: str) -> str:
     return GOOD + extra
 
 
+# A 500-byte "billion laughs": nine levels of nine aliases, 9**9 strings once expanded.
+BILLION_LAUGHS = (
+    'lol0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(f"lol{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]\n" for n in range(1, 9))
+    + GOOD
+)
+
+
 # (id, config text, fragments the message must hold besides the file path)
 CASES = [
     # wrong types
@@ -76,7 +84,7 @@ CASES = [
      ["inputs[0].path", "nowhere", "does not exist"]),
     ("input-glob-matches-nothing", GOOD.replace("path: data", "path: data/*.warc.gz"),
      ["inputs[0].path", "no readable files"]),
-    ("output-dir-is-a-file", GOOD.replace("output_dir: out", "output_dir: data/a.txt"),
+    ("output-dir-is-a-file", GOOD.replace("output_dir: out", "output_dir: config.yaml"),
      ["output_dir", "cannot write"]),
     # YAML that must not load
     ("python-tag-top", "!!python/object/apply:os.system ['true']\n", ["safe_load refuses"]),
@@ -89,6 +97,28 @@ CASES = [
     ("syntax-error", "inputs: [\n", ["not valid YAML"]),
     ("top-level-list", "- a\n- b\n", ["expected a mapping"]),
     ("empty-file", "", ["expected a mapping"]),
+    # bounded loading (issue 15, F5 / F6): each a clean exit 2 naming the key
+    ("billion-laughs", BILLION_LAUGHS, ["lol0", "anchors and aliases are refused"]),
+    ("alias", _with("reader: {text_field: &t body, id_field: *t}\n"),
+     ["reader.text_field", "anchors and aliases are refused"]),
+    ("deep-nesting", _with("reader: " + "[" * 5000 + "]" * 5000 + "\n"),
+     ["reader[0][0]", "nesting deeper than 64"]),
+    ("huge-integer", _with("shard_input_bytes: " + "9" * 5000 + "\n"),
+     ["shard_input_bytes", "integer of 5000 digits"]),
+    ("binary-tag", _with("reader: {text_field: !!binary aGVsbG8=}\n"),
+     ["reader.text_field", "tag:yaml.org,2002:binary is refused"]),
+    ("set-tag", _with("stages: {langid: {languages: !!set {en: null}}}\n"),
+     ["stages.langid.languages", "tag:yaml.org,2002:set is refused"]),
+    ("timestamp", _with("reader: {text_field: 2024-01-01}\n"),
+     ["reader.text_field", "timestamp is refused", "quote a value"]),
+    ("ftp-input", GOOD.replace("path: data", "path: ftp://host/crawl"),
+     ["inputs[0].path", "ftp:// is not a filesystem"]),
+    ("http-output", GOOD.replace("output_dir: out", "output_dir: http://host/out"),
+     ["output_dir", "http:// is not a filesystem"]),
+    ("output-in-etc", GOOD.replace("output_dir: out", "output_dir: /etc/curated"),
+     ["output_dir", "system folder /etc", "allow_system_output_dir"]),
+    ("output-is-input", GOOD.replace("output_dir: out", "output_dir: data"),
+     ["output_dir", "same folder as inputs[0].path"]),
 ]  # fmt: skip
 
 
@@ -143,8 +173,12 @@ def test_unreadable_config_file(ray_must_not_start, tmp_path, capsys, case, frag
 
 
 @pytest.mark.parametrize(
-    "case", ["shard-size-bool", "input-path-missing", "python-tag-top", "num-cpus-zero"]
-)
+    "case",
+    [
+        "shard-size-bool", "input-path-missing", "python-tag-top", "num-cpus-zero",
+        "billion-laughs", "deep-nesting", "huge-integer", "ftp-input",
+    ],
+)  # fmt: skip
 def test_real_command_exits_2_and_leaves_ray_alone(tmp_path, case):
     text, fragments = next(c[1:] for c in CASES if c[0] == case)
     path = _write_case(tmp_path, text)
