@@ -20,8 +20,17 @@ from pathlib import Path
 from model_hooks.shard_format import PhaseManifest
 from pipeline import report_plots as plots
 from pipeline.report_data import Corpus, Funnel, RunData, load_run
-from pipeline.report_html import Num, figure, missing, page, para, table
+from pipeline.report_filters import breakdown_section, reason_examples, scores_section
+from pipeline.report_html import Num, details, figure, missing, page, para, table
 from pipeline.report_training import expert_section, training_section
+from pipeline.report_verdict import (
+    Verdict,
+    expert_target_verdict,
+    funnel_verdicts,
+    grad_ratio_verdict,
+    padding_verdicts,
+    verdict_box,
+)
 
 REPORT_NAME = "report.html"
 
@@ -95,13 +104,19 @@ def funnel_section(data: RunData) -> str:
             ),
             "Documents into and out of every stage",
         ),
-        table(
+        details(
+            f"The identity, check by check ({len(checks)} checks, "
+            f"{sum(a != b for _, a, b in checks)} failing)",
+            table(
+                "identity",
+                ["check", "left", "right", "holds"],
+                [[c, Num(a), Num(b), "yes" if a == b else "NO"] for c, a, b in checks],
+            ),
             "identity",
-            ["check", "left", "right", "holds"],
-            [[c, Num(a), Num(b), "yes" if a == b else "NO"] for c, a, b in checks],
         ),
     ]
     parts.extend(_reason_parts(funnel))
+    parts.append(reason_examples(data))
     parts.append(_downstream_table(data))
     return "\n".join(parts)
 
@@ -117,6 +132,7 @@ def _reason_parts(funnel: Funnel) -> list[str]:
     if not rows:
         return [para("No document was rejected.")]
     sink = funnel.reject_rows
+    run_input = stages[funnel.order[0]]["input"]
     cells = [
         [
             stage,
@@ -124,14 +140,16 @@ def _reason_parts(funnel: Funnel) -> list[str]:
             "error" if error else "rejected",
             Num(n),
             Num(sink.get((stage, reason), 0) if sink is not None else None),
+            Num(n / stages[stage]["input"] if stages[stage]["input"] else None, 4),
+            Num(n / run_input if run_input else None, 4),
         ]
         for stage, reason, n, error in rows
     ]
+    headers = ["stage", "reason", "kind", "documents (ledger)", "rows in rejects/",
+               "share of the stage's input", "share of the run's input"]  # fmt: skip
     return [
-        figure(plots.reasons(rows), "Rejects by reason (hatched: errors)"),
-        table(
-            "reasons", ["stage", "reason", "kind", "documents (ledger)", "rows in rejects/"], cells
-        ),
+        figure(plots.reasons(rows), "Rejects by reason, one colour per stage (hatched: errors)"),
+        table("reasons", headers, cells),
     ]
 
 
@@ -335,17 +353,40 @@ def packing_section(data: RunData) -> str:
 
 SECTIONS = {
     "funnel": ("1. Funnel", funnel_section),
-    "corpus": ("2. Corpus", corpus_section),
-    "mix": ("3. Mix", mix_section),
-    "packing": ("4. Packing", packing_section),
-    "training": ("5. Training", training_section),
-    "experts": ("6. Expert allocation by domain and layer", expert_section),
+    "breakdown": ("2. Kept and rejected by language, input and host", breakdown_section),
+    "scores": ("3. Scores against thresholds", scores_section),
+    "corpus": ("4. Corpus", corpus_section),
+    "mix": ("5. Mix", mix_section),
+    "packing": ("6. Packing", packing_section),
+    "training": ("7. Training", training_section),
+    "experts": ("8. Expert allocation by domain and layer", expert_section),
 }
+
+
+def verdicts(data: RunData) -> list[Verdict]:
+    """The box at the top: accounting, largest drops, eaten languages, training, packing."""
+    holds = totals = None
+    if data.funnel is not None and data.funnel.order:
+        checks = identity_checks(data.funnel)
+        holds = all(left == right for _, left, right in checks)
+        run = next(check for check in checks if check[0].startswith("run:"))
+        totals = (run[1], run[2])
+    found = funnel_verdicts(data, holds, totals)
+    target = (data.model_config or {}).get("target_ffn_experts")
+    target = next(
+        (r["target_ffn_experts"] for r in data.metrics if "target_ffn_experts" in r), target
+    )
+    for verdict in (grad_ratio_verdict(data.metrics), expert_target_verdict(data.metrics, target)):
+        if verdict is not None:
+            found.append(verdict)
+    found.extend(padding_verdicts(data))
+    return found
 
 
 def render(data: RunData) -> str:
     sections = [(key, heading, build(data)) for key, (heading, build) in SECTIONS.items()]
-    return page(f"Run report: {data.run_dir.name}", str(data.run_dir), sections)
+    lead = verdict_box(verdicts(data))
+    return page(f"Run report: {data.run_dir.name}", str(data.run_dir), sections, lead)
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

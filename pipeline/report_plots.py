@@ -16,13 +16,33 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 # Fixed colours for the pipeline's domains, so a domain looks the same in every plot.
 DOMAIN_COLOURS = {"web": "#4C78A8", "stem": "#F58518", "code": "#54A24B", "books": "#B279A2"}
 OTHER_COLOURS = ("#E45756", "#72B7B2", "#EECA3B", "#9D755D", "#BAB0AC", "#FF9DA6")
 PAD_COLOUR = "#D9D9D9"
+KEPT_COLOUR, DROPPED_COLOUR, THRESHOLD_COLOUR = "#4C78A8", "#E45756", "#222222"
 DPI = 100
+
+
+def stage_colours(stages: Sequence[str]) -> dict[str, str]:
+    """One distinct colour per stage (matplotlib's 20 tab20 colours, darker shades
+    first), so no two stages of a funnel share a colour."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"].colors
+    order = [*palette[0::2], *palette[1::2]]
+    return {s: _hex(order[i % len(order)]) for i, s in enumerate(stages)}
+
+
+def _hex(rgb: Sequence[float]) -> str:
+    return "#" + "".join(f"{round(c * 255):02X}" for c in rgb[:3])
+
+
+def integer_counts(axis) -> None:
+    """Counts are whole documents: no 2.5 tick on a count axis."""
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def domain_colour(name: str, known: Sequence[str] = ()) -> str:
@@ -63,6 +83,7 @@ def funnel(stages: list[str], inputs: list[int], kept: list[int]) -> str:
         )
     ax.set_yticks(y, stages)
     ax.set_xlabel("documents")
+    integer_counts(ax.xaxis)
     ax.legend(loc="lower right")
     return to_data_uri(fig)
 
@@ -71,12 +92,13 @@ def reasons(rows: list[tuple[str, str, int, bool]]) -> str:
     """Rejected (solid) and failed (hatched) documents per reason, coloured by stage."""
     fig, (ax,) = new_figure(9, 0.32 * len(rows) + 1.3)
     stages = list(dict.fromkeys(stage for stage, *_ in rows))
-    colours = {s: OTHER_COLOURS[i % len(OTHER_COLOURS)] for i, s in enumerate(stages)}
+    colours = stage_colours(stages)
     y = np.arange(len(rows))[::-1]
     for yy, (stage, _, n, error) in zip(y, rows, strict=True):
         ax.barh(yy, n, color=colours[stage], hatch="//" if error else None, edgecolor="white")
     ax.set_yticks(y, [f"{stage}: {reason}" for stage, reason, *_ in rows], fontsize=8)
     ax.set_xlabel("documents")
+    integer_counts(ax.xaxis)
     ax.legend(handles=[Patch(color=colours[s], label=s) for s in stages], fontsize=8)
     return to_data_uri(fig)
 
@@ -91,6 +113,7 @@ def counts_bars(panels: list[tuple[str, dict[str, float], str]]) -> str:
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(unit)
+        integer_counts(ax.yaxis)
     return to_data_uri(fig)
 
 
@@ -108,6 +131,7 @@ def histograms(panels: list[tuple[str, np.ndarray, str, bool]]) -> str:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("documents")
+        integer_counts(ax.yaxis)
     return to_data_uri(fig)
 
 
@@ -118,6 +142,7 @@ def labelled_bars(counts: dict[str, int], xlabel: str, ylabel: str) -> str:
     ax.set_xticks(range(len(counts)), list(counts))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    integer_counts(ax.yaxis)
     return to_data_uri(fig)
 
 
@@ -163,7 +188,8 @@ def packing(segments: np.ndarray, example: dict | None, seq_len: int, domains: l
         hist.hist(segments, bins=edges, color="#4C78A8", edgecolor="white")
     hist.set_xlabel("segments (documents or pieces) per sequence")
     hist.set_ylabel("sequences")
-    hist.xaxis.get_major_locator().set_params(integer=True)
+    integer_counts(hist.xaxis)
+    integer_counts(hist.yaxis)
     if example:
         bounds = example["cu_seqlens"]
         for i, domain in enumerate(example["domains"]):
@@ -292,4 +318,54 @@ def heatmap(matrix: np.ndarray, domains: list[str], layers: list[str]) -> str:
                 color="black" if value > middle else "white",
             )
     fig.colorbar(image, ax=ax, label="FFN experts per token")
+    return to_data_uri(fig)
+
+
+def kept_rejected_bars(panels: list[tuple[str, list[tuple[str, int, int]]]]) -> str:
+    """Per (title, [(label, kept, rejected)]) panel: one stacked horizontal bar per label,
+    kept then rejected, so a group being eaten shows as a mostly red bar."""
+    tallest = max(len(rows) for _, rows in panels)
+    fig, axes = new_figure(4.2 * len(panels), 0.28 * tallest + 1.4, 1, len(panels))
+    for ax, (title, rows) in zip(axes, panels, strict=True):
+        y = np.arange(len(rows))[::-1]
+        kept = np.array([k for _, k, _ in rows])
+        rejected = np.array([r for _, _, r in rows])
+        ax.barh(y, kept, color=KEPT_COLOUR, label="kept")
+        ax.barh(y, rejected, left=kept, color=DROPPED_COLOUR, label="rejected")
+        ax.set_yticks(y, [label for label, *_ in rows], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("documents")
+        integer_counts(ax.xaxis)
+        ax.legend(fontsize=7, loc="lower right")
+    return to_data_uri(fig)
+
+
+def score_distributions(
+    panels: list[tuple[str, np.ndarray | None, np.ndarray, float, str]],
+) -> str:
+    """Per (title, kept scores or None, dropped scores, threshold, x label) panel: both
+    sides stacked on shared bins, the threshold drawn; "not recorded" where kept is None."""
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = new_figure(3.6 * cols, 2.7 * rows, rows, cols)
+    for ax, (title, kept, dropped, threshold, xlabel) in zip(axes, panels, strict=False):
+        sides = [("kept", kept, KEPT_COLOUR), ("dropped", dropped, DROPPED_COLOUR)]
+        drawn = [(name, v, c) for name, v, c in sides if v is not None and v.size]
+        values = np.concatenate([v for _, v, _ in drawn]) if drawn else np.array([threshold])
+        low, high = min(values.min(), threshold), max(values.max(), threshold)
+        span = high - low or max(abs(high), 1.0)
+        bins = np.linspace(low - 0.02 * span, high + 0.02 * span, 31)
+        if drawn:
+            ax.hist([v for _, v, _ in drawn], bins=bins, stacked=True,
+                    color=[c for *_, c in drawn], label=[n for n, *_ in drawn])  # fmt: skip
+        ax.axvline(threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.2,
+                   label=f"threshold {threshold:g}")  # fmt: skip
+        ax.set_title(title + ("\n(kept documents: not recorded)" if kept is None else ""),
+                     fontsize=9)  # fmt: skip
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("documents", fontsize=8)
+        integer_counts(ax.yaxis)
+        ax.legend(fontsize=7)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
     return to_data_uri(fig)

@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -31,7 +32,7 @@ from tests.report_run import DOMAINS, build_run, entry
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("REPORT_ARTIFACTS", REPO / "runs" / "test-artifacts" / "report"))
-SECTIONS = ("funnel", "corpus", "mix", "packing", "training", "experts")
+SECTIONS = ("funnel", "breakdown", "scores", "corpus", "mix", "packing", "training", "experts")
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,17 @@ class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.sections: dict[str, dict] = {}
+        self.verdicts: list[list[str]] = []  # [level, text] of the box at the top
+        self.in_verdict = False
         self.current: dict | None = None
         self.table: list | None = None
         self.cell: list | None = None
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         a = dict(attrs)
+        if tag == "li" and "data-verdict" in a:
+            self.verdicts.append([a["data-verdict"], ""])
+            self.in_verdict = True
         if tag == "section":
             self.current = {"status": a["data-status"], "images": [], "tables": {}, "text": []}
             self.sections[a["id"]] = self.current
@@ -67,6 +73,8 @@ class _Page(HTMLParser):
             return
         elif tag == "img":
             self.current["images"].append(a["src"])
+        elif tag == "details":
+            self.current.setdefault("details", []).append(a.get("data-details", ""))
         elif tag == "table":
             self.table = self.current["tables"].setdefault(a["data-table"], [])
         elif tag == "tr" and self.table is not None:
@@ -75,6 +83,9 @@ class _Page(HTMLParser):
             self.cell = ["", a.get("data-value")]
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "li" and self.in_verdict:
+            self.verdicts[-1][1] = self.verdicts[-1][1].removesuffix("details").strip()
+            self.in_verdict = False
         if tag in ("td", "th") and self.cell is not None and self.table is not None:
             self.table[-1].append(tuple(self.cell))
             self.cell = None
@@ -84,6 +95,8 @@ class _Page(HTMLParser):
             self.current = None
 
     def handle_data(self, data: str) -> None:
+        if self.in_verdict:
+            self.verdicts[-1][1] += data
         if self.cell is not None:
             self.cell[0] += data
         elif self.current is not None:
@@ -94,6 +107,12 @@ def parse(text: str) -> dict:
     page = _Page()
     page.feed(text)
     return page.sections
+
+
+def parse_verdicts(text: str) -> list[list[str]]:
+    page = _Page()
+    page.feed(text)
+    return page.verdicts
 
 
 def rows(section: dict, name: str) -> list[list]:
@@ -134,7 +153,8 @@ def test_every_section_shows_data(report) -> None:
         assert all(width >= 400 for width, _ in png_sizes(section["images"])), name
         assert any(len(t) > 1 for t in section["tables"].values()), f"{name} has no table rows"
     assert 'class="missing"' not in text  # every optional input exists in this run
-    assert "http://" not in text and "https://" not in text  # self-contained
+    # self-contained: nothing is fetched (document URLs appear only as text)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|url\(|@import""", text)
 
 
 def test_funnel_equals_the_ledger(report, run_dir: Path) -> None:
@@ -300,6 +320,9 @@ def test_page_renders_in_headless_chromium(report, tmp_path: Path) -> None:
     images = sum(len(s["images"]) for s in sections.values())
     assert f'data-images-total="{images}"' in dom.stdout, dom.stderr[-2000:]
     assert f'data-images-rendered="{images}"' in dom.stdout  # every PNG decoded
+    assert 'class="verdicts"' in dom.stdout and "<li class=" in dom.stdout  # the box at the top
+    collapsed = sum(len(s.get("details", [])) for s in sections.values())
+    assert collapsed > 10 and dom.stdout.count("<details") == collapsed
     assert dom.stdout.count("<img ") == images
     for problem in ("Uncaught", "ERROR:CONSOLE", "Not allowed to load"):
         assert problem not in dom.stderr
@@ -317,3 +340,141 @@ def test_page_renders_in_headless_chromium(report, tmp_path: Path) -> None:
     assert drawn > 0.05, f"only {drawn:.1%} of the screenshot is drawn"
     packed = picture.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
     assert len(np.unique(packed)) > 50  # coloured plots, not only text
+
+
+# -- the drill-downs, the scores and the verdicts --------------------------------------
+
+
+def _rejects(run_dir: Path) -> list[dict]:
+    return pq.read_table(run_dir / "curated" / "rejects").to_pylist()
+
+
+def test_reason_examples_are_the_rejected_documents(report, run_dir: Path) -> None:
+    """Every reason of the ledger has a collapsed block; its table lists the first rows
+    of the rejects sink for that reason, with their score and the run's threshold."""
+    funnel = report[1]["funnel"]
+    ledger = json.loads((run_dir / "curated" / "ledger.json").read_text())
+    reasons = {(s, r) for s, e in ledger["stages"].items() for kind in ("rejected", "errors")
+               for r in e[kind]}  # fmt: skip
+    assert {d for d in funnel["details"] if d.startswith("reason-")} == {
+        f"reason-{s}-{r}" for s, r in reasons
+    }
+    rejects = _rejects(run_dir)
+    for stage, reason in reasons:
+        expected = [r for r in rejects if (r["stage"], r["reason"]) == (stage, reason)][:5]
+        shown = rows(funnel, f"examples-{stage}-{reason}")
+        assert [row[0] for row in shown] == [r["id"] for r in expected]
+        assert [row[3] for row in shown] == [r["language"] or "(none)" for r in expected]
+        assert [row[4] for row in shown] == [r["score"] for r in expected]
+        assert all(row[6].startswith("rejected text") for row in shown)
+        assert all(len(row[6]) <= 301 for row in shown)  # cut, with an ellipsis
+    words = rows(funnel, "examples-heuristics-gopher_too_few_words")
+    assert {row[5] for row in words} == {40}  # the run's override of Gopher's 50
+    shares = {(r[0], r[1]): r[5:] for r in rows(funnel, "reasons")}
+    assert shares[("heuristics", "gopher_too_few_words")] == [
+        4 / ledger["stages"]["heuristics"]["input"], 4 / ledger["stages"]["read"]["input"]
+    ]  # fmt: skip
+
+
+def test_kept_and_rejected_by_language_source_and_host(report, run_dir: Path) -> None:
+    from collections import Counter
+
+    section = report[1]["breakdown"]
+    docs = pq.read_table(run_dir / "curated" / "docs").to_pylist()
+    rejects = _rejects(run_dir)
+    language = {r[0]: r[1:] for r in rows(section, "by-language")}
+    kept = Counter(d["language"] for d in docs)
+    rejected = Counter(r["language"] or "(none)" for r in rejects)
+    for value in set(kept) | set(rejected):
+        assert language[value][:2] == [kept.get(value, 0), rejected.get(value, 0)], value
+    # zh is eaten by one heuristic: the table's top reason and the verdict say so
+    assert language["zh"][3].startswith("gopher_too_few_words (4)")
+    assert "language-zh" in section["details"]
+    shown = rows(section, "lang-examples-zh-heuristics-gopher_too_few_words")
+    assert len(shown) == 3 and {row[3] for row in shown} == {"zh"}
+    source = {r[0]: r[1:3] for r in rows(section, "by-source")}
+    assert source["crawl"][1] + source["text"][1] == len(rejects)
+    assert source["crawl"][0] == sum(d["source"].startswith("crawl/") for d in docs)
+    host = {r[0]: r[1:3] for r in rows(section, "by-host")}
+    assert host["(no URL)"] == [sum(d["url"] is None for d in docs),
+                                sum(r["url"] is None for r in rejects)]  # fmt: skip
+    assert section["images"]
+
+
+def test_scores_against_the_run_thresholds(report, run_dir: Path) -> None:
+    section = report[1]["scores"]
+    table = {(r[0], r[1]): r for r in rows(section, "scores")}
+    rejects = _rejects(run_dir)
+    docs = pq.read_table(run_dir / "curated" / "docs")
+    langid = table[("langid", "language_score_below_min")]
+    assert langid[4] == 0.65 and langid[5] == docs.num_rows  # every kept doc has a score
+    assert langid[6] == sum(r["reason"] == "language_score_below_min" for r in rejects)
+    words = table[("heuristics", "gopher_too_few_words")]
+    assert words[4] == 40 and words[5] == "not recorded" and words[6] == 4
+    assert "not recorded" in words[8]
+    minhash = table[("minhash_dedup", "near_duplicate")]
+    assert minhash[4] == 0.8 and minhash[6] == 4
+    # every kept langid score is at least 0.7, every dropped one below 0.65: in the tail
+    assert langid[7] == pytest.approx(2 / (docs.num_rows + 2)) and "tail" in langid[8]
+    assert len(section["images"]) == 1
+
+
+def test_scores_verdict_sees_a_threshold_in_the_bulk() -> None:
+    from pipeline.report_scores import RuleScores, ScoredRule, scored_rules
+
+    rule = ScoredRule("quality", "quality_below_min", "P", "min_score", 0.5, True, "q")
+    inside = RuleScores(rule, np.linspace(0.5, 1.0, 50), np.linspace(0.0, 0.49, 50))
+    assert inside.verdict().startswith("cuts into the bulk") and inside.dropped_side_share() == 0.5
+    tail = RuleScores(rule, np.linspace(0.5, 1.0, 98), np.array([0.1, 0.2]))
+    assert tail.verdict().startswith("sits in the tail")
+    off = {"gopher_quality": {"max_words": None}}
+    rules = scored_rules({"heuristics": {"presets": ["gopher_quality"], "overrides": off}})
+    names = {r.threshold_name: r.threshold for r in rules}
+    assert names["min_words"] == 50 and "max_words" not in names  # None: the rule is off
+
+
+def test_verdicts_flag_what_is_out_of_range(report, run_dir: Path, tmp_path: Path) -> None:
+    from pipeline.report_data import load_model_config
+    from pipeline.report_verdict import expert_target_verdict, grad_ratio_verdict
+
+    verdicts = {text.split(":")[0].split(" ")[0]: (level, text)
+                for level, text in parse_verdicts(report[0].read_text())}  # fmt: skip
+    assert verdicts["Accounting"][0] == "ok"
+    assert verdicts["Padding"][0] == "bad" and "pretrain 12.35%" in verdicts["Padding"][1]
+    assert verdicts["R_g"][0] == "ok"  # 0.05 throughout
+    assert verdicts["The"][0] == "ok" and "K_e = 1.5" in verdicts["The"][1]
+    assert verdicts["More"][0] == "bad" and "zh (5 of" in verdicts["More"][1]
+    # R_g above the limit only during warm-up is fine; after it, flagged
+    warm = [{"step": i + 1, "lr": min(i + 1, 3) * 1e-3, "grad_norm_ratio": 5.0 if i < 2 else 0.05}
+            for i in range(6)]  # fmt: skip
+    assert grad_ratio_verdict(warm).level == "ok"
+    warm[4]["grad_norm_ratio"] = 0.3
+    flagged = grad_ratio_verdict(warm)
+    assert flagged.level == "bad" and "max 0.3 at step 5" in flagged.text
+    # K_e off by more than 5% in one layer; the target read from a checkpoint
+    import torch
+
+    torch.save({"model_config": {"target_ffn_experts": 2.5}}, tmp_path / "ckpt.pt")
+    target = load_model_config(tmp_path / "ckpt.pt")["target_ffn_experts"]
+    records = [{"lr": 1.0, "ffn_experts_per_token": [2.5, 2.7]} for _ in range(4)]
+    off = expert_target_verdict(records, target)
+    assert off.level == "bad" and "layer 1 at 2.70, +8%" in off.text
+    assert expert_target_verdict(records[:1], None).level == "info"
+
+
+def test_rejects_sink_records_the_language() -> None:
+    """The per-language view needs the language of rejected documents: the sink keeps
+    it (null for a document dropped before language id ran)."""
+    import pyarrow as pa
+
+    from pipeline.curate import rejects_table
+
+    dropped = pa.table({
+        "id": ["a", "b"], "shard": pa.array([0, 0], pa.int32()), "ordinal": [0, 1],
+        "source": ["s", "s"], "record": ["r0", "r1"], "url": [None, None],
+        "drop_stage": ["read", "heuristics"], "drop_reason": ["empty_document", "x"],
+        "drop_score": [None, 0.5], "text": ["", "你好"], "language": [None, "zh"],
+    })  # fmt: skip
+    assert rejects_table(dropped).column("language").to_pylist() == [None, "zh"]
+    without = rejects_table(dropped.drop_columns(["language"]))
+    assert without.column("language").to_pylist() == [None, None]
