@@ -21,7 +21,7 @@ from model_hooks.shard_format import PhaseManifest
 from pipeline import report_plots as plots
 from pipeline.report_data import Corpus, Funnel, RunData, load_run
 from pipeline.report_filters import breakdown_section, reason_examples, scores_section
-from pipeline.report_html import Num, details, figure, missing, page, para, table
+from pipeline.report_html import Num, details, figure, missing, note, page, para, table
 from pipeline.report_training import expert_section, training_section
 from pipeline.report_verdict import (
     Verdict,
@@ -167,7 +167,9 @@ def _downstream_table(data: RunData) -> str:
         rows.append([f"pack: {m.phase}", Num(documents), Num(m.tokens), Num(m.rows)])
     if not rows:
         return missing("No tokenized or packed data in this run yet.")
-    return table("downstream", ["step", "documents", "tokens", "sequences"], rows)
+    return table("downstream", ["step", "documents", "tokens", "sequences"], rows) + note(
+        EPOCHS_NOTE
+    )
 
 
 # -- 2. corpus -------------------------------------------------------------------------
@@ -177,8 +179,8 @@ def corpus_section(data: RunData) -> str:
     corpus = data.corpus
     if corpus is None:
         return missing("No curated documents (curated/docs/) or tokenized shards in this run.")
-    note = " (distributions from an even sample)" if corpus.sampled else ""
-    parts = [para(f"{corpus.documents:,} curated documents{note}.")]
+    sampled = " (distributions from an even sample)" if corpus.sampled else ""
+    parts = [para(f"{corpus.documents:,} curated documents{sampled}.")]
     bars = []
     if corpus.languages:
         bars.append(("documents by language", dict(corpus.languages.most_common(20)), "docs"))
@@ -222,6 +224,14 @@ def _counts_table(corpus: Corpus) -> str:
     return table("corpus-counts", ["what", "value", "count"], rows) if keys or rows else ""
 
 
+TEMPLATE_LINE_CHARS = 160
+
+
+def _cut(text: str, limit: int) -> str:
+    """At most ``limit`` characters, with an ellipsis where the text was cut."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _dedup_parts(corpus: Corpus) -> list[str]:
     parts = ["<h3>Near-duplicate clusters</h3>"]
     if corpus.cluster_sizes:
@@ -237,7 +247,7 @@ def _dedup_parts(corpus: Corpus) -> list[str]:
         parts.append(missing("No MinHash near-duplicate stage in this run."))
     parts.append("<h3>Top template lines removed</h3>")
     if corpus.top_lines:
-        rows = [[line[:160], Num(n)] for line, n in corpus.top_lines[:25]]
+        rows = [[_cut(line, TEMPLATE_LINE_CHARS), Num(n)] for line, n in corpus.top_lines[:25]]
         parts.append(table("template-lines", ["line", "documents it was removed from"], rows))
     else:
         parts.append(missing("No template-line stage in this run."))
@@ -247,6 +257,11 @@ def _dedup_parts(corpus: Corpus) -> list[str]:
 # -- 3. mix and 4. packing -------------------------------------------------------------
 
 
+EPOCHS_NOTE = (
+    "A phase's documents are its sample plan's entries, one per draw: a component used for "
+    "more than one epoch (the mix tables' epochs column) draws documents again, so a phase "
+    "can hold more documents than were curated or tokenized."
+)
 COMPONENT_HEADERS = [
     "component", "declared share", "realised share", "difference", "tokens", "documents",
     "epochs",
@@ -277,6 +292,7 @@ def mix_section(data: RunData) -> str:
             for c in m.components
         ]  # fmt: skip
         parts.append(table(f"mix-{m.phase}", COMPONENT_HEADERS, cells))
+    parts.append(note(EPOCHS_NOTE))
     return "\n".join(parts)
 
 

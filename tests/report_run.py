@@ -43,6 +43,7 @@ RUN_CONFIG = {
 REJECT_LANGUAGES = {"langid": ["en", "de"], "heuristics": ["zh", "zh", "zh", "zh", "en", "zh"],
                     "exact_dedup": ["en"], "minhash_dedup": ["en", "de"]}  # fmt: skip
 HOSTS = ("news.example", "blog.example", None)
+LONG_TEMPLATE_LINE = "Read our cookie policy and our terms of use before you go on. " * 4
 
 
 def build_run(root: Path, seed: int = 0) -> Path:
@@ -97,7 +98,8 @@ def _write_curated(curated: Path, rng: np.random.Generator) -> dict:
     ledger = build_ledger(stages, remaining)
     ledger["stages"]["minhash_dedup"]["cluster_sizes"] = {"2": 2, "3": 1}
     top = [{"line": "Subscribe to our newsletter", "documents": 9},
-           {"line": "All rights reserved.", "documents": 5}]  # fmt: skip
+           {"line": "All rights reserved.", "documents": 5},
+           {"line": LONG_TEMPLATE_LINE, "documents": 3}]  # fmt: skip
     ledger["stages"]["template_lines"]["report"] = {"top_lines": top}
     curated.mkdir(parents=True)
     (curated / "run.json").write_text(json.dumps({"config_fingerprint": "f", "config": RUN_CONFIG}))

@@ -478,3 +478,58 @@ def test_rejects_sink_records_the_language() -> None:
     assert rejects_table(dropped).column("language").to_pylist() == [None, "zh"]
     without = rejects_table(dropped.drop_columns(["language"]))
     assert without.column("language").to_pylist() == [None, None]
+
+
+def test_misleading_details_are_fixed(report) -> None:
+    """A cut template line ends in an ellipsis; the packed phases' document counts come
+    with the epochs note; the heatmap states its colour scale."""
+    from tests.report_run import LONG_TEMPLATE_LINE
+
+    sections = report[1]
+    lines = rows(sections["corpus"], "template-lines")
+    assert lines[2] == [LONG_TEMPLATE_LINE[:159].rstrip() + "…", 3] and len(lines[2][0]) <= 160
+    for name in ("mix", "funnel"):
+        assert "more than one epoch" in " ".join(sections[name]["text"])
+    experts = [value for row in rows(sections["experts"], "experts") for value in row[1:]]
+    caption = f"colour scale {min(experts):.2f} to {max(experts):.2f}"
+    assert caption in " ".join(sections["experts"]["text"])
+
+
+def test_smoothing_skips_gaps_and_phase_labels_do_not_overlap() -> None:
+    from pipeline.report_plots import new_figure
+    from pipeline.report_training_plots import phase_lines, smooth, smoothing_window
+
+    values = np.array([1.0, np.nan, 3.0, 5.0, np.nan])
+    assert smooth(values, 3).tolist() == [1.0, 2.0, 4.0, 4.0, 5.0]
+    assert smoothing_window(5) == 1 and smoothing_window(200) == 11
+    fig, (ax,) = new_figure(6, 3)
+    ax.plot([0, 100], [0, 1])
+    phase_lines(ax, [(0.0, "pretrain"), (1.0, "midtrain_1"), (2.0, "midtrain_2")], label=True)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 3
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_training_table_flags_out_of_range(report) -> None:
+    training = {r[0]: r[1:] for r in rows(report[1]["training"], "training")}
+    assert training["gradient norm ratio R_g, max after warm-up (limit 0.1)"] == [0.05, "ok"]
+    assert training["K_e: target FFN experts per token"][0] == 1.5
+    assert training["FFN experts per token after warm-up, layer 0"] == [1.5, "ok"]
+    assert training["tokens per second, median step"][0] == 1000.0  # 500 tokens in 0.5 s
+
+
+def test_wall_times_from_a_separate_timings_file(tmp_path: Path) -> None:
+    """The trainer may move wall-time fields out of metrics.jsonl: they are joined back
+    by step, and a field both files hold keeps the metrics' value."""
+    from pipeline.report_data import load_metrics
+
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "tokens": 100}) + "\n" + json.dumps({"step": 2, "tokens": 100})
+    )
+    (tmp_path / "timings.jsonl").write_text(
+        json.dumps({"step": 2, "step_time_s": 0.25, "tokens": 7}) + "\n"
+    )
+    records = load_metrics(tmp_path)
+    assert records == [{"step": 1, "tokens": 100},
+                       {"step": 2, "tokens": 100, "step_time_s": 0.25}]  # fmt: skip
