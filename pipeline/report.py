@@ -14,59 +14,21 @@ text may be rounded), and the tests compare those values with the files.
 from __future__ import annotations
 
 import html
-import itertools
 from pathlib import Path
 
 from model_hooks.shard_format import PhaseManifest
 from pipeline import report_plots as plots
+from pipeline.report_compare import render_compare
 from pipeline.report_data import Corpus, Funnel, RunData, load_run
 from pipeline.report_filters import breakdown_section, reason_examples, scores_section
 from pipeline.report_html import Num, details, figure, missing, note, page, para, table
 from pipeline.report_training import expert_section, training_section
-from pipeline.report_verdict import (
-    Verdict,
-    expert_target_verdict,
-    funnel_verdicts,
-    grad_ratio_verdict,
-    padding_verdicts,
-    verdict_box,
-)
+from pipeline.report_verdict import identity_checks, verdict_box, verdicts
 
 REPORT_NAME = "report.html"
 
 
 # -- 1. funnel -------------------------------------------------------------------------
-
-
-def identity_checks(funnel: Funnel) -> list[tuple[str, int, int]]:
-    """The accounting identity, recomputed from the per-stage counts: (check, left, right)."""
-    ledger, order = funnel.ledger, funnel.order
-    stages = ledger["stages"]
-    checks = []
-    for name in order:
-        entry = stages[name]
-        dropped = sum(entry["rejected"].values()) + sum(entry["errors"].values())
-        checks.append(
-            (f"{name}: input = kept + rejected + errors", entry["input"], entry["kept"] + dropped)
-        )
-    for a, b in itertools.pairwise(order):
-        checks.append((f"{a} kept = {b} input", stages[a]["kept"], stages[b]["input"]))
-    rejected = sum(sum(stages[s]["rejected"].values()) for s in order)
-    errors = sum(sum(stages[s]["errors"].values()) for s in order)
-    first, kept = stages[order[0]]["input"], stages[order[-1]]["kept"]
-    checks.append(("run: input = kept + rejected + errors", first, kept + rejected + errors))
-    if "documents_written" in ledger:
-        checks.append(("kept = documents written", kept, ledger["documents_written"]))
-    totals = ledger.get("totals", {})
-    for key, value in (
-        ("input", first),
-        ("kept", kept),
-        ("rejected", rejected),
-        ("errors", errors),
-    ):
-        if key in totals:
-            checks.append((f"ledger totals.{key} = recomputed", totals[key], value))
-    return checks
 
 
 def funnel_section(data: RunData) -> str:
@@ -379,40 +341,30 @@ SECTIONS = {
 }
 
 
-def verdicts(data: RunData) -> list[Verdict]:
-    """The box at the top: accounting, largest drops, eaten languages, training, packing."""
-    holds = totals = None
-    if data.funnel is not None and data.funnel.order:
-        checks = identity_checks(data.funnel)
-        holds = all(left == right for _, left, right in checks)
-        run = next(check for check in checks if check[0].startswith("run:"))
-        totals = (run[1], run[2])
-    found = funnel_verdicts(data, holds, totals)
-    target = (data.model_config or {}).get("target_ffn_experts")
-    target = next(
-        (r["target_ffn_experts"] for r in data.metrics if "target_ffn_experts" in r), target
-    )
-    for verdict in (grad_ratio_verdict(data.metrics), expert_target_verdict(data.metrics, target)):
-        if verdict is not None:
-            found.append(verdict)
-    found.extend(padding_verdicts(data))
-    return found
-
-
 def render(data: RunData) -> str:
     sections = [(key, heading, build(data)) for key, (heading, build) in SECTIONS.items()]
     lead = verdict_box(verdicts(data))
     return page(f"Run report: {data.run_dir.name}", str(data.run_dir), sections, lead)
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Read the run folder, write the page (tmp then rename), return its path."""
+def write_report(
+    run_dir: str | Path, out: str | Path | None = None, compare: str | Path | None = None
+) -> Path:
+    """Read the run folder, write the page (tmp then rename), return its path. With
+    ``compare`` (a second run folder) the page sets the two runs side by side, by
+    default as RUN_DIR/report-vs-<its name>.html."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    path = Path(out) if out is not None else run_dir / REPORT_NAME
+    for folder in (run_dir, *([Path(compare)] if compare is not None else [])):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"run folder {folder} does not exist")
+    if compare is None:
+        path = Path(out) if out is not None else run_dir / REPORT_NAME
+        text = render(load_run(run_dir))
+    else:
+        path = Path(out) if out is not None else run_dir / f"report-vs-{Path(compare).name}.html"
+        text = render_compare(load_run(run_dir), load_run(Path(compare)))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(render(load_run(run_dir)), encoding="utf-8")
+    temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
     return path

@@ -281,3 +281,21 @@ def score_distributions(
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return to_data_uri(fig)
+
+
+RUN_COLOURS = ("#4C78A8", "#F58518")  # run A, run B of a comparison
+
+
+def grouped_bars(panels: list[tuple[str, list[str], dict[str, list[float]]]]) -> str:
+    """Per (title, labels, {run: values}) panel: the runs' bars side by side per label."""
+    fig, axes = new_figure(10, 2.8 * len(panels) + 0.4, len(panels), 1)
+    for ax, (title, labels, runs) in zip(axes, panels, strict=True):
+        x = np.arange(len(labels))
+        width = 0.8 / max(len(runs), 1)
+        for i, (run, values) in enumerate(runs.items()):
+            offset = (i - (len(runs) - 1) / 2) * width
+            ax.bar(x + offset, values, width=width, color=RUN_COLOURS[i % 2], label=run)
+        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    return to_data_uri(fig)

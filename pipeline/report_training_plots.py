@@ -134,3 +134,26 @@ def heatmap(matrix: np.ndarray, domains: list[str], layers: list[str]) -> tuple[
     ax.set_title(scale, fontsize=9)
     fig.colorbar(image, ax=ax, label="FFN experts per token")
     return to_data_uri(fig), scale
+
+
+def compare_curves(
+    panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]], float | None]],
+) -> str:
+    """Per (title, {run: (x, values)}, limit) panel: both runs' curves on one axis."""
+    from pipeline.report_plots import RUN_COLOURS
+
+    cols = 2
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = new_figure(10, 2.8 * rows, rows, cols)
+    for ax, (title, runs, limit) in zip(axes, panels, strict=False):
+        for i, (run, (x, values)) in enumerate(runs.items()):
+            _curve(ax, x, values, RUN_COLOURS[i % 2], run)
+        if limit is not None:
+            ax.axhline(limit, color="red", linestyle=":", label=f"limit {limit:g}")
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("tokens seen", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    return to_data_uri(fig)

@@ -14,12 +14,13 @@ padding.
 from __future__ import annotations
 
 import html
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.report_data import RunData
+from pipeline.report_data import Funnel, RunData
 from pipeline.report_rejects import NO_LANGUAGE, NOT_RECORDED, sorted_groups
 
 GRAD_RATIO_LIMIT = 0.1
@@ -205,3 +206,52 @@ def verdict_box(verdicts: list[Verdict]) -> str:
     bad = sum(v.level == "bad" for v in verdicts)
     head = f"{bad} problem{'s' if bad != 1 else ''} found" if bad else "No problem found"
     return f'<div class="verdicts" data-bad="{bad}"><strong>{head}</strong><ul>{items}</ul></div>'
+
+
+def identity_checks(funnel: Funnel) -> list[tuple[str, int, int]]:
+    """The accounting identity, recomputed from the per-stage counts: (check, left, right)."""
+    ledger, order = funnel.ledger, funnel.order
+    stages = ledger["stages"]
+    checks = []
+    for name in order:
+        entry = stages[name]
+        dropped = sum(entry["rejected"].values()) + sum(entry["errors"].values())
+        checks.append(
+            (f"{name}: input = kept + rejected + errors", entry["input"], entry["kept"] + dropped)
+        )
+    for a, b in itertools.pairwise(order):
+        checks.append((f"{a} kept = {b} input", stages[a]["kept"], stages[b]["input"]))
+    rejected = sum(sum(stages[s]["rejected"].values()) for s in order)
+    errors = sum(sum(stages[s]["errors"].values()) for s in order)
+    first, kept = stages[order[0]]["input"], stages[order[-1]]["kept"]
+    checks.append(("run: input = kept + rejected + errors", first, kept + rejected + errors))
+    if "documents_written" in ledger:
+        checks.append(("kept = documents written", kept, ledger["documents_written"]))
+    totals = ledger.get("totals", {})
+    for key, value in (
+        ("input", first),
+        ("kept", kept),
+        ("rejected", rejected),
+        ("errors", errors),
+    ):
+        if key in totals:
+            checks.append((f"ledger totals.{key} = recomputed", totals[key], value))
+    return checks
+
+
+def verdicts(data: RunData) -> list[Verdict]:
+    """The box at the top: accounting, largest drops, eaten languages, training, packing."""
+    holds = totals = None
+    if data.funnel is not None and data.funnel.order:
+        checks = identity_checks(data.funnel)
+        holds = all(left == right for _, left, right in checks)
+        run = next(check for check in checks if check[0].startswith("run:"))
+        totals = (run[1], run[2])
+    found = funnel_verdicts(data, holds, totals)
+    logged = (r["target_ffn_experts"] for r in data.metrics if "target_ffn_experts" in r)
+    target = next(logged, (data.model_config or {}).get("target_ffn_experts"))
+    for verdict in (grad_ratio_verdict(data.metrics), expert_target_verdict(data.metrics, target)):
+        if verdict is not None:
+            found.append(verdict)
+    found.extend(padding_verdicts(data))
+    return found

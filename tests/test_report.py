@@ -533,3 +533,59 @@ def test_wall_times_from_a_separate_timings_file(tmp_path: Path) -> None:
     records = load_metrics(tmp_path)
     assert records == [{"step": 1, "tokens": 100},
                        {"step": 2, "tokens": 100, "step_time_s": 0.25}]  # fmt: skip
+
+
+def test_compare_two_runs_side_by_side(tmp_path: Path, run_dir: Path, capsys) -> None:
+    """``report A --compare B``: both funnels, languages, mixes and training curves, the
+    numbers equal each run's ledger and manifests; the page renders in Chromium."""
+    other = build_run(tmp_path / "b", seed=1)
+    ledger_path = other / "curated" / "ledger.json"
+    ledger_b = json.loads(ledger_path.read_text())
+    later = False  # B's heuristics let two more documents through, which every later stage sees
+    for name in stage_order(ledger_b, other / "curated" / "funnel.txt")[0]:
+        stage = ledger_b["stages"][name]
+        if later:
+            stage["input"] += 2
+        if name == "heuristics":
+            stage["rejected"]["gopher_too_few_words"] -= 2
+            later = True
+        if later:
+            stage["kept"] += 2
+    ledger_path.write_text(json.dumps(ledger_b))
+    ledger_a = json.loads((run_dir / "curated" / "ledger.json").read_text())
+    assert cli_main(["report", str(run_dir), "--compare", str(other)]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == run_dir / "report-vs-b.html"
+    page = parse(path.read_text())
+    assert list(page) == ["compare-funnel", "compare-languages", "compare-mix", "compare-training"]
+    assert all(
+        s["status"] == "ok" and s["images"] for k, s in page.items() if k != "compare-languages"
+    )
+    funnel = {r[0]: r[1:] for r in rows(page["compare-funnel"], "compare-funnel")}
+    for stage, mine in ledger_a["stages"].items():
+        theirs = ledger_b["stages"][stage]
+        assert funnel[stage] == [
+            mine["input"], mine["kept"], theirs["input"], theirs["kept"],
+            theirs["kept"] - mine["kept"],
+        ]  # fmt: skip
+    assert funnel["template_lines"][-1] == 2
+    reasons = {(r[0], r[1]): r[2:] for r in rows(page["compare-funnel"], "compare-reasons")}
+    assert reasons[("heuristics", "gopher_too_few_words")] == [4, 2, -2]
+    mix = {(r[0], r[1]): r[2:] for r in rows(page["compare-mix"], "compare-mix")}
+    for phase in ("pretrain", "long"):
+        mine = read_manifest(run_dir / "packed" / phase).components
+        theirs = read_manifest(other / "packed" / phase).components
+        for a, b in zip(mine, theirs, strict=True):
+            assert mix[(phase, a.name)] == [a.realised_share, b.realised_share, a.tokens, b.tokens]
+    languages = {r[0]: r[1:] for r in rows(page["compare-languages"], "compare-languages")}
+    docs = pq.read_table(other / "curated" / "docs")["language"].to_pylist()
+    assert languages["de"][2] == docs.count("de")
+    assert parse_verdicts(path.read_text())  # both runs' verdict boxes
+    assert cli_main(["report", str(run_dir), "--compare", str(tmp_path / "absent")]) == 2
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:
+        dom = _browse(chromium, tmp_path / "profile", "--dump-dom", path.resolve().as_uri())
+        images = sum(len(s["images"]) for s in page.values())
+        assert f'data-images-rendered="{images}"' in dom.stdout, dom.stderr[-2000:]
+        for problem in ("Uncaught", "ERROR:CONSOLE", "Not allowed to load"):
+            assert problem not in dom.stderr
