@@ -68,7 +68,7 @@ def to_data_uri(fig: Figure) -> str:
 
 def funnel(stages: list[str], inputs: list[int], kept: list[int]) -> str:
     """Documents into and out of every stage, first stage at the top."""
-    fig, (ax,) = new_figure(9, 0.5 * len(stages) + 1.2)
+    fig, (ax,) = new_figure(9, 0.32 * len(stages) + 1.0)
     y = np.arange(len(stages))[::-1]
     ax.barh(y + 0.2, inputs, height=0.4, color="#BBCCEE", label="input")
     ax.barh(y - 0.2, kept, height=0.4, color="#4C78A8", label="kept")
@@ -90,7 +90,7 @@ def funnel(stages: list[str], inputs: list[int], kept: list[int]) -> str:
 
 def reasons(rows: list[tuple[str, str, int, bool]]) -> str:
     """Rejected (solid) and failed (hatched) documents per reason, coloured by stage."""
-    fig, (ax,) = new_figure(9, 0.32 * len(rows) + 1.3)
+    fig, (ax,) = new_figure(9, 0.24 * len(rows) + 1.1)
     stages = list(dict.fromkeys(stage for stage, *_ in rows))
     colours = stage_colours(stages)
     y = np.arange(len(rows))[::-1]

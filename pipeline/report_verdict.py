@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import itertools
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,11 @@ from pipeline.report_rejects import NO_LANGUAGE, NOT_RECORDED, sorted_groups
 GRAD_RATIO_LIMIT = 0.1
 EXPERT_TARGET_TOLERANCE = 0.05
 PADDING_LIMIT = 0.001
-EATEN_SHARE, EATEN_MIN_DOCUMENTS = 0.5, 5  # a language losing more than half of >= 5 documents
+EATEN_SHARE, EATEN_MIN_DOCUMENTS = 0.5, 5
+NOT_SELECTED = (
+    "langid",
+    "language_not_selected",
+)  # a language losing more than half of >= 5 documents
 
 
 @dataclass(frozen=True)
@@ -175,17 +180,21 @@ def funnel_verdicts(data: RunData, holds: bool | None, totals: tuple[int, int] |
 
 
 def _eaten_languages(data: RunData) -> list[Verdict]:
+    """Languages that lose most of their documents to quality rules. A language the
+    config did not select (langid's ``language_not_selected``) is not being eaten: it
+    was not asked for, so those rejects are left out of its share."""
     drill = data.drilldown
     if drill is None:
         return []
     eaten = []
     for language, group in sorted_groups(drill.groups["language"]):
-        total = group.kept + group.rejected
+        judged = Counter({key: n for key, n in group.reasons.items() if key != NOT_SELECTED})
+        total = group.kept + sum(judged.values())
         if language in (NO_LANGUAGE, NOT_RECORDED) or total < EATEN_MIN_DOCUMENTS:
             continue
-        if group.rejected / total > EATEN_SHARE:
-            (_, reason), n = group.reasons.most_common(1)[0]
-            eaten.append(f"{language} ({group.rejected} of {total}, most by {reason}: {n})")
+        if sum(judged.values()) / total > EATEN_SHARE:
+            (_, reason), n = judged.most_common(1)[0]
+            eaten.append(f"{language} ({sum(judged.values())} of {total}, most by {reason}: {n})")
     if not eaten:
         return []
     return [

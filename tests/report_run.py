@@ -40,7 +40,7 @@ RUN_CONFIG = {
     }
 }
 # The language of a rejected document, per stage (None: dropped before language id).
-REJECT_LANGUAGES = {"langid": ["en", "de"], "heuristics": ["zh", "zh", "zh", "zh", "en", "zh"],
+REJECT_LANGUAGES = {"langid": ["la"] * 5 + ["en", "de"], "heuristics": ["zh", "zh", "zh", "zh", "en", "zh"],
                     "exact_dedup": ["en"], "minhash_dedup": ["en", "de"]}  # fmt: skip
 HOSTS = ("news.example", "blog.example", None)
 LONG_TEMPLATE_LINE = "Read our cookie policy and our terms of use before you go on. " * 4
@@ -85,7 +85,7 @@ def _write_curated(curated: Path, rng: np.random.Generator) -> dict:
     flow = [
         ("read", {"binary_content": 2, "empty_document": 1}, {}),
         ("extract", {"no_extractable_text": 3}, {"error:extract_timeout": 1}),
-        ("langid", {"language_score_below_min": 2}, {}),
+        ("langid", {"language_not_selected": 5, "language_score_below_min": 2}, {}),
         ("heuristics", {"gopher_too_few_words": 4, "c4_too_few_sentences": 2}, {}),
         ("exact_dedup", {"exact_duplicate": 3}, {}),
         ("minhash_dedup", {"near_duplicate": 4}, {}),

@@ -444,6 +444,7 @@ def test_verdicts_flag_what_is_out_of_range(report, run_dir: Path, tmp_path: Pat
     assert verdicts["R_g"][0] == "ok"  # 0.05 throughout
     assert verdicts["The"][0] == "ok" and "K_e = 1.5" in verdicts["The"][1]
     assert verdicts["More"][0] == "bad" and "zh (5 of" in verdicts["More"][1]
+    assert "la (" not in verdicts["More"][1]  # Latin was not selected: not "eaten"
     # R_g above the limit only during warm-up is fine; after it, flagged
     warm = [{"step": i + 1, "lr": min(i + 1, 3) * 1e-3, "grad_norm_ratio": 5.0 if i < 2 else 0.05}
             for i in range(6)]  # fmt: skip
