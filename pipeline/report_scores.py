@@ -27,6 +27,7 @@ from stages.heuristic_rules import FINEWEB_RULES, GOPHER_QUALITY_RULES, GOPHER_R
 from stages.heuristics import PRESETS
 
 MAX_KEPT_VALUES = 200_000
+TAIL_SHARE = 0.05  # a threshold with fewer scored documents beyond it removes only outliers
 HEURISTIC_RULES = {
     "gopher_quality": GOPHER_QUALITY_RULES,
     "gopher_repetition": GOPHER_REPETITION_RULES,
@@ -81,7 +82,12 @@ class RuleScores:
             return "too few scored documents to judge"
         low, high = np.quantile(values, [0.25, 0.75])
         share = self.dropped_side_share() or 0.0
-        where = "cuts into the bulk" if low <= self.rule.threshold <= high else "sits in the tail"
+        if low <= self.rule.threshold <= high:
+            where = "cuts into the bulk"
+        elif share >= TAIL_SHARE:
+            where = "cuts into the edge of the bulk"
+        else:
+            where = "sits in the tail"
         return (
             f"{where}: the middle half of the scores spans {low:.3g} to {high:.3g}; "
             f"{share:.1%} of scored documents fall on the dropped side"

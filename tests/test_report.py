@@ -427,6 +427,8 @@ def test_scores_verdict_sees_a_threshold_in_the_bulk() -> None:
     assert inside.verdict().startswith("cuts into the bulk") and inside.dropped_side_share() == 0.5
     tail = RuleScores(rule, np.linspace(0.5, 1.0, 98), np.array([0.1, 0.2]))
     assert tail.verdict().startswith("sits in the tail")
+    edge = RuleScores(rule, np.linspace(0.5, 1.0, 85), np.linspace(0.0, 0.49, 15))
+    assert edge.verdict().startswith("cuts into the edge of the bulk")
     off = {"gopher_quality": {"max_words": None}}
     rules = scored_rules({"heuristics": {"presets": ["gopher_quality"], "overrides": off}})
     names = {r.threshold_name: r.threshold for r in rules}
