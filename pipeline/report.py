@@ -187,6 +187,7 @@ def _counts_table(corpus: Corpus) -> str:
 
 
 TEMPLATE_LINE_CHARS = 160
+MIN_BARS = 3
 
 
 def _cut(text: str, limit: int) -> str:
@@ -197,12 +198,16 @@ def _cut(text: str, limit: int) -> str:
 def _dedup_parts(corpus: Corpus) -> list[str]:
     parts = ["<h3>Near-duplicate clusters</h3>"]
     if corpus.cluster_sizes:
-        parts.append(
-            figure(
-                plots.labelled_bars(corpus.cluster_sizes, "documents in cluster", "clusters"),
-                f"Near-duplicate cluster sizes (from the {corpus.cluster_source})",
+        clusters = sum(corpus.cluster_sizes.values())
+        sizes = ", ".join(f"{n:,} of size {size}" for size, n in corpus.cluster_sizes.items())
+        parts.append(para(f"{clusters:,} clusters (from the {corpus.cluster_source}): {sizes}."))
+        if len(corpus.cluster_sizes) >= MIN_BARS:  # a chart of one or two bars says no more
+            parts.append(
+                figure(
+                    plots.labelled_bars(corpus.cluster_sizes, "documents in cluster", "clusters"),
+                    f"Near-duplicate cluster sizes (from the {corpus.cluster_source})",
+                )
             )
-        )
         rows = [[size, Num(n)] for size, n in corpus.cluster_sizes.items()]
         parts.append(table("clusters", ["cluster size", "clusters"], rows))
     else:
@@ -243,8 +248,8 @@ def mix_section(data: RunData) -> str:
         *_mix_figures([m for m in phases if m.components]),
     ]
     for m in phases:
-        parts.append(f"<h3>phase {html.escape(m.phase)}</h3>")
         if not m.components:
+            parts.append(f"<h3>phase {html.escape(m.phase)}</h3>")
             parts.append(missing("This phase's manifest lists no components."))
             continue
         cells = [
@@ -253,7 +258,12 @@ def mix_section(data: RunData) -> str:
              Num(c.epochs, 3)]
             for c in m.components
         ]  # fmt: skip
-        parts.append(table(f"mix-{m.phase}", COMPONENT_HEADERS, cells))
+        worst = max(abs(c.realised_share - c.declared_share) for c in m.components)
+        summary = (
+            f"phase {m.phase}: {len(m.components)} components, largest |realised − declared| "
+            f"{100 * worst:.2f} percentage points"
+        )
+        parts.append(details(summary, table(f"mix-{m.phase}", COMPONENT_HEADERS, cells)))
     parts.append(note(EPOCHS_NOTE))
     return "\n".join(parts)
 
@@ -274,7 +284,11 @@ def _mix_figures(phases: list[PhaseManifest]) -> list[str]:
     }
     totals = plots.phase_totals([m.phase for m in phases], [m.tokens for m in phases], epochs)
     return [
-        figure(plots.mix_shares(shares), "Declared against realised token share of each component"),
+        figure(
+            plots.mix_shares(shares),
+            "The curriculum's shape: realised token share of each component per phase (left), "
+            "and how far it landed from the declared share, in percentage points (right)",
+        ),
         figure(totals, "Tokens per phase and epochs per component"),
     ]
 
