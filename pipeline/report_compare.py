@@ -16,8 +16,8 @@ from pipeline import report_training_plots as training_plots
 from pipeline.report_data import RunData
 from pipeline.report_html import Num, figure, missing, note, page, table
 from pipeline.report_rejects import sorted_groups, top_reasons
-from pipeline.report_training import _series, tokens_axis
-from pipeline.report_verdict import verdict_box, verdicts
+from pipeline.report_training import _series, expert_target, tokens_axis
+from pipeline.report_verdict import GRAD_RATIO_LIMIT, verdict_box, verdicts
 
 
 def _names(a: RunData, b: RunData) -> tuple[str, str]:
@@ -132,7 +132,7 @@ def mix_compare(a: RunData, b: RunData, names: tuple[str, str]) -> str:
 
 COMPARED_CURVES = (
     ("lm loss", "lm_loss", None),
-    ("gradient norm ratio R_g", "grad_norm_ratio", 0.1),
+    ("gradient norm ratio R_g", "grad_norm_ratio", (GRAD_RATIO_LIMIT, "limit 0.1", True)),
     ("balance loss", "balance_loss", None),
     ("router cosine similarity", "router_cosine_sim", None),
 )
@@ -162,8 +162,11 @@ def training_compare(a: RunData, b: RunData, names: tuple[str, str]) -> str:
             panels.append((title, series, limit))
     ffn = {run: (axes[run], _mean_ffn_experts(data.metrics))
            for run, data in zip(names, (a, b), strict=True)}  # fmt: skip
+    targets = {expert_target(a), expert_target(b)}
+    target = targets.pop() if len(targets) == 1 else None  # one line only if both agree
+    reference = None if target is None else (target, f"K_e {target:g}", False)
     if any(np.isfinite(y).any() for _, y in ffn.values()):
-        panels.append(("FFN experts per token, mean over layers", ffn, None))
+        panels.append(("FFN experts per token, mean over layers", ffn, reference))
     return figure(
         training_plots.compare_curves(panels),
         "Training curves of both runs against tokens seen (smoothed; raw faint)",

@@ -137,9 +137,12 @@ def heatmap(matrix: np.ndarray, domains: list[str], layers: list[str]) -> tuple[
 
 
 def compare_curves(
-    panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]], float | None]],
+    panels: list[
+        tuple[str, dict[str, tuple[np.ndarray, np.ndarray]], tuple[float, str, bool] | None]
+    ],
 ) -> str:
-    """Per (title, {run: (x, values)}, limit) panel: both runs' curves on one axis."""
+    """Per (title, {run: (x, values)}, (reference, its label, log scale)) panel: both
+    runs' curves on one axis."""
     from pipeline.report_plots import RUN_COLOURS
 
     cols = 2
@@ -149,8 +152,10 @@ def compare_curves(
         for i, (run, (x, values)) in enumerate(runs.items()):
             _curve(ax, x, values, RUN_COLOURS[i % 2], run)
         if limit is not None:
-            ax.axhline(limit, color="red", linestyle=":", label=f"limit {limit:g}")
-            ax.set_yscale("log")
+            value, label, log = limit
+            ax.axhline(value, color="red", linestyle=":", label=label)
+            if log:
+                ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("tokens seen", fontsize=8)
         ax.legend(fontsize=7)
