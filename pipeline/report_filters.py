@@ -126,7 +126,7 @@ def _dimension_table(drill: Drilldown, dimension: str) -> str:
     return "\n".join(parts)
 
 
-def _language_examples(drill: Drilldown) -> str:
+def _language_examples(drill: Drilldown, rules: list[ScoredRule]) -> str:
     """Per language with rejects: its top reasons, each with a few of its documents."""
     blocks = []
     for language, group in sorted_groups(drill.groups["language"]):
@@ -136,7 +136,8 @@ def _language_examples(drill: Drilldown) -> str:
         for (stage, reason), n in group.reasons.most_common(3):
             rows = drill.language_examples.get((language, stage, reason), [])
             inner.append(f"<p>{html.escape(f'{stage}: {reason} — {_documents(n)}')}</p>")
-            inner.append(example_table(f"lang-examples-{language}-{stage}-{reason}", rows, None))
+            rule = _threshold(rules, stage, reason)
+            inner.append(example_table(f"lang-examples-{language}-{stage}-{reason}", rows, rule))
         (stage, reason), n = group.reasons.most_common(1)[0]
         summary = (
             f"{language}: {group.rejected:,} rejected of {group.kept + group.rejected:,}; "
@@ -180,7 +181,7 @@ def breakdown_section(data: RunData) -> str:
         parts.append(f"<h3>By {DIMENSION_TITLES[dimension]}</h3>")
         parts.append(_dimension_table(drill, dimension))
         if dimension == "language":
-            parts.append(_language_examples(drill))
+            parts.append(_language_examples(drill, data.rules))
     return "\n".join(parts)
 
 

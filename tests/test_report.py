@@ -392,6 +392,7 @@ def test_kept_and_rejected_by_language_source_and_host(report, run_dir: Path) ->
     assert "language-zh" in section["details"]
     shown = rows(section, "lang-examples-zh-heuristics-gopher_too_few_words")
     assert len(shown) == 3 and {row[3] for row in shown} == {"zh"}
+    assert {row[5] for row in shown} == {40}  # the threshold that rejected them
     source = {r[0]: r[1:3] for r in rows(section, "by-source")}
     assert source["crawl"][1] + source["text"][1] == len(rejects)
     assert source["crawl"][0] == sum(d["source"].startswith("crawl/") for d in docs)
