@@ -593,3 +593,16 @@ def test_compare_two_runs_side_by_side(tmp_path: Path, run_dir: Path, capsys) ->
         assert f'data-images-rendered="{images}"' in dom.stdout, dom.stderr[-2000:]
         for problem in ("Uncaught", "ERROR:CONSOLE", "Not allowed to load"):
             assert problem not in dom.stderr
+
+
+def test_rejects_written_without_a_language(tmp_path: Path, run_dir: Path) -> None:
+    """A run curated before the rejects carried a language: its rejects are counted as
+    "(not recorded)" and the page says why, instead of showing every language unharmed."""
+    shutil.copytree(run_dir / "curated", tmp_path / "curated")
+    sink = tmp_path / "curated" / "rejects" / "documents-00000.parquet"
+    pq.write_table(pq.read_table(sink).drop_columns(["language"]), sink)
+    section = parse(write_report(tmp_path).read_text())["breakdown"]
+    language = {r[0]: r[1:3] for r in rows(section, "by-language")}
+    assert language["(not recorded)"] == [0, len(_rejects(run_dir))]
+    assert language["en"][1] == 0 and "zh" not in language  # zh was only ever rejected
+    assert "carry no language column" in " ".join(section["text"])
