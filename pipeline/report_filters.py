@@ -30,9 +30,11 @@ DIMENSION_TITLES = {"source": "input", "host": "host", "language": "language"}
 EXAMPLE_HEADERS = ["id", "source", "URL", "language", "score", "threshold", "snippet"]
 
 
-def _threshold_cell(value: float) -> Num:
+def _threshold_cell(value: float | None) -> Num:
     """A whole-number threshold (200 characters) shows as one, not as 200.0000."""
-    return Num(int(value)) if value.is_integer() else Num(value)
+    if value is None:
+        return Num(None)
+    return Num(int(value)) if float(value).is_integer() else Num(value)
 
 
 def _documents(n: int) -> str:
@@ -44,7 +46,6 @@ def _threshold(rules: list[ScoredRule], stage: str, reason: str) -> ScoredRule |
 
 
 def example_table(name: str, rows: list[dict], rule: ScoredRule | None) -> str:
-    threshold = _threshold_cell(rule.threshold) if rule else Num(None)
     cells = [
         [
             row["id"] or "–",
@@ -52,7 +53,7 @@ def example_table(name: str, rows: list[dict], rule: ScoredRule | None) -> str:
             Text(row["url"] or "–", "url"),
             row["language"] or "–",
             Num(row["score"]),
-            threshold,
+            _threshold_cell(rule.threshold_for(row["language"])) if rule else Num(None),
             Text(row["snippet"], "snippet"),
         ]
         for row in rows
@@ -211,7 +212,10 @@ def scores_section(data: RunData) -> str:
         note(
             "Blue: curated documents' scores, where the documents carry the score as a "
             "column; red: the scores the rejects sink recorded for the documents this rule "
-            "dropped. The dashed line is the run's threshold (curated/run.json)."
+            "dropped. The dashed line is the run's threshold (curated/run.json); where a "
+            "language has its own (language id, heuristics for unspaced scripts), the table "
+            "lists those of the languages in this run, and the dropped side counts each "
+            "document against its own language's threshold."
         ),
         figure(plots.score_distributions(panels), "Scores of each rule against its threshold"),
         table(
@@ -226,6 +230,7 @@ def scores_section(data: RunData) -> str:
                 "dropped",
                 "dropped side",
                 "verdict",
+                "own thresholds of this run's languages",
             ],
             rows,
         ),
@@ -255,4 +260,5 @@ def _score_row(scores: RuleScores) -> list:
         Num(int(scores.dropped.size)),
         Num(scores.dropped_side_share(), 3),
         scores.verdict(),
+        rule.language_note(scores.languages()) or "–",
     ]

@@ -53,7 +53,8 @@ class Drilldown:
     groups: dict[str, dict[str, GroupCounts]]
     # (language, stage, reason) -> its first examples
     language_examples: dict[tuple[str, str, str], list[dict[str, Any]]]
-    scores: dict[tuple[str, str], list[float]]  # the recorded scores, per (stage, reason)
+    # per (stage, reason): the recorded scores, each with its document's language
+    scores: dict[tuple[str, str], list[tuple[float, str | None]]]
     rejects_have_language: bool
     docs_read: bool
 
@@ -97,7 +98,7 @@ def load_drilldown(curated: Path) -> Drilldown | None:
     rows: Counter[tuple[str, str]] = Counter()
     examples: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     by_language: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    scores: dict[tuple[str, str], list[float]] = defaultdict(list)
+    scores: dict[tuple[str, str], list[tuple[float, str | None]]] = defaultdict(list)
     has_language = bool(rejects) and all("language" in pq.read_schema(p).names for p in rejects)
     for path in rejects:
         for batch in _batches(path, REJECT_COLUMNS):
@@ -107,7 +108,7 @@ def load_drilldown(curated: Path) -> Drilldown | None:
                 row["language"] = language
                 rows[key] += 1
                 if row.get("score") is not None and len(scores[key]) < MAX_SCORES_PER_REASON:
-                    scores[key].append(float(row["score"]))
+                    scores[key].append((float(row["score"]), row.get("language")))
                 for dimension, value in _dimension_values(row, language):
                     groups[dimension][value].reasons[key] += 1
                 if len(examples[key]) < EXAMPLES_PER_REASON:

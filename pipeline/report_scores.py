@@ -16,7 +16,7 @@ presets' published values under the run's overrides.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,25 @@ class ScoredRule:
     threshold: float
     keeps_above: bool  # True: documents scoring at or above the threshold are kept
     kept_column: str | None = None  # the curated documents' column with the same score
+    # (language, its own threshold; None: the rule is off for it), where the config sets one
+    by_language: tuple[tuple[str, float | None], ...] = ()
+
+    def threshold_for(self, language: str | None) -> float | None:
+        """The threshold a document of this language met (None: not judged by the rule)."""
+        return dict(self.by_language).get(language or "", self.threshold)
+
+    def thresholds_for(self, languages: list[str | None]) -> np.ndarray:
+        """Per document, its threshold (NaN where the rule is off for its language)."""
+        own = dict(self.by_language)
+        return np.array(
+            [np.nan if (t := own.get(lang or "", self.threshold)) is None else t
+             for lang in languages], dtype=float,
+        )  # fmt: skip
+
+    def language_note(self, present: set[str]) -> str:
+        """The per-language thresholds of the languages this run holds, in words."""
+        own = [(lang, t) for lang, t in self.by_language if lang in present]
+        return ", ".join(f"{lang} {'off' if t is None else f'{t:g}'}" for lang, t in sorted(own))
 
     def matches(self, stage: str, reason: str) -> bool:
         if stage != self.stage:
@@ -62,16 +81,29 @@ class RuleScores:
     rule: ScoredRule
     kept: np.ndarray | None  # None: not recorded for kept documents
     dropped: np.ndarray
+    kept_languages: list[str | None] = field(default_factory=list)  # parallel to kept
+    dropped_languages: list[str | None] = field(default_factory=list)  # parallel to dropped
 
     def dropped_side_share(self) -> float | None:
-        """Share of all recorded scores on the dropped side of the threshold."""
+        """Share of all recorded scores on the dropped side of their document's threshold
+        (its language's own, where the config sets one)."""
         if self.kept is None:
             return None
         values = np.concatenate([self.kept, self.dropped])
         if not values.size:
             return None
-        t = self.rule.threshold
-        return float(np.mean(values < t if self.rule.keeps_above else values > t))
+        languages = _padded(self.kept_languages, self.kept.size)
+        languages += _padded(self.dropped_languages, self.dropped.size)
+        limits = self.rule.thresholds_for(languages)
+        judged = np.isfinite(limits)
+        if not judged.any():
+            return None
+        below = values[judged] < limits[judged]
+        above = values[judged] > limits[judged]
+        return float(np.mean(below if self.rule.keeps_above else above))
+
+    def languages(self) -> set[str]:
+        return {lang for lang in (*self.kept_languages, *self.dropped_languages) if lang}
 
     def verdict(self) -> str:
         """Whether the threshold cuts into the bulk of the distribution, in words."""
@@ -94,6 +126,11 @@ class RuleScores:
         )
 
 
+def _padded(languages: list[str | None], size: int) -> list[str | None]:
+    """The languages of ``size`` values; unknown (None) where none were recorded."""
+    return list(languages[:size]) + [None] * max(0, size - len(languages))
+
+
 def read_run_config(curated: Path) -> dict[str, Any] | None:
     """The curation config as the run recorded it, or None for a run without one."""
     path = curated / "run.json"
@@ -104,16 +141,17 @@ def read_run_config(curated: Path) -> dict[str, Any] | None:
 
 def scored_rules(stages: dict[str, Any]) -> list[ScoredRule]:
     """The rules of the configured stages whose threshold is a number (None: rule off)."""
-    candidates: list[tuple[str, str, str, str, bool, str | None, Any]] = []
+    candidates: list[tuple[str, str, str, str, bool, str | None, Any, tuple]] = []
 
-    def add(stage, reason, measure, name, keeps_above, column=None, settings=None):
+    def add(stage, reason, measure, name, keeps_above, column=None, settings=None, own=()):
         settings = stages.get(stage) if settings is None else settings
         if isinstance(settings, dict):
             candidates.append(
-                (stage, reason, measure, name, keeps_above, column, settings.get(name))
+                (stage, reason, measure, name, keeps_above, column, settings.get(name), own)
             )
 
     add("extract", "no_extractable_text", "extracted characters", "min_text_chars", True)
+    langid = stages.get("langid") if isinstance(stages.get("langid"), dict) else {}
     add(
         "langid",
         "language_score_below_min",
@@ -121,6 +159,7 @@ def scored_rules(stages: dict[str, Any]) -> list[ScoredRule]:
         "min_score",
         True,
         "language_score",
+        own=tuple(sorted((langid.get("min_score_by_language") or {}).items())),
     )
     add(
         "quality",
@@ -172,10 +211,18 @@ def scored_rules(stages: dict[str, Any]) -> list[ScoredRule]:
     heuristics = stages.get("heuristics")
     if isinstance(heuristics, dict):
         overrides = heuristics.get("overrides") or {}
+        per_language = heuristics.get("language_overrides") or {}
         for preset in heuristics.get("presets") or []:
             limits = {**PRESETS.get(preset, {}), **overrides.get(preset, {})}
             specs = [(s.threshold, s.reason) for s in HEURISTIC_RULES.get(preset, ())]
             for name, reason in specs if preset != "c4" else C4_COUNTED:
+                own = tuple(
+                    sorted(
+                        (language, table[preset][name])
+                        for language, table in per_language.items()
+                        if name in (table.get(preset) or {})
+                    )
+                )
                 add(
                     "heuristics",
                     reason,
@@ -183,51 +230,78 @@ def scored_rules(stages: dict[str, Any]) -> list[ScoredRule]:
                     name,
                     name.startswith("min_"),
                     settings=limits,
+                    own=own,
                 )
     return [
-        ScoredRule(stage, reason, measure, name, float(value), keeps_above, column)
-        for stage, reason, measure, name, keeps_above, column, value in candidates
-        if isinstance(value, int | float) and not isinstance(value, bool)
+        ScoredRule(stage, reason, measure, name, float(value), keeps_above, column, own)
+        for stage, reason, measure, name, keeps_above, column, value, own in candidates
+        if _number(value)
     ]
 
 
-def kept_values(docs: list[Path], columns: list[str]) -> dict[str, np.ndarray]:
-    """The curated documents' score columns (the first MAX_KEPT_VALUES finite values)."""
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def kept_values(
+    docs: list[Path], columns: list[str]
+) -> dict[str, tuple[np.ndarray, list[str | None]]]:
+    """The curated documents' score columns with each value's language (the first
+    MAX_KEPT_VALUES finite values of each column)."""
     values: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    languages: dict[str, list[str | None]] = {c: [] for c in columns}
     for path in docs:
-        present = [c for c in columns if c in pq.read_schema(path).names]
+        names = pq.read_schema(path).names
+        present = [c for c in columns if c in names]
         if not present:
             continue
-        table = pq.read_table(path, columns=present)
+        table = pq.read_table(path, columns=present + (["language"] if "language" in names else []))
+        language = table.column("language").to_pylist() if "language" in names else None
         for name in present:
             column = table.column(name).to_numpy(zero_copy_only=False).astype(float)
-            values[name].append(column[np.isfinite(column)])
-    joined = {c: np.concatenate(v)[:MAX_KEPT_VALUES] for c, v in values.items() if v}
-    return {c: v for c, v in joined.items() if v.size}
+            finite = np.isfinite(column)
+            values[name].append(column[finite])
+            if language is not None:
+                languages[name].extend(lang for lang, f in zip(language, finite, strict=True) if f)
+            else:
+                languages[name].extend([None] * int(finite.sum()))
+    joined = {
+        c: (np.concatenate(v)[:MAX_KEPT_VALUES], languages[c][:MAX_KEPT_VALUES])
+        for c, v in values.items()
+        if v
+    }
+    return {c: v for c, v in joined.items() if v[0].size}
 
 
 def rule_scores(
-    rules: list[ScoredRule], dropped: dict[tuple[str, str], list[float]], docs: list[Path]
+    rules: list[ScoredRule],
+    dropped: dict[tuple[str, str], list[tuple[float, str | None]]],
+    docs: list[Path],
 ) -> list[RuleScores]:
-    """Per rule: the kept scores (when a column records them) and the dropped ones.
-    Rules with nothing recorded on either side are left out (they never fired and keep
-    no score)."""
+    """Per rule: the kept scores (when a column records them) and the dropped ones, each
+    with its document's language. Rules with nothing recorded on either side are left
+    out (they never fired and keep no score)."""
     columns = sorted({r.kept_column for r in rules if r.kept_column})
     kept = kept_values(docs, columns) if columns else {}
     result = []
     for rule in rules:
-        scores = [
-            v
+        pairs = [
+            (v, lang)
             for (stage, reason), values in dropped.items()
             if rule.matches(stage, reason)
-            for v in values
+            for v, lang in values
+            if v is not None and np.isfinite(v)
         ]
-        finite = np.array([v for v in scores if v is not None and np.isfinite(v)], dtype=float)
-        kept_side = kept.get(rule.kept_column) if rule.kept_column else None
+        scores = np.array([v for v, _ in pairs], dtype=float)
+        kept_side, kept_languages = (
+            kept.get(rule.kept_column, (None, [])) if rule.kept_column else (None, [])
+        )
         if rule.kept_column and kept_side is None:
             kept_side = np.empty(0)  # recorded as a column, but no kept document has one
-        if finite.size or (kept_side is not None and kept_side.size):
-            result.append(RuleScores(rule, kept_side, finite))
+        if scores.size or (kept_side is not None and kept_side.size):
+            result.append(
+                RuleScores(rule, kept_side, scores, kept_languages, [lang for _, lang in pairs])
+            )
     return result
 
 

@@ -31,17 +31,22 @@ TARGET_FFN_EXPERTS = 1.5
 # What the run's config recorded (curated/run.json): the thresholds the report draws.
 RUN_CONFIG = {
     "stages": {
-        "langid": {"min_score": 0.65},
+        "langid": {"min_score": 0.65, "min_score_by_language": {"de": 0.5, "ja": 0.3}},
         "heuristics": {
             "presets": ["gopher_quality", "gopher_repetition", "c4"],
             "overrides": {"gopher_quality": {"min_words": 40}},
+            "language_overrides": {"zh": {"gopher_quality": {"min_words": 20}}},
         },
         "minhash_dedup": {"threshold": 0.8},
     }
 }
 # The language of a rejected document, per stage (None: dropped before language id).
-REJECT_LANGUAGES = {"langid": ["la"] * 5 + ["en", "de"], "heuristics": ["zh", "zh", "zh", "zh", "en", "zh"],
-                    "exact_dedup": ["en"], "minhash_dedup": ["en", "de"]}  # fmt: skip
+REJECT_LANGUAGES = {
+    "langid": ["la"] * 5 + ["en", "de"],
+    "heuristics": ["zh", "zh", "zh", "zh", "en", "zh"],
+    "exact_dedup": ["en"],
+    "minhash_dedup": ["en", "de"],
+}
 HOSTS = ("news.example", "blog.example", None)
 LONG_TEMPLATE_LINE = "Read our cookie policy and our terms of use before you go on. " * 4
 

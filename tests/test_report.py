@@ -369,7 +369,9 @@ def test_reason_examples_are_the_rejected_documents(report, run_dir: Path) -> No
         assert all(row[6].startswith("rejected text") for row in shown)
         assert all(len(row[6]) <= 301 for row in shown)  # cut, with an ellipsis
     words = rows(funnel, "examples-heuristics-gopher_too_few_words")
-    assert {row[5] for row in words} == {40}  # the run's override of Gopher's 50
+    assert {(row[3], row[5]) for row in words} == {("zh", 20)}  # zh's own, not the run's 40
+    low = rows(funnel, "examples-langid-language_score_below_min")
+    assert {(row[3], row[5]) for row in low} == {("en", 0.65), ("de", 0.5)}
     shares = {(r[0], r[1]): r[5:] for r in rows(funnel, "reasons")}
     assert shares[("heuristics", "gopher_too_few_words")] == [
         4 / ledger["stages"]["heuristics"]["input"], 4 / ledger["stages"]["read"]["input"]
@@ -392,7 +394,7 @@ def test_kept_and_rejected_by_language_source_and_host(report, run_dir: Path) ->
     assert "language-zh" in section["details"]
     shown = rows(section, "lang-examples-zh-heuristics-gopher_too_few_words")
     assert len(shown) == 3 and {row[3] for row in shown} == {"zh"}
-    assert {row[5] for row in shown} == {40}  # the threshold that rejected them
+    assert {row[5] for row in shown} == {20}  # zh's own threshold rejected them
     source = {r[0]: r[1:3] for r in rows(section, "by-source")}
     assert source["crawl"][1] + source["text"][1] == len(rejects)
     assert source["crawl"][0] == sum(d["source"].startswith("crawl/") for d in docs)
@@ -412,7 +414,8 @@ def test_scores_against_the_run_thresholds(report, run_dir: Path) -> None:
     assert langid[6] == sum(r["reason"] == "language_score_below_min" for r in rejects)
     words = table[("heuristics", "gopher_too_few_words")]
     assert words[4] == 40 and words[5] == "not recorded" and words[6] == 4
-    assert "not recorded" in words[8]
+    assert "not recorded" in words[8] and words[9] == "zh 20"
+    assert langid[9] == "de 0.5"  # ja has its own threshold too, but no ja document here
     minhash = table[("minhash_dedup", "near_duplicate")]
     assert minhash[4] == 0.8 and minhash[6] == 4
     # every kept langid score is at least 0.7, every dropped one below 0.65: in the tail
