@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from model_hooks.shard_format import MANIFEST_NAME, PhaseManifest, open_shard, read_manifest
 from pipeline.ledger import stage_changes
-from pipeline.report_rejects import Drilldown, load_drilldown
+from pipeline.report_rejects import Drilldown, load_drilldown, use_ledger_languages
 from pipeline.report_scores import (
     RuleScores,
     ScoredRule,
@@ -117,6 +117,9 @@ def load_run(run_dir: Path) -> RunData:
         data.funnel = load_funnel(curated)
     data.corpus = load_corpus(curated, run_dir / "tokenized", data.funnel)
     data.drilldown = load_drilldown(curated)
+    languages = data.funnel.ledger.get("languages") if data.funnel else None
+    if data.drilldown is not None and isinstance(languages, dict) and languages:
+        use_ledger_languages(data.drilldown, languages)
     data.run_config = read_run_config(curated)
     if data.run_config is not None:
         data.rules = scored_rules(data.run_config.get("stages") or {})

@@ -120,9 +120,14 @@ def _group_rows(groups: list[tuple[str, GroupCounts]]) -> list[list]:
 def _dimension_table(drill: Drilldown, dimension: str) -> str:
     groups = sorted_groups(drill.groups[dimension])
     headers = [DIMENSION_TITLES[dimension], "kept", "rejected", "rejected share", "top reasons"]
-    parts = [table(f"by-{dimension}", headers, _group_rows(groups[:SHOWN_GROUPS]))]
+    rows = _group_rows(groups)
+    if dimension == "language" and drill.language_source == "ledger":
+        headers.append("rows in rejects/")
+        for row, (value, _) in zip(rows, groups, strict=True):
+            row.append(Num(drill.sink_language_rows.get(value, 0)))
+    parts = [table(f"by-{dimension}", headers, rows[:SHOWN_GROUPS])]
     if len(groups) > SHOWN_GROUPS:
-        rest = table(f"by-{dimension}-more", headers, _group_rows(groups[SHOWN_GROUPS:]))
+        rest = table(f"by-{dimension}-more", headers, rows[SHOWN_GROUPS:])
         parts.append(details(f"{len(groups) - SHOWN_GROUPS:,} more {dimension}s", rest))
     return "\n".join(parts)
 
@@ -180,6 +185,13 @@ def breakdown_section(data: RunData) -> str:
         )
     for dimension in ("language", "source", "host"):
         parts.append(f"<h3>By {DIMENSION_TITLES[dimension]}</h3>")
+        if dimension == "language" and drill.language_source == "ledger":
+            parts.append(
+                note(
+                    "Counts from the ledger's per-language record (the pipeline's own "
+                    "count); the last column counts the rows of the rejects sink per language."
+                )
+            )
         parts.append(_dimension_table(drill, dimension))
         if dimension == "language":
             parts.append(_language_examples(drill, data.rules))

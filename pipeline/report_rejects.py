@@ -22,12 +22,16 @@ from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 
+from pipeline.ledger import UNKNOWN_LANGUAGE
+
 EXAMPLES_PER_REASON = 5
 MAX_SCORES_PER_REASON = 200_000
 EXAMPLES_PER_LANGUAGE_REASON = 3
 SNIPPET_CHARS = 300
 DIMENSIONS = ("source", "host", "language")  # the breakdowns, in page order
-NO_URL, NO_LANGUAGE, NOT_RECORDED = "(no URL)", "(none)", "(not recorded)"
+# No language: the ledger's "und" (ISO 639 undetermined: dropped before language id, or
+# a document language id does not judge, such as code), so both count the same documents.
+NO_URL, NO_LANGUAGE, NOT_RECORDED = "(no URL)", UNKNOWN_LANGUAGE, "(not recorded)"
 REJECT_COLUMNS = ("id", "source", "url", "stage", "reason", "score", "snippet", "language")
 
 
@@ -57,6 +61,10 @@ class Drilldown:
     scores: dict[tuple[str, str], list[tuple[float, str | None]]]
     rejects_have_language: bool
     docs_read: bool
+    # "ledger" when the language groups are the ledger's exact counts (then the rejects
+    # sink's rows per language are in sink_language_rows), else "files"
+    language_source: str = "files"
+    sink_language_rows: dict[str, int] = field(default_factory=dict)
 
 
 def source_group(source: str | None) -> str:
@@ -163,3 +171,19 @@ def sorted_groups(groups: dict[str, GroupCounts]) -> list[tuple[str, GroupCounts
 
 def top_reasons(counts: GroupCounts, n: int = 3) -> str:
     return ", ".join(f"{reason} ({k})" for (_, reason), k in counts.reasons.most_common(n))
+
+
+def use_ledger_languages(drill: Drilldown, languages: dict[str, Any]) -> None:
+    """Take the per-language groups from the ledger (``{language: {"kept": n, "dropped":
+    {"stage:reason": n}}}``, counted by the pipeline itself), keeping the rejects sink's
+    rows per language beside them as a cross-check."""
+    drill.sink_language_rows = {k: g.rejected for k, g in drill.groups["language"].items()}
+    groups = {}
+    for language, entry in languages.items():
+        reasons: Counter[tuple[str, str]] = Counter()
+        for key, n in (entry.get("dropped") or {}).items():
+            stage, _, reason = key.partition(":")
+            reasons[(stage, reason)] += int(n)
+        groups[language] = GroupCounts(kept=int(entry.get("kept", 0)), reasons=reasons)
+    drill.groups["language"] = groups
+    drill.language_source = "ledger"

@@ -108,8 +108,6 @@ def _write_curated(curated: Path, rng: np.random.Generator) -> dict:
     ledger["stages"]["template_lines"]["report"] = {"top_lines": top}
     curated.mkdir(parents=True)
     (curated / "run.json").write_text(json.dumps({"config_fingerprint": "f", "config": RUN_CONFIG}))
-    (curated / "funnel.txt").write_text(render_funnel(ledger))
-    (curated / "ledger.json").write_text(json.dumps(ledger, sort_keys=True))  # as the runner
     n = remaining
     docs = pa.table({
         "id": [f"d{i}" for i in range(n)],
@@ -142,6 +140,17 @@ def _write_curated(curated: Path, rng: np.random.Generator) -> dict:
         row["cluster_id"] = cluster
     (curated / "rejects").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), curated / "rejects" / "documents-00000.parquet")
+    # per language, as the runner counts it: kept documents, dropped ones by stage:reason
+    languages: dict = {}
+    for language in docs["language"].to_pylist():
+        languages.setdefault(language or "und", {"kept": 0, "dropped": {}})["kept"] += 1
+    for row in rows:
+        dropped = languages.setdefault(row["language"] or "und", {"kept": 0, "dropped": {}})
+        key = f"{row['stage']}:{row['reason']}"
+        dropped["dropped"][key] = dropped["dropped"].get(key, 0) + 1
+    ledger["languages"] = languages
+    (curated / "funnel.txt").write_text(render_funnel(ledger))
+    (curated / "ledger.json").write_text(json.dumps(ledger, sort_keys=True))  # as the runner
     return ledger
 
 

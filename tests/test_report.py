@@ -364,7 +364,7 @@ def test_reason_examples_are_the_rejected_documents(report, run_dir: Path) -> No
         expected = [r for r in rejects if (r["stage"], r["reason"]) == (stage, reason)][:5]
         shown = rows(funnel, f"examples-{stage}-{reason}")
         assert [row[0] for row in shown] == [r["id"] for r in expected]
-        assert [row[3] for row in shown] == [r["language"] or "(none)" for r in expected]
+        assert [row[3] for row in shown] == [r["language"] or "und" for r in expected]
         assert [row[4] for row in shown] == [r["score"] for r in expected]
         assert all(row[6].startswith("rejected text") for row in shown)
         assert all(len(row[6]) <= 301 for row in shown)  # cut, with an ellipsis
@@ -386,9 +386,16 @@ def test_kept_and_rejected_by_language_source_and_host(report, run_dir: Path) ->
     rejects = _rejects(run_dir)
     language = {r[0]: r[1:] for r in rows(section, "by-language")}
     kept = Counter(d["language"] for d in docs)
-    rejected = Counter(r["language"] or "(none)" for r in rejects)
+    rejected = Counter(r["language"] or "und" for r in rejects)
+    ledger = json.loads((run_dir / "curated" / "ledger.json").read_text())["languages"]
     for value in set(kept) | set(rejected):
+        # the ledger's count, and the rejects sink's rows beside it
         assert language[value][:2] == [kept.get(value, 0), rejected.get(value, 0)], value
+        assert language[value][:2] == [
+            ledger[value]["kept"],
+            sum(ledger[value]["dropped"].values()),
+        ]
+        assert language[value][4] == rejected.get(value, 0)
     # zh is eaten by one heuristic: the table's top reason and the verdict say so
     assert language["zh"][3].startswith("gopher_too_few_words (4)")
     assert "language-zh" in section["details"]
@@ -604,6 +611,10 @@ def test_rejects_written_without_a_language(tmp_path: Path, run_dir: Path) -> No
     shutil.copytree(run_dir / "curated", tmp_path / "curated")
     sink = tmp_path / "curated" / "rejects" / "documents-00000.parquet"
     pq.write_table(pq.read_table(sink).drop_columns(["language"]), sink)
+    ledger_path = tmp_path / "curated" / "ledger.json"
+    ledger = json.loads(ledger_path.read_text())
+    del ledger["languages"]  # nor did its ledger count per language
+    ledger_path.write_text(json.dumps(ledger))
     section = parse(write_report(tmp_path).read_text())["breakdown"]
     language = {r[0]: r[1:3] for r in rows(section, "by-language")}
     assert language["(not recorded)"] == [0, len(_rejects(run_dir))]
