@@ -620,3 +620,15 @@ def test_rejects_written_without_a_language(tmp_path: Path, run_dir: Path) -> No
     assert language["(not recorded)"] == [0, len(_rejects(run_dir))]
     assert language["en"][1] == 0 and "zh" not in language  # zh was only ever rejected
     assert "carry no language column" in " ".join(section["text"])
+
+
+def test_compare_runs_that_only_curated(tmp_path: Path, run_dir: Path) -> None:
+    """Two runs without packing or training: the funnel and languages compare, the mix
+    and training parts say what is missing instead of failing."""
+    for name in ("a", "b"):
+        shutil.copytree(run_dir / "curated", tmp_path / name / "curated")
+    page = parse(write_report(tmp_path / "a", compare=tmp_path / "b").read_text())
+    assert page["compare-funnel"]["status"] == page["compare-languages"]["status"] == "ok"
+    assert page["compare-mix"]["status"] == page["compare-training"]["status"] == "missing"
+    differences = [r[-1] for r in rows(page["compare-funnel"], "compare-funnel")]
+    assert set(differences) == {0}
