@@ -1,10 +1,14 @@
 """``python -m pipeline report RUN_DIR``: one self-contained HTML page about a run.
 
-Six sections, each from the run's own files (``report_data.py`` reads them): the
-funnel (the ledger, with its accounting identity recomputed), the corpus, the mix and
-the packing (the phase manifests and shards), the training metrics, and the FFN
-experts per token by data domain and layer. A section whose inputs are missing says
-so instead of drawing an empty plot.
+A box of verdicts (``report_verdict.py``), then eight sections, each from the run's own
+files (``report_data.py`` reads them): the funnel (the ledger, with its accounting
+identity recomputed, and example documents per reject reason), kept and rejected per
+language, input and host, and every scored rule against its threshold
+(``report_filters.py``), the corpus, the mix and the packing (the phase manifests and
+shards), the training metrics and the FFN experts per token by data domain and layer
+(``report_training.py``). A section whose inputs are missing says so instead of
+drawing an empty plot. ``--compare RUN_B`` sets two runs side by side
+(``report_compare.py``).
 
 Why numbers sit next to every plot: a reader checks a run against its ledger and
 manifests, so every table cell carries the exact value in ``data-value`` (the shown
