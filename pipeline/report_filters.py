@@ -235,14 +235,13 @@ def scores_section(data: RunData) -> str:
             [
                 "stage",
                 "rule",
-                "measure",
                 "threshold",
                 "value",
                 "kept (recorded)",
                 "dropped",
-                "dropped side",
-                "verdict",
+                "on the dropped side",
                 "own thresholds of this run's languages",
+                "verdict",
             ],
             rows,
         ),
@@ -260,17 +259,18 @@ def scores_section(data: RunData) -> str:
 
 
 def _score_row(scores: RuleScores) -> list:
+    """One rule: its threshold, how many scores each side recorded, the share of scored
+    documents beyond the threshold, and where the threshold sits, in words."""
     rule = scores.rule
     kept = None if scores.kept is None else int(scores.kept.size)
     return [
         rule.stage,
         rule.reason.rstrip(":"),
-        rule.measure,
         f"{rule.threshold_name} (keeps {'≥' if rule.keeps_above else '≤'})",
         _threshold_cell(rule.threshold),
         Num(kept) if kept is not None else "not recorded",
         Num(int(scores.dropped.size)),
         Num(scores.dropped_side_share(), 3),
-        scores.verdict(),
         rule.language_note(scores.languages()) or "–",
+        scores.verdict(),
     ]

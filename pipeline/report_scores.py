@@ -108,7 +108,7 @@ class RuleScores:
     def verdict(self) -> str:
         """Whether the threshold cuts into the bulk of the distribution, in words."""
         if self.kept is None:
-            return "kept documents' scores are not recorded: only the dropped side is drawn"
+            return "kept side not recorded: cannot tell"
         values = np.concatenate([self.kept, self.dropped])
         if values.size < 4:
             return "too few scored documents to judge"
@@ -120,10 +120,7 @@ class RuleScores:
             where = "cuts into the edge of the bulk"
         else:
             where = "sits in the tail"
-        return (
-            f"{where}: the middle half of the scores spans {low:.3g} to {high:.3g}; "
-            f"{share:.1%} of scored documents fall on the dropped side"
-        )
+        return f"{where} (middle half of the scores: {low:.3g} to {high:.3g})"
 
 
 def _padded(languages: list[str | None], size: int) -> list[str | None]:

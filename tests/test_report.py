@@ -417,16 +417,16 @@ def test_scores_against_the_run_thresholds(report, run_dir: Path) -> None:
     rejects = _rejects(run_dir)
     docs = pq.read_table(run_dir / "curated" / "docs")
     langid = table[("langid", "language_score_below_min")]
-    assert langid[4] == 0.65 and langid[5] == docs.num_rows  # every kept doc has a score
-    assert langid[6] == sum(r["reason"] == "language_score_below_min" for r in rejects)
+    assert langid[3] == 0.65 and langid[4] == docs.num_rows  # every kept doc has a score
+    assert langid[5] == sum(r["reason"] == "language_score_below_min" for r in rejects)
     words = table[("heuristics", "gopher_too_few_words")]
-    assert words[4] == 40 and words[5] == "not recorded" and words[6] == 4
-    assert "not recorded" in words[8] and words[9] == "zh 20"
-    assert langid[9] == "de 0.5"  # ja has its own threshold too, but no ja document here
+    assert words[3] == 40 and words[4] == "not recorded" and words[5] == 4
+    assert "not recorded" in words[8] and words[7] == "zh 20"
+    assert langid[7] == "de 0.5"  # ja has its own threshold too, but no ja document here
     minhash = table[("minhash_dedup", "near_duplicate")]
-    assert minhash[4] == 0.8 and minhash[6] == 4
+    assert minhash[3] == 0.8 and minhash[5] == 4
     # every kept langid score is at least 0.7, every dropped one below 0.65: in the tail
-    assert langid[7] == pytest.approx(2 / (docs.num_rows + 2)) and "tail" in langid[8]
+    assert langid[6] == pytest.approx(2 / (docs.num_rows + 2)) and "tail" in langid[8]
     assert len(section["images"]) == 1
 
 
