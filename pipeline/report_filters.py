@@ -168,7 +168,7 @@ def breakdown_section(data: RunData) -> str:
         note(
             "Kept: documents in the curated set. Rejected: rows of the rejects sink, by the "
             f"stage and reason that dropped them. Language {NO_LANGUAGE!r}: dropped before "
-            "language identification ran (or a document langid does not judge, such as code)."
+            "language identification ran; 'code': source files, which language id leaves alone."
         ),
         figure(
             plots.kept_rejected_bars(panels),

@@ -22,15 +22,15 @@ from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 
-from pipeline.ledger import UNKNOWN_LANGUAGE
+from pipeline.ledger import CODE, UNKNOWN_LANGUAGE
 
 EXAMPLES_PER_REASON = 5
 MAX_SCORES_PER_REASON = 200_000
 EXAMPLES_PER_LANGUAGE_REASON = 3
 SNIPPET_CHARS = 300
 DIMENSIONS = ("source", "host", "language")  # the breakdowns, in page order
-# No language: the ledger's "und" (ISO 639 undetermined: dropped before language id, or
-# a document language id does not judge, such as code), so both count the same documents.
+# No language: the ledger's "und" (ISO 639 undetermined: dropped before language id), so
+# both count the same documents; kept source files count as the ledger's "code".
 NO_URL, NO_LANGUAGE, NOT_RECORDED = "(no URL)", UNKNOWN_LANGUAGE, "(not recorded)"
 REJECT_COLUMNS = ("id", "source", "url", "stage", "reason", "score", "snippet", "language")
 
@@ -125,9 +125,11 @@ def load_drilldown(curated: Path) -> Drilldown | None:
                 if len(by_language[language_key]) < EXAMPLES_PER_LANGUAGE_REASON:
                     by_language[language_key].append(_example(row))
     for path in docs:
-        for batch in _batches(path, ("source", "url", "language")):
+        for batch in _batches(path, ("source", "url", "language", "format")):
             for row in batch:
                 language = _language(row.get("language"), "language" in row)
+                if language == NO_LANGUAGE and row.get("format") == "code":
+                    language = CODE  # as the ledger counts source files
                 for dimension, value in _dimension_values(row, language):
                     groups[dimension][value].kept += 1
     return Drilldown(

@@ -632,3 +632,16 @@ def test_compare_runs_that_only_curated(tmp_path: Path, run_dir: Path) -> None:
     assert page["compare-mix"]["status"] == page["compare-training"]["status"] == "missing"
     differences = [r[-1] for r in rows(page["compare-funnel"], "compare-funnel")]
     assert set(differences) == {0}
+
+
+def test_source_files_count_as_code_like_the_ledger(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from pipeline.report_rejects import load_drilldown
+
+    (tmp_path / "docs").mkdir()
+    docs = pa.table({"source": ["code/a.py", "text/b.jsonl"], "url": [None, None],
+                     "language": [None, None], "format": ["code", "text"]})  # fmt: skip
+    pq.write_table(docs, tmp_path / "docs" / "shard-00000.parquet")
+    groups = load_drilldown(tmp_path).groups["language"]
+    assert {k: g.kept for k, g in groups.items()} == {"code": 1, "und": 1}
