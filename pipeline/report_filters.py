@@ -48,7 +48,7 @@ def _threshold(rules: list[ScoredRule], stage: str, reason: str) -> ScoredRule |
 def example_table(name: str, rows: list[dict], rule: ScoredRule | None) -> str:
     cells = [
         [
-            row["id"] or "–",
+            Text(row["id"] or "–", "id"),
             row["source"] or "–",
             Text(row["url"] or "–", "url"),
             row["language"] or "–",

@@ -23,7 +23,8 @@ figure{margin:1em 0} img{max-width:100%} figcaption{font-size:0.85em;color:#555}
 .verdict.bad{color:#b00;font-weight:bold}
 details{margin:0.4em 0} summary{cursor:pointer} details>table,details>p{margin-left:1.2em}
 td.snippet{min-width:340px;max-width:520px;font-size:0.85em;color:#333}
-td.url{max-width:260px;word-break:break-all}
+td.url{min-width:200px;max-width:280px;word-break:break-all;font-size:0.85em}
+td.id{max-width:120px;word-break:break-all;font-size:0.75em}
 table[data-table="scores"]{font-size:0.8em}
 table[data-table="scores"] td:last-child{min-width:190px}
 .verdicts{border:2px solid #999;padding:0.4em 1em;margin:1em 0;background:#fafafa}
