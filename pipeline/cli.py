@@ -9,7 +9,8 @@ Commands:
   tokenize CONFIG.yaml          curated shards -> tokenized shards (actor pool)
   mix MIX.yaml --tokenized DIR --out DIR [--scale F] [--seed N]
                        plan and pack every phase of a curriculum into token shards
-  report RUN_DIR [--out FILE]   one self-contained HTML page of the run's plots
+  report RUN_DIR [--out FILE] [--compare RUN_B]   one self-contained HTML page of the
+                                run's plots; with --compare, two runs side by side
   train TRAIN.yaml [--steps N]  train the MoE through a curriculum's phases (resumes)
   grow --from RUN_DIR --to NEW_RUN_DIR   the twice-deeper model, same training state
 
@@ -80,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="one HTML page of a run's plots")
     report.add_argument("run_dir", type=Path, help="holds curated/, tokenized/, packed/, train/")
     report.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report.html")
+    report.add_argument(
+        "--compare", type=Path, default=None, metavar="RUN_B",
+        help="a second run: funnel, languages, mix and training of both side by side "
+        "(default out: RUN_DIR/report-vs-RUN_B.html)",
+    )  # fmt: skip
     train = commands.add_parser("train", help="train the MoE through a curriculum's phases")
     train.add_argument("config", type=Path, help="TRAIN.yaml (configs/demo_train.yaml)")
     train.add_argument("--steps", type=int, default=None, help="override train.steps")
@@ -203,13 +209,14 @@ def _run_mix(
     return 0
 
 
-def _report(run_dir: Path, out: Path | None) -> int:
+def _report(run_dir: Path, out: Path | None, compare: Path | None = None) -> int:
     from pipeline.report import write_report
 
-    if not run_dir.is_dir():
-        print(f"error: run folder {run_dir} does not exist", file=sys.stderr)
-        return 2
-    print(write_report(run_dir, out))
+    for folder in (run_dir, compare):
+        if folder is not None and not folder.is_dir():
+            print(f"error: run folder {folder} does not exist", file=sys.stderr)
+            return 2
+    print(write_report(run_dir, out, compare))
     return 0
 
 
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "mix":
             return _mix(args)
         if args.command == "report":
-            return _report(args.run_dir, args.out)
+            return _report(args.run_dir, args.out, args.compare)
         if args.command == "train":
             from pipeline.train_cmd import train_command
 

@@ -1,10 +1,14 @@
 """``python -m pipeline report RUN_DIR``: one self-contained HTML page about a run.
 
-Six sections, each from the run's own files (``report_data.py`` reads them): the
-funnel (the ledger, with its accounting identity recomputed), the corpus, the mix and
-the packing (the phase manifests and shards), the training metrics, and the FFN
-experts per token by data domain and layer. A section whose inputs are missing says
-so instead of drawing an empty plot.
+A box of verdicts (``report_verdict.py``), then eight sections, each from the run's own
+files (``report_data.py`` reads them): the funnel (the ledger, with its accounting
+identity recomputed, and example documents per reject reason), kept and rejected per
+language, input and host, and every scored rule against its threshold
+(``report_filters.py``), the corpus, the mix and the packing (the phase manifests and
+shards), the training metrics and the FFN experts per token by data domain and layer
+(``report_training.py``). A section whose inputs are missing says so instead of
+drawing an empty plot. ``--compare RUN_B`` sets two runs side by side
+(``report_compare.py``).
 
 Why numbers sit next to every plot: a reader checks a run against its ledger and
 manifests, so every table cell carries the exact value in ``data-value`` (the shown
@@ -14,50 +18,21 @@ text may be rounded), and the tests compare those values with the files.
 from __future__ import annotations
 
 import html
-import itertools
 from pathlib import Path
 
 from model_hooks.shard_format import PhaseManifest
 from pipeline import report_plots as plots
+from pipeline.report_compare import render_compare
 from pipeline.report_data import Corpus, Funnel, RunData, load_run
-from pipeline.report_html import Num, figure, missing, page, para, table
+from pipeline.report_filters import breakdown_section, reason_examples, scores_section
+from pipeline.report_html import Num, details, figure, missing, note, page, para, table
 from pipeline.report_training import expert_section, training_section
+from pipeline.report_verdict import identity_checks, verdict_box, verdicts
 
 REPORT_NAME = "report.html"
 
 
 # -- 1. funnel -------------------------------------------------------------------------
-
-
-def identity_checks(funnel: Funnel) -> list[tuple[str, int, int]]:
-    """The accounting identity, recomputed from the per-stage counts: (check, left, right)."""
-    ledger, order = funnel.ledger, funnel.order
-    stages = ledger["stages"]
-    checks = []
-    for name in order:
-        entry = stages[name]
-        dropped = sum(entry["rejected"].values()) + sum(entry["errors"].values())
-        checks.append(
-            (f"{name}: input = kept + rejected + errors", entry["input"], entry["kept"] + dropped)
-        )
-    for a, b in itertools.pairwise(order):
-        checks.append((f"{a} kept = {b} input", stages[a]["kept"], stages[b]["input"]))
-    rejected = sum(sum(stages[s]["rejected"].values()) for s in order)
-    errors = sum(sum(stages[s]["errors"].values()) for s in order)
-    first, kept = stages[order[0]]["input"], stages[order[-1]]["kept"]
-    checks.append(("run: input = kept + rejected + errors", first, kept + rejected + errors))
-    if "documents_written" in ledger:
-        checks.append(("kept = documents written", kept, ledger["documents_written"]))
-    totals = ledger.get("totals", {})
-    for key, value in (
-        ("input", first),
-        ("kept", kept),
-        ("rejected", rejected),
-        ("errors", errors),
-    ):
-        if key in totals:
-            checks.append((f"ledger totals.{key} = recomputed", totals[key], value))
-    return checks
 
 
 def funnel_section(data: RunData) -> str:
@@ -95,13 +70,19 @@ def funnel_section(data: RunData) -> str:
             ),
             "Documents into and out of every stage",
         ),
-        table(
+        details(
+            f"The identity, check by check ({len(checks)} checks, "
+            f"{sum(a != b for _, a, b in checks)} failing)",
+            table(
+                "identity",
+                ["check", "left", "right", "holds"],
+                [[c, Num(a), Num(b), "yes" if a == b else "NO"] for c, a, b in checks],
+            ),
             "identity",
-            ["check", "left", "right", "holds"],
-            [[c, Num(a), Num(b), "yes" if a == b else "NO"] for c, a, b in checks],
         ),
     ]
     parts.extend(_reason_parts(funnel))
+    parts.append(reason_examples(data))
     parts.append(_downstream_table(data))
     return "\n".join(parts)
 
@@ -117,6 +98,7 @@ def _reason_parts(funnel: Funnel) -> list[str]:
     if not rows:
         return [para("No document was rejected.")]
     sink = funnel.reject_rows
+    run_input = stages[funnel.order[0]]["input"]
     cells = [
         [
             stage,
@@ -124,14 +106,16 @@ def _reason_parts(funnel: Funnel) -> list[str]:
             "error" if error else "rejected",
             Num(n),
             Num(sink.get((stage, reason), 0) if sink is not None else None),
+            Num(n / stages[stage]["input"] if stages[stage]["input"] else None, 4),
+            Num(n / run_input if run_input else None, 4),
         ]
         for stage, reason, n, error in rows
     ]
+    headers = ["stage", "reason", "kind", "documents (ledger)", "rows in rejects/",
+               "share of the stage's input", "share of the run's input"]  # fmt: skip
     return [
-        figure(plots.reasons(rows), "Rejects by reason (hatched: errors)"),
-        table(
-            "reasons", ["stage", "reason", "kind", "documents (ledger)", "rows in rejects/"], cells
-        ),
+        figure(plots.reasons(rows), "Rejects by reason, one colour per stage (hatched: errors)"),
+        table("reasons", headers, cells),
     ]
 
 
@@ -149,7 +133,9 @@ def _downstream_table(data: RunData) -> str:
         rows.append([f"pack: {m.phase}", Num(documents), Num(m.tokens), Num(m.rows)])
     if not rows:
         return missing("No tokenized or packed data in this run yet.")
-    return table("downstream", ["step", "documents", "tokens", "sequences"], rows)
+    return table("downstream", ["step", "documents", "tokens", "sequences"], rows) + note(
+        EPOCHS_NOTE
+    )
 
 
 # -- 2. corpus -------------------------------------------------------------------------
@@ -159,8 +145,8 @@ def corpus_section(data: RunData) -> str:
     corpus = data.corpus
     if corpus is None:
         return missing("No curated documents (curated/docs/) or tokenized shards in this run.")
-    note = " (distributions from an even sample)" if corpus.sampled else ""
-    parts = [para(f"{corpus.documents:,} curated documents{note}.")]
+    sampled = " (distributions from an even sample)" if corpus.sampled else ""
+    parts = [para(f"{corpus.documents:,} curated documents{sampled}.")]
     bars = []
     if corpus.languages:
         bars.append(("documents by language", dict(corpus.languages.most_common(20)), "docs"))
@@ -204,22 +190,35 @@ def _counts_table(corpus: Corpus) -> str:
     return table("corpus-counts", ["what", "value", "count"], rows) if keys or rows else ""
 
 
+TEMPLATE_LINE_CHARS = 160
+MIN_BARS = 3
+
+
+def _cut(text: str, limit: int) -> str:
+    """At most ``limit`` characters, with an ellipsis where the text was cut."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _dedup_parts(corpus: Corpus) -> list[str]:
     parts = ["<h3>Near-duplicate clusters</h3>"]
     if corpus.cluster_sizes:
-        parts.append(
-            figure(
-                plots.labelled_bars(corpus.cluster_sizes, "documents in cluster", "clusters"),
-                f"Near-duplicate cluster sizes (from the {corpus.cluster_source})",
+        clusters = sum(corpus.cluster_sizes.values())
+        sizes = ", ".join(f"{n:,} of size {size}" for size, n in corpus.cluster_sizes.items())
+        parts.append(para(f"{clusters:,} clusters (from the {corpus.cluster_source}): {sizes}."))
+        if len(corpus.cluster_sizes) >= MIN_BARS:  # a chart of one or two bars says no more
+            parts.append(
+                figure(
+                    plots.labelled_bars(corpus.cluster_sizes, "documents in cluster", "clusters"),
+                    f"Near-duplicate cluster sizes (from the {corpus.cluster_source})",
+                )
             )
-        )
         rows = [[size, Num(n)] for size, n in corpus.cluster_sizes.items()]
         parts.append(table("clusters", ["cluster size", "clusters"], rows))
     else:
         parts.append(missing("No MinHash near-duplicate stage in this run."))
     parts.append("<h3>Top template lines removed</h3>")
     if corpus.top_lines:
-        rows = [[line[:160], Num(n)] for line, n in corpus.top_lines[:25]]
+        rows = [[_cut(line, TEMPLATE_LINE_CHARS), Num(n)] for line, n in corpus.top_lines[:25]]
         parts.append(table("template-lines", ["line", "documents it was removed from"], rows))
     else:
         parts.append(missing("No template-line stage in this run."))
@@ -229,6 +228,11 @@ def _dedup_parts(corpus: Corpus) -> list[str]:
 # -- 3. mix and 4. packing -------------------------------------------------------------
 
 
+EPOCHS_NOTE = (
+    "A phase's documents are its sample plan's entries, one per draw: a component used for "
+    "more than one epoch (the mix tables' epochs column) draws documents again, so a phase "
+    "can hold more documents than were curated or tokenized."
+)
 COMPONENT_HEADERS = [
     "component", "declared share", "realised share", "difference", "tokens", "documents",
     "epochs",
@@ -248,8 +252,8 @@ def mix_section(data: RunData) -> str:
         *_mix_figures([m for m in phases if m.components]),
     ]
     for m in phases:
-        parts.append(f"<h3>phase {html.escape(m.phase)}</h3>")
         if not m.components:
+            parts.append(f"<h3>phase {html.escape(m.phase)}</h3>")
             parts.append(missing("This phase's manifest lists no components."))
             continue
         cells = [
@@ -258,7 +262,13 @@ def mix_section(data: RunData) -> str:
              Num(c.epochs, 3)]
             for c in m.components
         ]  # fmt: skip
-        parts.append(table(f"mix-{m.phase}", COMPONENT_HEADERS, cells))
+        worst = max(abs(c.realised_share - c.declared_share) for c in m.components)
+        summary = (
+            f"phase {m.phase}: {len(m.components)} components, largest |realised − declared| "
+            f"{100 * worst:.2f} percentage points"
+        )
+        parts.append(details(summary, table(f"mix-{m.phase}", COMPONENT_HEADERS, cells)))
+    parts.append(note(EPOCHS_NOTE))
     return "\n".join(parts)
 
 
@@ -278,7 +288,11 @@ def _mix_figures(phases: list[PhaseManifest]) -> list[str]:
     }
     totals = plots.phase_totals([m.phase for m in phases], [m.tokens for m in phases], epochs)
     return [
-        figure(plots.mix_shares(shares), "Declared against realised token share of each component"),
+        figure(
+            plots.mix_shares(shares),
+            "The curriculum's shape: realised token share of each component per phase (left), "
+            "and how far it landed from the declared share, in percentage points (right)",
+        ),
         figure(totals, "Tokens per phase and epochs per component"),
     ]
 
@@ -335,27 +349,40 @@ def packing_section(data: RunData) -> str:
 
 SECTIONS = {
     "funnel": ("1. Funnel", funnel_section),
-    "corpus": ("2. Corpus", corpus_section),
-    "mix": ("3. Mix", mix_section),
-    "packing": ("4. Packing", packing_section),
-    "training": ("5. Training", training_section),
-    "experts": ("6. Expert allocation by domain and layer", expert_section),
+    "breakdown": ("2. Kept and rejected by language, input and host", breakdown_section),
+    "scores": ("3. Scores against thresholds", scores_section),
+    "corpus": ("4. Corpus", corpus_section),
+    "mix": ("5. Mix", mix_section),
+    "packing": ("6. Packing", packing_section),
+    "training": ("7. Training", training_section),
+    "experts": ("8. Expert allocation by domain and layer", expert_section),
 }
 
 
 def render(data: RunData) -> str:
     sections = [(key, heading, build(data)) for key, (heading, build) in SECTIONS.items()]
-    return page(f"Run report: {data.run_dir.name}", str(data.run_dir), sections)
+    lead = verdict_box(verdicts(data))
+    return page(f"Run report: {data.run_dir.name}", str(data.run_dir), sections, lead)
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Read the run folder, write the page (tmp then rename), return its path."""
+def write_report(
+    run_dir: str | Path, out: str | Path | None = None, compare: str | Path | None = None
+) -> Path:
+    """Read the run folder, write the page (tmp then rename), return its path. With
+    ``compare`` (a second run folder) the page sets the two runs side by side, by
+    default as RUN_DIR/report-vs-<its name>.html."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    path = Path(out) if out is not None else run_dir / REPORT_NAME
+    for folder in (run_dir, *([Path(compare)] if compare is not None else [])):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"run folder {folder} does not exist")
+    if compare is None:
+        path = Path(out) if out is not None else run_dir / REPORT_NAME
+        text = render(load_run(run_dir))
+    else:
+        path = Path(out) if out is not None else run_dir / f"report-vs-{Path(compare).name}.html"
+        text = render_compare(load_run(run_dir), load_run(Path(compare)))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(render(load_run(run_dir)), encoding="utf-8")
+    temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
     return path

@@ -6,16 +6,19 @@ read in full for the numbers (the ledger, the manifests, the metrics) and in bou
 memory for the distributions: per-document values are kept for at most
 ``MAX_SAMPLE`` documents, a deterministic stride over every shard when there are more.
 
-    RUN_DIR/curated/   ledger.json, funnel.txt, docs/*.parquet, rejects/*.parquet
+    RUN_DIR/curated/   ledger.json, funnel.txt, run.json (the config), docs/*.parquet,
+                       rejects/*.parquet
     RUN_DIR/tokenized/ docs/shard-*.parquet with id, domain, n_tokens (and tokens, unread)
     RUN_DIR/packed/    <phase>/manifest.json + shard-*.arrow
     RUN_DIR/curriculum.json   the phase order, written by ``mix`` (optional)
-    RUN_DIR/train/     metrics.jsonl
+    RUN_DIR/train/     metrics.jsonl, wall-time fields there or in timings*.jsonl (by
+                       step), ckpt.pt (only its model_config: the target K_e)
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,15 @@ import pyarrow.parquet as pq
 
 from model_hooks.shard_format import MANIFEST_NAME, PhaseManifest, open_shard, read_manifest
 from pipeline.ledger import stage_changes
+from pipeline.report_rejects import Drilldown, load_drilldown, use_ledger_languages
+from pipeline.report_scores import (
+    RuleScores,
+    ScoredRule,
+    read_run_config,
+    rule_scores,
+    scored_rules,
+    unscored_rules,
+)
 
 MAX_SAMPLE = 200_000
 # Funnel order when the ledger does not carry one (its JSON keys are sorted by name).
@@ -83,6 +95,12 @@ class RunData:
     phases: list[Phase] = field(default_factory=list)
     phase_order_source: str = ""
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    drilldown: Drilldown | None = None
+    run_config: dict[str, Any] | None = None  # curated/run.json's config
+    rules: list[ScoredRule] = field(default_factory=list)
+    rule_scores: list[RuleScores] = field(default_factory=list)
+    unscored_rules: list[ScoredRule] = field(default_factory=list)
+    model_config: dict[str, Any] | None = None  # the trained model's config (train/ckpt.pt)
 
 
 def load_run(run_dir: Path) -> RunData:
@@ -92,15 +110,60 @@ def load_run(run_dir: Path) -> RunData:
     if not curated.is_dir() and (run_dir / "ledger.json").exists():
         curated = run_dir  # the curated folder itself was given
     data = RunData(run_dir)
-    metrics_path = run_dir / "train" / "metrics.jsonl"
-    if metrics_path.exists():
-        lines = metrics_path.read_text().splitlines()
-        data.metrics = [json.loads(line) for line in lines if line.strip()]
+    train = run_dir / "train"
+    data.metrics = load_metrics(train)
+    data.model_config = load_model_config(train / "ckpt.pt") if data.metrics else None
     if (curated / "ledger.json").exists():
         data.funnel = load_funnel(curated)
     data.corpus = load_corpus(curated, run_dir / "tokenized", data.funnel)
+    data.drilldown = load_drilldown(curated)
+    languages = data.funnel.ledger.get("languages") if data.funnel else None
+    if data.drilldown is not None and isinstance(languages, dict) and languages:
+        use_ledger_languages(data.drilldown, languages)
+    data.run_config = read_run_config(curated)
+    if data.run_config is not None:
+        data.rules = scored_rules(data.run_config.get("stages") or {})
+        dropped = data.drilldown.scores if data.drilldown else {}
+        docs = sorted((curated / "docs").glob("*.parquet")) if (curated / "docs").is_dir() else []
+        data.rule_scores = rule_scores(data.rules, dropped, docs)
+        data.unscored_rules = unscored_rules(data.rules, data.rule_scores)
     data.phases, data.phase_order_source = load_phases(run_dir / "packed", data.metrics)
     return data
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_metrics(train: Path) -> list[dict[str, Any]]:
+    """The trainer's per-step records. Wall-time fields may live in a separate timings
+    file (``timings*.jsonl``, records keyed by ``step``): they are joined in by step,
+    never overwriting a field the metrics record already has."""
+    path = train / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = _jsonl(path)
+    by_step = {r["step"]: r for r in records if "step" in r}
+    for timings in sorted(train.glob("timings*.jsonl")):
+        for timing in _jsonl(timings):
+            record = by_step.get(timing.get("step"))
+            if record is not None:
+                record.update({k: v for k, v in timing.items() if k not in record})
+    return records
+
+
+def load_model_config(ckpt: Path) -> dict[str, Any] | None:
+    """The checkpoint's ``model_config`` (memory-mapped: the weights are not read)."""
+    if not ckpt.exists():
+        return None
+    import torch  # only here: the rest of the report needs no torch
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):
+        return None  # a checkpoint being written or of another format: K_e unknown
+    config = state.get("model_config") if isinstance(state, dict) else None
+    return dict(config) if isinstance(config, dict) else None
 
 
 def load_funnel(curated: Path) -> Funnel:

@@ -21,6 +21,15 @@ th,td{border:1px solid #ccc;padding:2px 8px;text-align:left} td.num{text-align:r
 figure{margin:1em 0} img{max-width:100%} figcaption{font-size:0.85em;color:#555}
 .missing{color:#8a6d3b;background:#fcf8e3;padding:0.5em} .verdict.ok{color:#2d7a2d}
 .verdict.bad{color:#b00;font-weight:bold}
+details{margin:0.4em 0} summary{cursor:pointer} details>table,details>p{margin-left:1.2em}
+td.snippet{min-width:340px;max-width:520px;font-size:0.85em;color:#333}
+td.url{min-width:200px;max-width:280px;word-break:break-all;font-size:0.85em}
+td.id{max-width:120px;word-break:break-all;font-size:0.75em}
+table[data-table="scores"]{font-size:0.8em}
+table[data-table="scores"] td:last-child{min-width:190px}
+.verdicts{border:2px solid #999;padding:0.4em 1em;margin:1em 0;background:#fafafa}
+.verdicts li.bad{color:#b00} .verdicts li.ok{color:#2d7a2d} .verdicts li.info{color:#444}
+.note{color:#555;font-size:0.9em}
 """
 SCRIPT = """window.addEventListener("load", () => {
   const images = Array.from(document.images);
@@ -46,6 +55,14 @@ class Num:
         return f"{self.value:,.{self.digits}f}"
 
 
+@dataclass(frozen=True)
+class Text:
+    """A text cell with a CSS class (a long snippet, a URL that may wrap anywhere)."""
+
+    text: str
+    css: str
+
+
 def table(name: str, headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
@@ -55,6 +72,8 @@ def table(name: str, headers: list[str], rows: list[list[Any]]) -> str:
             if isinstance(cell, Num):
                 value = "" if cell.value is None else repr(cell.value)
                 cells.append(f'<td class="num" data-value="{value}">{cell.text()}</td>')
+            elif isinstance(cell, Text):
+                cells.append(f'<td class="{cell.css}">{html.escape(cell.text)}</td>')
             else:
                 cells.append(f"<td>{html.escape(str(cell))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -67,6 +86,16 @@ def table(name: str, headers: list[str], rows: list[list[Any]]) -> str:
 def figure(uri: str, caption: str) -> str:
     alt = html.escape(caption)
     return f'<figure><img src="{uri}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+
+
+def details(summary: str, body: str, name: str = "") -> str:
+    """A collapsed block: the summary line always shows, the body on a click."""
+    attr = f' data-details="{html.escape(name)}"' if name else ""
+    return f"<details{attr}><summary>{html.escape(summary)}</summary>\n{body}\n</details>"
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
 
 
 def para(text: str) -> str:
@@ -82,9 +111,10 @@ def is_missing(body: str) -> bool:
     return body.startswith(f'<p class="{MISSING_CLASS}">')
 
 
-def page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str:
+def page(title: str, subtitle: str, sections: list[tuple[str, str, str]], lead: str = "") -> str:
     """The whole document from (id, heading, body) sections, with a table of contents.
-    A section that only says what is missing is marked ``data-status="missing"``."""
+    A section that only says what is missing is marked ``data-status="missing"``;
+    ``lead`` (the verdicts) goes above the table of contents."""
     nav = " ".join(f'<a href="#{key}">{html.escape(heading)}</a>' for key, heading, _ in sections)
     blocks = [
         f'<section id="{key}" data-status="{"missing" if is_missing(body) else "ok"}">'
@@ -95,7 +125,7 @@ def page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{title}</title><style>{CSS}</style><script>{SCRIPT}</script></head>\n"
-        f"<body><h1>{title}</h1><p>{html.escape(subtitle)}</p><nav>{nav}</nav>\n"
+        f"<body><h1>{title}</h1><p>{html.escape(subtitle)}</p>{lead}<nav>{nav}</nav>\n"
         + "\n".join(blocks)
         + "\n</body></html>\n"
     )

@@ -16,13 +16,33 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 # Fixed colours for the pipeline's domains, so a domain looks the same in every plot.
 DOMAIN_COLOURS = {"web": "#4C78A8", "stem": "#F58518", "code": "#54A24B", "books": "#B279A2"}
 OTHER_COLOURS = ("#E45756", "#72B7B2", "#EECA3B", "#9D755D", "#BAB0AC", "#FF9DA6")
 PAD_COLOUR = "#D9D9D9"
+KEPT_COLOUR, DROPPED_COLOUR, THRESHOLD_COLOUR = "#4C78A8", "#E45756", "#222222"
 DPI = 100
+
+
+def stage_colours(stages: Sequence[str]) -> dict[str, str]:
+    """One distinct colour per stage (matplotlib's 20 tab20 colours, darker shades
+    first), so no two stages of a funnel share a colour."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"].colors
+    order = [*palette[0::2], *palette[1::2]]
+    return {s: _hex(order[i % len(order)]) for i, s in enumerate(stages)}
+
+
+def _hex(rgb: Sequence[float]) -> str:
+    return "#" + "".join(f"{round(c * 255):02X}" for c in rgb[:3])
+
+
+def integer_counts(axis) -> None:
+    """Counts are whole documents: no 2.5 tick on a count axis."""
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def domain_colour(name: str, known: Sequence[str] = ()) -> str:
@@ -48,7 +68,7 @@ def to_data_uri(fig: Figure) -> str:
 
 def funnel(stages: list[str], inputs: list[int], kept: list[int]) -> str:
     """Documents into and out of every stage, first stage at the top."""
-    fig, (ax,) = new_figure(9, 0.5 * len(stages) + 1.2)
+    fig, (ax,) = new_figure(9, 0.32 * len(stages) + 1.0)
     y = np.arange(len(stages))[::-1]
     ax.barh(y + 0.2, inputs, height=0.4, color="#BBCCEE", label="input")
     ax.barh(y - 0.2, kept, height=0.4, color="#4C78A8", label="kept")
@@ -63,20 +83,22 @@ def funnel(stages: list[str], inputs: list[int], kept: list[int]) -> str:
         )
     ax.set_yticks(y, stages)
     ax.set_xlabel("documents")
+    integer_counts(ax.xaxis)
     ax.legend(loc="lower right")
     return to_data_uri(fig)
 
 
 def reasons(rows: list[tuple[str, str, int, bool]]) -> str:
     """Rejected (solid) and failed (hatched) documents per reason, coloured by stage."""
-    fig, (ax,) = new_figure(9, 0.32 * len(rows) + 1.3)
+    fig, (ax,) = new_figure(9, 0.24 * len(rows) + 1.1)
     stages = list(dict.fromkeys(stage for stage, *_ in rows))
-    colours = {s: OTHER_COLOURS[i % len(OTHER_COLOURS)] for i, s in enumerate(stages)}
+    colours = stage_colours(stages)
     y = np.arange(len(rows))[::-1]
     for yy, (stage, _, n, error) in zip(y, rows, strict=True):
         ax.barh(yy, n, color=colours[stage], hatch="//" if error else None, edgecolor="white")
     ax.set_yticks(y, [f"{stage}: {reason}" for stage, reason, *_ in rows], fontsize=8)
     ax.set_xlabel("documents")
+    integer_counts(ax.xaxis)
     ax.legend(handles=[Patch(color=colours[s], label=s) for s in stages], fontsize=8)
     return to_data_uri(fig)
 
@@ -91,6 +113,7 @@ def counts_bars(panels: list[tuple[str, dict[str, float], str]]) -> str:
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(unit)
+        integer_counts(ax.yaxis)
     return to_data_uri(fig)
 
 
@@ -108,6 +131,7 @@ def histograms(panels: list[tuple[str, np.ndarray, str, bool]]) -> str:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("documents")
+        integer_counts(ax.yaxis)
     return to_data_uri(fig)
 
 
@@ -118,21 +142,44 @@ def labelled_bars(counts: dict[str, int], xlabel: str, ylabel: str) -> str:
     ax.set_xticks(range(len(counts)), list(counts))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    integer_counts(ax.yaxis)
     return to_data_uri(fig)
 
 
 def mix_shares(phases: list[tuple[str, list[str], list[float], list[float]]]) -> str:
-    """Per phase, declared against realised token share of each component."""
-    fig, axes = new_figure(9, 2.6 * len(phases) + 0.4, len(phases), 1)
-    for ax, (phase, names, declared, realised) in zip(axes, phases, strict=True):
-        x = np.arange(len(names))
-        ax.bar(x - 0.2, declared, width=0.4, color="#BBCCEE", label="declared")
-        bars = ax.bar(x + 0.2, realised, width=0.4, color="#4C78A8", label="realised")
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
-        ax.set_xticks(x, names, fontsize=8)
-        ax.set_ylabel("token share")
-        ax.set_title(f"phase {phase}", fontsize=10)
-        ax.legend(fontsize=8)
+    """Every phase as one bar stacked by realised component share (the curriculum at a
+    glance), and realised minus declared share per component in percentage points: five
+    phases of near-identical declared/realised bar pairs told the reader nothing."""
+    names = list(dict.fromkeys(n for _, components, *_ in phases for n in components))
+    fig, (shape, error) = new_figure(11, 0.45 * len(phases) + 1.6, 1, 2)
+    y = np.arange(len(phases))[::-1]
+    left = np.zeros(len(phases))
+    for name in names:
+        shares = np.array([realised[components.index(name)] if name in components else 0.0
+                           for _, components, _, realised in phases])  # fmt: skip
+        shape.barh(y, shares, left=left, color=domain_colour(name, names), label=name)
+        for yy, x0, w in zip(y, left, shares, strict=True):
+            if w >= 0.06:
+                shape.text(x0 + w / 2, yy, f"{w:.0%}", ha="center", va="center", fontsize=7,
+                           color="white")  # fmt: skip
+        left += shares
+    shape.set_yticks(y, [phase for phase, *_ in phases], fontsize=8)
+    shape.set_xlim(0, 1)
+    shape.set_xlabel("realised token share")
+    shape.legend(fontsize=7, ncol=min(len(names), 5), loc="upper center",
+                 bbox_to_anchor=(0.5, -0.25 if len(phases) > 2 else -0.45))  # fmt: skip
+    for i, name in enumerate(names):
+        points = [
+            (yy, 100 * (realised[c.index(name)] - declared[c.index(name)]))
+            for yy, (_, c, declared, realised) in zip(y, phases, strict=True)
+            if name in c
+        ]
+        offset = (i - (len(names) - 1) / 2) * 0.08
+        error.scatter([p for _, p in points], [yy + offset for yy, _ in points], s=18,
+                      color=domain_colour(name, names), label=name)  # fmt: skip
+    error.axvline(0, color="black", linewidth=0.8)
+    error.set_yticks(y, [phase for phase, *_ in phases], fontsize=8)
+    error.set_xlabel("realised − declared (percentage points)")
     return to_data_uri(fig)
 
 
@@ -141,6 +188,7 @@ def phase_totals(phases: list[str], tokens: list[int], epochs: dict[str, list[fl
     fig, (left, right) = new_figure(10, 3.4, 1, 2)
     left.bar(phases, tokens, color="#4C78A8")
     left.set_ylabel("tokens (padding excluded)")
+    left.tick_params(axis="x", labelrotation=30, labelsize=8)
     left.set_title("tokens per phase", fontsize=10)
     width = 0.8 / max(len(phases), 1)
     names = list(epochs)
@@ -163,7 +211,8 @@ def packing(segments: np.ndarray, example: dict | None, seq_len: int, domains: l
         hist.hist(segments, bins=edges, color="#4C78A8", edgecolor="white")
     hist.set_xlabel("segments (documents or pieces) per sequence")
     hist.set_ylabel("sequences")
-    hist.xaxis.get_major_locator().set_params(integer=True)
+    integer_counts(hist.xaxis)
+    integer_counts(hist.yaxis)
     if example:
         bounds = example["cu_seqlens"]
         for i, domain in enumerate(example["domains"]):
@@ -207,89 +256,69 @@ def packing(segments: np.ndarray, example: dict | None, seq_len: int, domains: l
     return to_data_uri(fig)
 
 
-def _boundaries(ax, boundaries: list[tuple[float, str]], label: bool) -> None:
-    for x, name in boundaries:
-        ax.axvline(x, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
-        if label:
-            ax.annotate(
-                name,
-                (x, 1.0),
-                xycoords=("data", "axes fraction"),
-                xytext=(3, -10),
-                textcoords="offset points",
-                fontsize=8,
-            )
-
-
-def losses(x: np.ndarray, lm: np.ndarray, by_domain: dict[str, np.ndarray], boundaries) -> str:
-    """LM loss and loss per domain against tokens seen, phase boundaries dashed."""
-    fig, (ax,) = new_figure(10, 3.6)
-    ax.plot(x, lm, color="black", linewidth=1.6, label="lm loss (all)")
-    for name, values in by_domain.items():
-        if not np.isfinite(values).any():
-            continue  # a domain this run never measured
-        colour = domain_colour(name, list(by_domain))
-        marker = "." if np.isnan(values).any() else None  # a gappy series stays visible
-        ax.plot(x, values, linewidth=1.0, color=colour, marker=marker, label=name)
-    _boundaries(ax, boundaries, label=True)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("cross-entropy")
-    ax.legend(fontsize=8, ncol=min(len(by_domain) + 1, 6))
+def kept_rejected_bars(panels: list[tuple[str, list[tuple[str, int, int]]]]) -> str:
+    """Per (title, [(label, kept, rejected)]) panel: one stacked horizontal bar per label,
+    kept then rejected, so a group being eaten shows as a mostly red bar."""
+    tallest = max(len(rows) for _, rows in panels)
+    fig, axes = new_figure(4.2 * len(panels), 0.28 * tallest + 1.4, 1, len(panels))
+    for ax, (title, rows) in zip(axes, panels, strict=True):
+        y = np.arange(len(rows))[::-1]
+        kept = np.array([k for _, k, _ in rows])
+        rejected = np.array([r for _, _, r in rows])
+        ax.barh(y, kept, color=KEPT_COLOUR, label="kept")
+        ax.barh(y, rejected, left=kept, color=DROPPED_COLOUR, label="rejected")
+        ax.set_yticks(y, [label for label, *_ in rows], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("documents")
+        integer_counts(ax.xaxis)
+        ax.legend(fontsize=7, loc="lower right")
     return to_data_uri(fig)
 
 
-def stability(
-    x: np.ndarray, panels: list[tuple[str, dict[str, np.ndarray], float | None]], boundaries
+def score_distributions(
+    panels: list[tuple[str, np.ndarray | None, np.ndarray, float, str]],
 ) -> str:
-    """A grid of (title, {series: values}, reference line) panels against tokens seen."""
-    cols = 2
+    """Per (title, kept scores or None, dropped scores, threshold, x label) panel: both
+    sides stacked on shared bins, the threshold drawn; "not recorded" where kept is None."""
+    cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = new_figure(10, 2.6 * rows, rows, cols)
-    for ax, (title, series, reference) in zip(axes, panels, strict=False):
-        many = len(series) > 1
-        for name, values in series.items():
-            ax.plot(
-                x,
-                values,
-                linewidth=1.0 if many else 1.4,
-                label=name,
-                marker="." if np.isnan(values).any() else None,
-            )
-        if reference is not None:
-            ax.axhline(reference, color="red", linestyle=":", label=f"{reference:g}")
-            finite = np.concatenate([v[np.isfinite(v)] for v in series.values()])
-            if finite.size and finite.min() > 0:
-                ax.set_yscale("log")  # the limit stays readable next to values far above it
-        _boundaries(ax, boundaries, label=False)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("tokens seen", fontsize=8)
-        if many or reference is not None:
-            ax.legend(fontsize=7, ncol=2)
+    fig, axes = new_figure(3.6 * cols, 2.7 * rows, rows, cols)
+    for ax, (title, kept, dropped, threshold, xlabel) in zip(axes, panels, strict=False):
+        sides = [("kept", kept, KEPT_COLOUR), ("dropped", dropped, DROPPED_COLOUR)]
+        drawn = [(name, v, c) for name, v, c in sides if v is not None and v.size]
+        values = np.concatenate([v for _, v, _ in drawn]) if drawn else np.array([threshold])
+        low, high = min(values.min(), threshold), max(values.max(), threshold)
+        span = high - low or max(abs(high), 1.0)
+        bins = np.linspace(low - 0.02 * span, high + 0.02 * span, 31)
+        if drawn:
+            ax.hist([v for _, v, _ in drawn], bins=bins, stacked=True,
+                    color=[c for *_, c in drawn], label=[n for n, *_ in drawn])  # fmt: skip
+        ax.axvline(threshold, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.2,
+                   label=f"threshold {threshold:g}")  # fmt: skip
+        ax.set_title(title + ("\n(kept documents: not recorded)" if kept is None else ""),
+                     fontsize=9)  # fmt: skip
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("documents", fontsize=8)
+        integer_counts(ax.yaxis)
+        ax.legend(fontsize=7)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return to_data_uri(fig)
 
 
-def heatmap(matrix: np.ndarray, domains: list[str], layers: list[str]) -> str:
-    """Mean FFN experts per token, domains by layers, each cell annotated."""
-    fig, (ax,) = new_figure(max(5, 1.0 * len(layers) + 3), 0.6 * len(domains) + 1.6)
-    image = ax.imshow(matrix, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(layers)), layers)
-    ax.set_yticks(range(len(domains)), domains)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("data domain")
-    finite = matrix[np.isfinite(matrix)]
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
-    for (i, j), value in np.ndenumerate(matrix):
-        if np.isfinite(value):
-            ax.text(
-                j,
-                i,
-                f"{value:.2f}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="black" if value > middle else "white",
-            )
-    fig.colorbar(image, ax=ax, label="FFN experts per token")
+RUN_COLOURS = ("#4C78A8", "#F58518")  # run A, run B of a comparison
+
+
+def grouped_bars(panels: list[tuple[str, list[str], dict[str, list[float]]]]) -> str:
+    """Per (title, labels, {run: values}) panel: the runs' bars side by side per label."""
+    fig, axes = new_figure(10, 2.8 * len(panels) + 0.4, len(panels), 1)
+    for ax, (title, labels, runs) in zip(axes, panels, strict=True):
+        x = np.arange(len(labels))
+        width = 0.8 / max(len(runs), 1)
+        for i, (run, values) in enumerate(runs.items()):
+            offset = (i - (len(runs) - 1) / 2) * width
+            ax.bar(x + offset, values, width=width, color=RUN_COLOURS[i % 2], label=run)
+        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
     return to_data_uri(fig)

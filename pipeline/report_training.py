@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import report_plots as plots
+from pipeline import report_training_plots as plots
 from pipeline.report_data import RunData
-from pipeline.report_html import Num, figure, missing, para, table
-
-GRAD_RATIO_LIMIT = 0.1  # LongCat-Flash: keep the balance loss's gradient below 0.1 of the LM's
+from pipeline.report_html import Num, figure, missing, note, para, table
+from pipeline.report_verdict import EXPERT_TARGET_TOLERANCE, GRAD_RATIO_LIMIT, warmup_end
 
 
 def _series(records: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -83,6 +82,57 @@ def _max(values: np.ndarray) -> float | None:
     return float(finite.max()) if finite.size else None
 
 
+def expert_target(data: RunData) -> float | None:
+    """K_e: from the metrics when the trainer logs it, else the checkpoint's config."""
+    logged = next(
+        (r["target_ffn_experts"] for r in data.metrics if "target_ffn_experts" in r), None
+    )
+    return logged if logged is not None else (data.model_config or {}).get("target_ffn_experts")
+
+
+def _flag(value: float | None, bad: bool) -> str:
+    return "" if value is None else ("OUT OF RANGE" if bad else "ok")
+
+
+def _throughput(records: list[dict[str, Any]]) -> float | None:
+    """Median tokens per second over the steps with a wall time (metrics or timings file)."""
+    rates = [r["tokens"] / r["step_time_s"] for r in records
+             if r.get("tokens") and r.get("step_time_s")]  # fmt: skip
+    return float(np.median(rates)) if rates else None
+
+
+def _summary_rows(data: RunData, x, xlabel, marks, losses, lm, ratio) -> list[list]:
+    records = data.metrics
+    start = warmup_end(records)
+    after = _max(ratio[start:])
+    target = expert_target(data)
+    warmup_step = records[start].get("step", start + 1)
+    rows = [
+        ["steps", Num(len(records)), ""],
+        [xlabel, Num(int(x[-1]) if np.isfinite(x[-1]) else None), ""],
+        ["phases", " → ".join(name for _, name in marks) or "–", ""],
+        ["lm loss, first step", Num(_last(lm[:1])), ""],
+        ["lm loss, last step", Num(_last(lm)), ""],
+        *[[f"loss {name}, last measured", Num(_last(v)), ""] for name, v in losses.items()],
+        ["warm-up ends (first step at the peak lr)", Num(int(warmup_step)), ""],
+        [f"gradient norm ratio R_g, max after warm-up (limit {GRAD_RATIO_LIMIT})", Num(after),
+         _flag(after, after is not None and after > GRAD_RATIO_LIMIT)],
+        ["router cosine similarity, last", Num(_last(_series(records, "router_cosine_sim"))), ""],
+        ["K_e: target FFN experts per token", Num(target), ""],
+    ]  # fmt: skip
+    for layer, values in _per_layer(records[start:], "ffn_experts_per_token").items():
+        finite = values[np.isfinite(values)]
+        mean = float(finite.mean()) if finite.size else None
+        off = mean is not None and target is not None
+        off = off and abs(mean - target) > EXPERT_TARGET_TOLERANCE * target
+        flag = _flag(mean, off) if target is not None else "no target recorded"
+        rows.append([f"FFN experts per token after warm-up, {layer}", Num(mean), flag])
+    throughput = _throughput(records)
+    if throughput is not None:
+        rows.append(["tokens per second, median step", Num(throughput, 1), ""])
+    return rows
+
+
 def training_section(data: RunData) -> str:
     records = data.metrics
     if not records:
@@ -92,43 +142,39 @@ def training_section(data: RunData) -> str:
     losses = _domain_losses(records)
     lm = _series(records, "lm_loss")
     ratio = _series(records, "grad_norm_ratio")
-    rows = [
-        ["steps", Num(len(records))],
-        [xlabel, Num(int(x[-1]) if np.isfinite(x[-1]) else None)],
-        ["phases", " → ".join(name for _, name in marks) or "–"],
-        ["lm loss, first step", Num(_last(lm[:1]))],
-        ["lm loss, last step", Num(_last(lm))],
-        *[[f"loss {name}, last measured", Num(_last(v))] for name, v in losses.items()],
-        [f"gradient norm ratio, max (limit {GRAD_RATIO_LIMIT})", Num(_max(ratio))],
-        ["router cosine similarity, last", Num(_last(_series(records, "router_cosine_sim")))],
-    ]
+    rows = _summary_rows(data, x, xlabel, marks, losses, lm, ratio)
+    target = expert_target(data)
+    k_e = None if target is None else (target, f"K_e {target:g}", False)
     panels = [
         ("balance loss", {"balance loss": _series(records, "balance_loss")}, None),
         ("hidden z-loss", {"z-loss": _series(records, "z_loss")}, None),
-        ("gradient norm ratio R_g", {"R_g": ratio}, GRAD_RATIO_LIMIT),
-        (
-            "router cosine similarity",
-            {
-                "mean": _series(records, "router_cosine_sim"),
-                **_per_layer(records, "router_cosine_sim_per_layer"),
-            },
-            None,
-        ),
+        ("gradient norm ratio R_g", {"R_g": ratio},
+         (GRAD_RATIO_LIMIT, f"limit {GRAD_RATIO_LIMIT:g}", True)),
+        ("router cosine similarity",
+         {"mean": _series(records, "router_cosine_sim"),
+          **_per_layer(records, "router_cosine_sim_per_layer")}, None),
         ("expert load spread (max / mean)", _per_layer(records, "load_max_over_mean"), None),
-        ("FFN experts per token", _per_layer(records, "ffn_experts_per_token"), None),
+        ("FFN experts per token", _per_layer(records, "ffn_experts_per_token"), k_e),
         ("zero-expert share", _per_layer(records, "zero_expert_share"), None),
         ("gradient norm", {"grad norm": _series(records, "grad_norm")}, None),
-    ]
+    ]  # fmt: skip
     panels = [p for p in panels if p[1] and any(np.isfinite(v).any() for v in p[1].values())]
-    note = f"{len(records)} steps; dashed lines mark where a phase starts."
+    window = plots.smoothing_window(len(records))
+    smoothing = (
+        f"solid lines are a centred {window}-step moving mean, the raw per-step values faint"
+        if window > 1
+        else "too few steps to smooth: raw per-step values"
+    )
+    text = f"{len(records)} steps; dashed lines mark where a phase starts; {smoothing}."
     return "\n".join(
         [
-            para(note),
-            table("training", ["metric", "value"], rows),
+            para(text),
+            table("training", ["metric", "value", "check"], rows),
             figure(plots.losses(x, lm, losses, marks), "Loss and loss per domain against tokens"),
             figure(
                 plots.stability(x, panels, marks),
-                "Balance loss, z-loss, gradient norm ratio, router similarity, expert load",
+                "Balance loss, z-loss, gradient norm ratio (red: its limit), router similarity, "
+                "expert load, FFN experts per token (red: the target K_e)",
             ),
         ]
     )
@@ -178,6 +224,7 @@ def expert_section(data: RunData) -> str:
         [d, *[Num(None if np.isnan(v) else float(v), 3) for v in matrix[i]]]
         for i, d in enumerate(domains)
     ]
+    uri, scale = plots.heatmap(matrix, domains, layers)
     return "\n".join(
         [
             para(
@@ -185,11 +232,15 @@ def expert_section(data: RunData) -> str:
                 f"{len(data.metrics)} steps: the LongCat-Flash appendix analysis, by our domain "
                 "tags. Fewer FFN experts means more tokens went to zero-computation experts."
             ),
-            figure(
-                plots.heatmap(matrix, domains, layers),
-                "FFN experts per token by data domain and layer",
-            ),
+            figure(uri, f"FFN experts per token by data domain and layer; {scale}"),
             table("experts", ["domain", *[f"layer {layer}" for layer in layers]], rows),
             f"<p>{html.escape('Layers are counted from the input (0).')}</p>",
+            note(_target_note(expert_target(data))),
         ]
     )
+
+
+def _target_note(target: float | None) -> str:
+    if target is None:
+        return "The target K_e is not recorded in this run (no train/ckpt.pt model_config)."
+    return f"The router's target is K_e = {target:g} FFN experts per token, for every domain."

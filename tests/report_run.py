@@ -27,6 +27,28 @@ from pipeline.ledger import build_ledger, render_funnel
 
 DOMAINS = ("web", "stem", "code", "books")
 LAYERS = 3
+TARGET_FFN_EXPERTS = 1.5
+# What the run's config recorded (curated/run.json): the thresholds the report draws.
+RUN_CONFIG = {
+    "stages": {
+        "langid": {"min_score": 0.65, "min_score_by_language": {"de": 0.5, "ja": 0.3}},
+        "heuristics": {
+            "presets": ["gopher_quality", "gopher_repetition", "c4"],
+            "overrides": {"gopher_quality": {"min_words": 40}},
+            "language_overrides": {"zh": {"gopher_quality": {"min_words": 20}}},
+        },
+        "minhash_dedup": {"threshold": 0.8},
+    }
+}
+# The language of a rejected document, per stage (None: dropped before language id).
+REJECT_LANGUAGES = {
+    "langid": ["la"] * 5 + ["en", "de"],
+    "heuristics": ["zh", "zh", "zh", "zh", "en", "zh"],
+    "exact_dedup": ["en"],
+    "minhash_dedup": ["en", "de"],
+}
+HOSTS = ("news.example", "blog.example", None)
+LONG_TEMPLATE_LINE = "Read our cookie policy and our terms of use before you go on. " * 4
 
 
 def build_run(root: Path, seed: int = 0) -> Path:
@@ -68,7 +90,7 @@ def _write_curated(curated: Path, rng: np.random.Generator) -> dict:
     flow = [
         ("read", {"binary_content": 2, "empty_document": 1}, {}),
         ("extract", {"no_extractable_text": 3}, {"error:extract_timeout": 1}),
-        ("langid", {"language_score_below_min": 2}, {}),
+        ("langid", {"language_not_selected": 5, "language_score_below_min": 2}, {}),
         ("heuristics", {"gopher_too_few_words": 4, "c4_too_few_sentences": 2}, {}),
         ("exact_dedup", {"exact_duplicate": 3}, {}),
         ("minhash_dedup", {"near_duplicate": 4}, {}),
@@ -81,14 +103,16 @@ def _write_curated(curated: Path, rng: np.random.Generator) -> dict:
     ledger = build_ledger(stages, remaining)
     ledger["stages"]["minhash_dedup"]["cluster_sizes"] = {"2": 2, "3": 1}
     top = [{"line": "Subscribe to our newsletter", "documents": 9},
-           {"line": "All rights reserved.", "documents": 5}]  # fmt: skip
+           {"line": "All rights reserved.", "documents": 5},
+           {"line": LONG_TEMPLATE_LINE, "documents": 3}]  # fmt: skip
     ledger["stages"]["template_lines"]["report"] = {"top_lines": top}
     curated.mkdir(parents=True)
-    (curated / "funnel.txt").write_text(render_funnel(ledger))
-    (curated / "ledger.json").write_text(json.dumps(ledger, sort_keys=True))  # as the runner
+    (curated / "run.json").write_text(json.dumps({"config_fingerprint": "f", "config": RUN_CONFIG}))
     n = remaining
     docs = pa.table({
         "id": [f"d{i}" for i in range(n)],
+        "source": [("crawl/a.warc.gz", "text/b.jsonl")[i % 2] for i in range(n)],
+        "url": [_url(i) for i in range(n)],
         "text": ["word " * int(rng.integers(20, 2000)) for _ in range(n)],
         "language": rng.choice(["en", "de", "fr"], n, p=[0.7, 0.2, 0.1]).tolist(),
         "language_score": rng.uniform(0.7, 1.0, n),
@@ -105,12 +129,45 @@ def _write_curated(curated: Path, rng: np.random.Generator) -> dict:
         for reason, count in entry[kind].items()
         for _ in range(count)
     ]
+    for i, row in enumerate(rows):
+        languages = REJECT_LANGUAGES.get(row["stage"], [None])
+        seen = sum(r["stage"] == row["stage"] for r in rows[:i])
+        row.update(id=f"r{i}", source=("crawl/a.warc.gz", "text/b.jsonl")[i % 2], url=_url(i),
+                   language=languages[seen % len(languages)], snippet=f"rejected text {i} " * 40,
+                   score=_score(row["reason"], i))  # fmt: skip
     for row, cluster in zip([r for r in rows if r["stage"] == "minhash_dedup"],
                             ["c1", "c2", "c3", "c3"], strict=True):  # fmt: skip
         row["cluster_id"] = cluster
     (curated / "rejects").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), curated / "rejects" / "documents-00000.parquet")
+    # per language, as the runner counts it: kept documents, dropped ones by stage:reason
+    languages: dict = {}
+    for language in docs["language"].to_pylist():
+        languages.setdefault(language or "und", {"kept": 0, "dropped": {}})["kept"] += 1
+    for row in rows:
+        dropped = languages.setdefault(row["language"] or "und", {"kept": 0, "dropped": {}})
+        key = f"{row['stage']}:{row['reason']}"
+        dropped["dropped"][key] = dropped["dropped"].get(key, 0) + 1
+    ledger["languages"] = languages
+    (curated / "funnel.txt").write_text(render_funnel(ledger))
+    (curated / "ledger.json").write_text(json.dumps(ledger, sort_keys=True))  # as the runner
     return ledger
+
+
+def _url(i: int) -> str | None:
+    host = HOSTS[i % len(HOSTS)]
+    return None if host is None else f"https://{host}/page-{i}"
+
+
+def _score(reason: str, i: int) -> float | None:
+    """What the stage would record: a probability, a word count, a similarity."""
+    recorded = {
+        "language_score_below_min": 0.3 + 0.01 * i,
+        "gopher_too_few_words": float(10 + i),
+        "c4_too_few_sentences": 2.0,
+        "near_duplicate": 0.85 + 0.01 * (i % 3),
+    }
+    return recorded.get(reason)
 
 
 def _write_tokenized(tokenized: Path, rng: np.random.Generator, n: int) -> None:
@@ -180,6 +237,6 @@ def _metrics(steps: int, rng: np.random.Generator) -> list[dict]:
             "ffn_experts_per_token_by_domain": {
                 d: [round(1.0 + 0.1 * i + 0.05 * layer + 0.01 * step, 4) for layer in
                     range(LAYERS)] for i, d in enumerate(DOMAINS)},
-            "bias_mu": 0.1, "step_time_s": 0.5,
+            "bias_mu": 0.1, "step_time_s": 0.5, "target_ffn_experts": TARGET_FFN_EXPERTS,
         })  # fmt: skip
     return records
