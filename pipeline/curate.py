@@ -34,6 +34,7 @@ from pipeline.shards import (
     shard_name,
     write_json_atomic,
     write_parquet_atomic,
+    write_parquet_if_rows,
 )
 from stages import STAGES
 from stages.base import (
@@ -188,7 +189,7 @@ class DocumentPass:
         docs_entry = write_parquet_atomic(
             layout.filesystem, layout.work_documents(shard_index), kept
         )
-        write_parquet_atomic(
+        write_parquet_if_rows(
             layout.filesystem,
             layout.rejects("documents", shard_index),
             rejects_table(batch.filter(pc.invert(live))),
@@ -284,7 +285,7 @@ def finalize_shard(
     documents, dropped_by_step = apply_steps(layout, shard_index, steps, fingerprints)
     for name, dropped in dropped_by_step:
         dropped = set_column(dropped, DROP_STAGE, pa.array([name] * dropped.num_rows, pa.string()))
-        write_parquet_atomic(fs, layout.rejects(name, shard_index), rejects_table(dropped))
+        write_parquet_if_rows(fs, layout.rejects(name, shard_index), rejects_table(dropped))
         kept_before = stages[stage_order[-1]]["kept"]
         reasons = Counter(dropped.column(DROP_REASON).to_pylist())
         stages[name] = dedup_counts(kept_before, reasons)
@@ -292,7 +293,7 @@ def finalize_shard(
     documents = documents.drop_columns(
         [c for c in (*OUTPUT_DROP_COLUMNS, *WORK_COLUMNS) if c in documents.column_names]
     )
-    entry = write_parquet_atomic(fs, layout.docs(shard_index), documents)
+    entry = write_parquet_if_rows(fs, layout.docs(shard_index), documents)
     stats = {
         "shard": shard_index,
         "fingerprint": run_fingerprint,

@@ -42,7 +42,9 @@ from model_hooks.shard_format import (
     ComponentShare,
     PhaseManifest,
     ShardEntry,
+    narrow_tokens,
     read_manifest,
+    shard_metadata,
     write_manifest,
     write_shard,
 )
@@ -83,6 +85,15 @@ class PhaseJob:
     plan_path: str
     phase_dir: str
     done_windows: tuple[int, ...] = ()  # packed before a crash: not sliced or packed again
+    vocab_size: int = 2**32  # the shard's token type follows it (uint16 when it fits)
+    metadata: tuple[tuple[str, str], ...] = ()  # the shards' schema metadata
+
+
+def packed_metadata(tokenized: dict, phase: Phase) -> dict[str, str]:
+    """The schema metadata of a phase's shards: project version, tokenizer, phase."""
+    tokenizer = tokenized.get("tokenizer", "tokenizer.json")
+    metadata = shard_metadata(tokenizer, tokenized["tokenizer_sha256"], tokenized["vocab_size"])
+    return metadata | {"phase": phase.name, "seq_len": str(phase.seq_len)}
 
 
 def plan_path(out_dir: str, phase: str) -> str:
@@ -139,6 +150,7 @@ def pack_and_write(jobs: list[PhaseJob], units: pa.Table) -> pa.Table:
     window = int(units.column("window")[0].as_py())
     seed = stable_seed(job.seed, job.phase, "rows", window)
     table, stats = pack_window(units.drop_columns(["phase"]), job.seq_len, job.pad_id, seed)
+    table = narrow_tokens(table, job.vocab_size, dict(job.metadata))
     entry = write_shard(Path(job.phase_dir) / f"shard-{window:05d}.arrow", table)
     values = [
         job.phase, window, entry.file, entry.rows, entry.tokens, entry.sha256,
@@ -341,6 +353,7 @@ def _start_phase(mix: Mix, phase: Phase, prepared: Prepared, out_dir: str, seed:
     job = PhaseJob(
         phase.name, phase.seq_len, tokenized["pad_id"], seed, prepared.tokenized_dir,
         plan_path(out_dir, phase.name), directory, tuple(sorted(resumed)),
+        tokenized["vocab_size"], tuple(packed_metadata(tokenized, phase).items()),
     )  # fmt: skip
     return PhaseWork(phase, job, plan, masks, fingerprint, resumed)
 

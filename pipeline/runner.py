@@ -208,6 +208,8 @@ def _finalized(layout: RunLayout, shard: int, fingerprint: str | None) -> bool:
     stats = read_json(layout.filesystem, layout.stats(shard))
     if stats is None or stats.get("fingerprint") != fingerprint:
         return False
+    if stats["docs"]["rows"] == 0:  # every document dropped: no zero-row file written
+        return True
     return layout.filesystem.get_file_info(layout.docs(shard)).type == pafs.FileType.File
 
 
@@ -300,7 +302,9 @@ def run_curate(
     manifest = {
         "config_fingerprint": config.fingerprint(),
         "shards": [
-            {"file": f"docs/shard-{s['shard']:05d}.parquet", **s["docs"]} for s in final_stats
+            {"file": f"docs/shard-{s['shard']:05d}.parquet", **s["docs"]}
+            for s in final_stats
+            if s["docs"]["rows"]  # a shard that kept nothing has no file
         ],
         "documents": written,
     }
