@@ -1,5 +1,5 @@
-"""Input files -> document rows (``DOCUMENT_SCHEMA``): WARC, HTML, JSONL, Parquet and
-plain text or source files.
+"""Input files -> document rows (``DOCUMENT_SCHEMA``): WARC (and WET), HTML, JSONL,
+Parquet and plain text or source files; gzip (``.gz``) or zstd (``.zst``) compressed.
 
 Bad input never raises: a broken file or record becomes a row whose ``drop_reason``
 names the problem (``drop_stage = "read"``), so the ledger counts it. Memory stays
@@ -35,6 +35,7 @@ from stages.byte_streams import (
     LINE_MAX_BYTES,
     REASON_BINARY,
     REASON_CORRUPT_GZIP,
+    REASON_CORRUPT_ZSTD,
     REASON_INVALID_ENCODING,
     REASON_TOO_LARGE,
     REASON_TRUNCATED,
@@ -42,6 +43,7 @@ from stages.byte_streams import (
     GzipSource,
     PlainSource,
     ReadError,
+    ZstdSource,
     declared_charsets,
     decode_bytes,
 )
@@ -52,6 +54,7 @@ __all__ = [
     "REASON_BAD_JSON",
     "REASON_BINARY",
     "REASON_CORRUPT_GZIP",
+    "REASON_CORRUPT_ZSTD",
     "REASON_EMPTY",
     "REASON_INVALID_ENCODING",
     "REASON_MALFORMED_HTTP",
@@ -76,8 +79,9 @@ REASON_BAD_JSON = "malformed_json"
 REASON_MISSING_FIELD = "missing_text_field"
 REASON_UNSUPPORTED = "unsupported_format"
 # The other reasons come from the module whose rule fires them: REASON_CORRUPT_GZIP,
-# REASON_TRUNCATED, REASON_TOO_LARGE, REASON_BINARY and REASON_INVALID_ENCODING from
-# stages.byte_streams; REASON_MALFORMED_WARC and REASON_MALFORMED_HTTP from stages.warc.
+# REASON_CORRUPT_ZSTD, REASON_TRUNCATED, REASON_TOO_LARGE, REASON_BINARY and
+# REASON_INVALID_ENCODING from stages.byte_streams; REASON_MALFORMED_WARC and
+# REASON_MALFORMED_HTTP from stages.warc.
 
 CODE_LANGUAGES = {
     ".py": "python", ".go": "go", ".rs": "rust", ".c": "c", ".h": "c", ".cpp": "cpp",
@@ -89,6 +93,10 @@ _CONTAINER_SUFFIXES = {  # matched with endswith, case-insensitive
     ".warc.gz": "warc", ".html.gz": "html", ".htm.gz": "html", ".jsonl.gz": "jsonl",
     ".json.gz": "jsonl", ".warc": "warc", ".html": "html", ".htm": "html",
     ".jsonl": "jsonl", ".parquet": "parquet",
+    # WET (Common Crawl's extracted text): WARC conversion records, read by the WARC parser
+    ".warc.wet.gz": "warc", ".wet.gz": "warc", ".warc.wet": "warc", ".wet": "warc",
+    ".warc.zst": "warc", ".warc.wet.zst": "warc", ".jsonl.zst": "jsonl",
+    ".json.zst": "jsonl", ".html.zst": "html",
 }  # fmt: skip
 
 _PARQUET_BATCH_ROWS = 256
@@ -157,10 +165,11 @@ def read_file(
             yield from _read_parquet(path, source, filesystem, cfg)
         else:
             with filesystem.open_input_stream(path, compression=None) as raw:
+                chunks: GzipSource | ZstdSource | PlainSource
                 if path.lower().endswith(".gz"):
-                    chunks: GzipSource | PlainSource = GzipSource(
-                        raw, cfg.max_doc_bytes, cfg.max_decompressed_ratio
-                    )
+                    chunks = GzipSource(raw, cfg.max_doc_bytes, cfg.max_decompressed_ratio)
+                elif path.lower().endswith(".zst"):
+                    chunks = ZstdSource(raw, cfg.max_doc_bytes, cfg.max_decompressed_ratio)
                 else:
                     chunks = PlainSource(raw)
                 reader = ByteReader(chunks)
@@ -318,12 +327,13 @@ def _read_parquet(
 
 
 def _read_warc(reader: ByteReader, source: str, cfg: ReaderConfig) -> Iterator[dict[str, Any]]:
-    """One row per page or rejected record that ``stages.warc.read_warc`` reports."""
+    """One row per page, text (WET conversion) or rejected record that
+    ``stages.warc.read_warc`` reports."""
     if not reader.peek(1):
         yield _reject(source, "file", REASON_EMPTY, format="html")
         return
     for warc in read_warc(reader, cfg.max_doc_bytes):
-        fields = {"format": "html", "url": warc.url and _clean(warc.url), "date": warc.date}
+        fields = {"format": warc.media, "url": warc.url and _clean(warc.url), "date": warc.date}
         if warc.reason is not None:
             yield _reject(source, warc.record, warc.reason, warc.score, **fields)
         else:
