@@ -12,6 +12,7 @@ Commands:
   report RUN_DIR [--out FILE]   one self-contained HTML page of the run's plots
   train TRAIN.yaml [--steps N]  train the MoE through a curriculum's phases (resumes)
   grow --from RUN_DIR --to NEW_RUN_DIR   the twice-deeper model, same training state
+  schema curate|tokenize|mix|train|quality   a config file's keys, defaults and meaning
 
 The Ray address comes from ``--address`` or ``$RAY_ADDRESS``; with neither, an
 embedded local Ray is started. A config error exits with status 2 before Ray starts.
@@ -20,13 +21,19 @@ embedded local Ray is started. A config error exits with status 2 before Ray sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_curate_config
+from pipeline.console import filtered_native_stderr
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+INTERRUPTED = (
+    "interrupted: finished work is kept; run the same command again to resume "
+    "(-v for the traceback)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an output_dir written by another configuration",
     )
+
+    schema = commands.add_parser("schema", help="print a config file's keys with their defaults")
+    schema.add_argument("kind", choices=["curate", "tokenize", "mix", "train", "quality"])
 
     demo = commands.add_parser("demo", help="generate the demo corpus and run the main job")
     demo.add_argument(
@@ -114,6 +124,7 @@ def _demo(out: Path, seed: int, address: str | None, train_steps: int | None) ->
     from pipeline.flow import DEMO_MIX, stage_demo_configs, train_on_curriculum
     from pipeline.report import write_report
 
+    out = out.resolve()  # a relative --out: the copied configs resolve paths from their folder
     counts = generate_demo_corpus(out / "corpus", seed=seed)
     print(f"demo corpus in {out / 'corpus'}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     stage_demo_configs(out)
@@ -211,9 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     # One line per pass with its counts, whatever the verbosity: long runs show progress.
     logging.getLogger("pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    with contextlib.nullcontext() if args.verbose else filtered_native_stderr():
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "curate":
             return _curate(args.config, args.address, args.overwrite)
+        if args.command == "schema":
+            from pipeline.schema_cmd import schema_command
+
+            return schema_command(args.kind)
         if args.command == "demo":
             return _demo(args.out, args.seed, args.address, args.train_steps)
         if args.command == "train-quality":
@@ -237,4 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through Ray's internals
+        if args.verbose:
+            raise
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     raise AssertionError(f"unhandled command {args.command}")
