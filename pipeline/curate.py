@@ -167,6 +167,7 @@ class DocumentPass:
             {
                 "shard": [s["shard"] for s in summaries],
                 "documents": [s["documents"] for s in summaries],
+                "read": [s["read"] for s in summaries],
             }
         )
 
@@ -201,7 +202,7 @@ class DocumentPass:
             "stages": stage_counts(batch, self.stage_order),
         }
         write_json_atomic(layout.filesystem, layout.work_stats(shard_index), stats)
-        return {"shard": shard_index, "documents": kept.num_rows}
+        return {"shard": shard_index, "documents": kept.num_rows, "read": batch.num_rows}
 
 
 def documents_pass_done(layout: RunLayout, shard_index: int) -> dict[str, Any] | None:

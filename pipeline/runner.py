@@ -15,6 +15,7 @@ after a crash finishes only the missing shards and gives the same bytes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
@@ -119,6 +120,7 @@ def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int
     if not pending:
         return
     workers = min(len(pending), cluster_cpus())
+    started = time.monotonic()
     dataset = ray.data.from_items([{"shard": index} for index in pending])
     summaries = dataset.map_batches(
         DocumentPass,
@@ -128,10 +130,15 @@ def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         num_cpus=1,
     ).take_all()
+    seconds = time.monotonic() - started
+    read = sum(row["read"] for row in summaries)
     log.info(
-        "documents pass: %d shards, %d documents kept",
+        "documents pass: %d shards, %d documents read, %d kept in %.1f s (%.1f documents/s)",
         len(summaries),
+        read,
         sum(row["documents"] for row in summaries),
+        seconds,
+        read / max(seconds, 1e-9),
     )
 
 
@@ -213,6 +220,18 @@ def _finalized(layout: RunLayout, shard: int, fingerprint: str | None) -> bool:
     return layout.filesystem.get_file_info(layout.docs(shard)).type == pafs.FileType.File
 
 
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dumps, e.g. ``stages.langid.
+    min_score: 0.65 -> 0.5``, so a refusal says which key to look at."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        nested = (config_differences(old.get(k), new.get(k), f"{prefix}{k}.") for k in keys)
+        return [difference for part in nested for difference in part]
+    if old == new:
+        return []
+    return [f"{prefix.rstrip('.')}: {json.dumps(old)} -> {json.dumps(new)}"]
+
+
 def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) -> None:
     """A folder belongs to one configuration: refuse to mix outputs of two."""
     fs = layout.filesystem
@@ -221,8 +240,11 @@ def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) 
     fingerprint = config.fingerprint()
     if previous is not None and previous.get("config_fingerprint") != fingerprint:
         if not overwrite:
+            differences = config_differences(previous.get("config"), config.model_dump(mode="json"))
+            shown = ", ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
+            which = f" (differs in {shown})" if differences else " (an input it names changed)"
             raise ConfigError(
-                f"output_dir {config.output_dir} holds a run of another configuration; "
+                f"output_dir {config.output_dir} holds a run of another configuration{which}; "
                 "choose a new output_dir or pass --overwrite"
             )
         fs.delete_dir_contents(layout.root)

@@ -105,6 +105,12 @@ def test_ctrl_c_says_a_rerun_resumes_and_it_does(tmp_path: Path) -> None:
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     planned = re.search(r"(\d+) to run, (\d+) already done", rerun.stderr)
     assert planned and int(planned[2]) >= 1, rerun.stderr[-3000:]
+    rate = (
+        r"documents pass: (\d+) shards, (\d+) documents read, \d+ kept in [\d.]+ s "
+        r"\([\d.]+ documents/s\)"
+    )
+    progress = re.search(rate, rerun.stderr)  # the pass's documents and rate
+    assert progress and int(progress[2]) == 30 * int(progress[1]) == 30 * int(planned[1])
     ledger = json.loads((tmp_path / "curated" / "ledger.json").read_text())
     assert ledger["identity_holds"] and ledger["totals"]["input"] == 60 * 30
 
@@ -132,3 +138,23 @@ print("after", file=sys.stderr)
         "first line\nfrom python\n[x E 1 1] core_worker.cc:1: another native error\n"
         "no newlineafter\n"
     )
+
+
+def test_a_refused_output_dir_names_the_keys_that_differ(tmp_path: Path) -> None:
+    from pipeline.config import ConfigError, load_curate_config
+    from pipeline.runner import RunLayout, _claim_output_dir, config_differences
+
+    path = _curate_config(tmp_path, files=1)
+    first = load_curate_config(path)
+    layout = RunLayout.for_output(first.output_dir)
+    _claim_output_dir(layout, first, overwrite=False)
+    text = path.read_text().replace("shard_input_bytes: 1", "shard_input_bytes: 2")
+    path.write_text(text.replace("langid: null", "langid: {min_score: 0.5}"))
+    second = load_curate_config(path)
+    with pytest.raises(ConfigError) as refused:
+        _claim_output_dir(layout, second, overwrite=False)
+    message = str(refused.value)
+    assert "shard_input_bytes: 1 -> 2" in message
+    assert "stages.langid: null -> {" in message
+    assert config_differences({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}}) == ["a.c: 2 -> 3"]
+    _claim_output_dir(layout, second, overwrite=True)  # --overwrite takes the folder
