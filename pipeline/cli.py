@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     mix.add_argument("--scale", type=float, default=1.0, help="multiply every budget (1e-9)")
     mix.add_argument("--seed", type=int, default=None, help="override the mix file's seed")
     mix.add_argument("--local", action="store_true", help="pack in this process, without Ray")
+    mix.add_argument("--overwrite", action="store_true",
+                     help="replace the curriculum another mix file packed into --out")  # fmt: skip
     report = commands.add_parser("report", help="one HTML page of a run's plots")
     report.add_argument("run_dir", type=Path, help="holds curated/, tokenized/, packed/, train/")
     report.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report.html")
@@ -175,8 +177,9 @@ def _tokenize(config_path: Path, address: str | None) -> int:
 
 def _mix(args: argparse.Namespace) -> int:
     return _run_mix(
-        args.mix, args.tokenized, args.out, args.scale, args.seed, args.address, args.local
-    )
+        args.mix, args.tokenized, args.out, args.scale, args.seed, args.address, args.local,
+        args.overwrite,
+    )  # fmt: skip
 
 
 def _run_mix(
@@ -187,12 +190,14 @@ def _run_mix(
     seed: int | None,
     address: str | None,
     local: bool,
+    overwrite: bool = False,
 ) -> int:
     from pipeline.mix_config import load_mix
-    from pipeline.mixing import pack_locally, prepare_mix, render_summary, run_mix
+    from pipeline.mixing import claim_mix_out, pack_locally, prepare_mix, render_summary, run_mix
     from pipeline.token_runner import run_mix_on_ray
 
     mix = load_mix(mix_path, scale=scale)
+    claim_mix_out(out, mix, overwrite)
     prepared = prepare_mix(mix, tokenized)
     seed = mix.config.seed if seed is None else seed
     if local:  # same bytes as the Ray path, without Ray's start-up and shuffle costs

@@ -48,6 +48,7 @@ from model_hooks.shard_format import (
     write_manifest,
     write_shard,
 )
+from pipeline.config import ConfigError
 from pipeline.mix_config import Mix, Phase, check_against_data
 from pipeline.shards import parquet_bytes, resolve_filesystem, write_json_atomic
 from pipeline.tokenizing import read_index, read_tokenized_manifest
@@ -283,6 +284,27 @@ def reset_phase_dir(directory: str) -> None:
     """A phase folder holds one configuration's shards: start it empty."""
     shutil.rmtree(directory, ignore_errors=True)
     Path(directory).mkdir(parents=True)
+
+
+def claim_mix_out(out_dir: str | Path, mix: Mix, overwrite: bool) -> None:
+    """An ``--out`` holds one mix file's curriculum: refuse another mix's folder (its
+    phases would be repacked or left beside the new ones) unless ``overwrite``, which
+    removes the other curriculum's packed phases and plans first."""
+    path = Path(out_dir) / "curriculum.json"
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    if previous.get("mix_file") == mix.path.name:
+        return  # the same mix again (another seed or scale repacks what changed)
+    if not overwrite:
+        raise ConfigError(
+            f"--out {out_dir} holds the curriculum of {previous.get('mix_file')} "
+            f"(curriculum.json), not {mix.path.name}: choose another --out or pass --overwrite"
+        )
+    for phase in previous.get("phases", []):
+        shutil.rmtree(Path(out_dir) / "packed" / phase["phase"], ignore_errors=True)
+        Path(plan_path(str(out_dir), phase["phase"])).unlink(missing_ok=True)
+    path.unlink()
 
 
 def write_curriculum(out_dir: str, mix: Mix, manifests: list[PhaseManifest]) -> None:
