@@ -1,5 +1,6 @@
-"""Input files -> document rows (``DOCUMENT_SCHEMA``): WARC (and WET), HTML, JSONL,
-Parquet and plain text or source files; gzip (``.gz``) or zstd (``.zst``) compressed.
+"""Input files -> document rows (``DOCUMENT_SCHEMA``): WARC (and WET), HTML, JSONL (and
+``.json``: JSON Lines or one array), Parquet and plain text or source files; gzip
+(``.gz``) or zstd (``.zst``) compressed.
 
 Bad input never raises: a broken file or record becomes a row whose ``drop_reason``
 names the problem (``drop_stage = "read"``), so the ledger counts it. Memory stays
@@ -97,7 +98,9 @@ _CONTAINER_SUFFIXES = {  # matched with endswith, case-insensitive
     ".warc.wet.gz": "warc", ".wet.gz": "warc", ".warc.wet": "warc", ".wet": "warc",
     ".warc.zst": "warc", ".warc.wet.zst": "warc", ".jsonl.zst": "jsonl",
     ".json.zst": "jsonl", ".html.zst": "html",
+    ".json": "jsonl",  # JSON Lines (what most .json dumps hold), or one array of records
 }  # fmt: skip
+_JSON_ARRAY_DOCS = 10  # a .json array is read whole: at most this many max_doc_bytes
 
 _PARQUET_BATCH_ROWS = 256
 _ROW_FIELDS = tuple(n for n in DOCUMENT_SCHEMA.names if n not in ("shard", "ordinal"))
@@ -176,7 +179,8 @@ def read_file(
                 if kind == "warc":
                     yield from _read_warc(reader, source, cfg)
                 elif kind == "jsonl":
-                    yield from _read_jsonl(reader, source, cfg)
+                    arrays = path.lower().removesuffix(".gz").removesuffix(".zst").endswith(".json")
+                    yield from _read_jsonl(reader, source, cfg, arrays=arrays)
                 else:
                     yield _read_single(reader, source, kind, CODE_LANGUAGES.get(_suffix(path)), cfg)
     except ReadError as err:
@@ -264,9 +268,15 @@ def _read_single(
     )
 
 
-def _read_jsonl(reader: ByteReader, source: str, cfg: ReaderConfig) -> Iterator[dict[str, Any]]:
+def _read_jsonl(
+    reader: ByteReader, source: str, cfg: ReaderConfig, arrays: bool = False
+) -> Iterator[dict[str, Any]]:
+    """JSON Lines; with ``arrays`` (a ``.json`` file) also one JSON array of records."""
     if not reader.peek(1):
         yield _reject(source, "file", REASON_EMPTY, format="text")
+        return
+    if arrays and reader.peek(LINE_MAX_BYTES).lstrip()[:1] == b"[":
+        yield from _read_json_array(reader, source, cfg)
         return
     limit = 2 * cfg.max_doc_bytes + LINE_MAX_BYTES  # JSON escapes can double the text
     number = 0
@@ -292,6 +302,35 @@ def _read_jsonl(reader: ByteReader, source: str, cfg: ReaderConfig) -> Iterator[
             record = _clean(f"id:{key}")
         url = obj.get(cfg.url_field) if cfg.url_field else None
         yield _field_row(source, record, line, obj.get(cfg.text_field), url, cfg)
+
+
+def _read_json_array(
+    reader: ByteReader, source: str, cfg: ReaderConfig
+) -> Iterator[dict[str, Any]]:
+    """``[{...}, {...}]``: one row per element (``item:N``). The array is parsed whole,
+    so a file over ``_JSON_ARRAY_DOCS * max_doc_bytes`` is one too_large row (convert
+    it to JSON Lines to stream it)."""
+    cap = _JSON_ARRAY_DOCS * cfg.max_doc_bytes
+    data = reader.peek(cap + 1)
+    if len(data) > cap:
+        yield _reject(source, "file", REASON_TOO_LARGE, float(len(data)), format="text")
+        return
+    try:
+        items = json.loads(data)
+    except (ValueError, RecursionError):
+        yield _reject(source, "file", REASON_BAD_JSON, None, data[:LINE_MAX_BYTES], format="text")
+        return
+    for number, obj in enumerate(items):
+        record = f"item:{number}"
+        raw = json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8", "replace")
+        if not isinstance(obj, dict):
+            yield _reject(source, record, REASON_BAD_JSON, None, raw, format="text")
+            continue
+        key = obj.get(cfg.id_field) if cfg.id_field else None
+        if key is not None:
+            record = _clean(f"id:{key}")
+        url = obj.get(cfg.url_field) if cfg.url_field else None
+        yield _field_row(source, record, raw, obj.get(cfg.text_field), url, cfg)
 
 
 def _read_parquet(

@@ -150,3 +150,33 @@ def test_shard_accounting_over_the_new_formats(tmp_path: Path) -> None:
     assert sorted(r for r in reasons if r) == sorted(
         [REASON_MALFORMED_WARC, REASON_EMPTY, REASON_BAD_JSON, REASON_EMPTY]
     )
+
+
+def test_plain_json_files_as_lines_or_one_array(tmp_path: Path) -> None:
+    assert reader_kind("dump.json") == "jsonl"
+    records = [{"text": "first doc", "url": "u0"}, {"text": "second doc"}, 7, {"body": "x"}]
+    (tmp_path / "array.json").write_text(json.dumps(records, indent=1))
+    rows = _read(tmp_path / "array.json")
+    assert [(r["record"], r["text"], r[DROP_REASON]) for r in rows] == [
+        ("item:0", "first doc", None),
+        ("item:1", "second doc", None),
+        ("item:2", None, REASON_BAD_JSON),
+        ("item:3", None, "missing_text_field"),
+    ]
+    assert rows[0]["url"] == "u0"
+    lines = "\n".join(json.dumps(r) for r in records[:2]) + "\n"
+    (tmp_path / "lines.json").write_text(lines)
+    assert [r["text"] for r in _read(tmp_path / "lines.json")] == ["first doc", "second doc"]
+    (tmp_path / "broken.json").write_text('[{"text": "a"}, ')
+    assert [r[DROP_REASON] for r in _read(tmp_path / "broken.json")] == [REASON_BAD_JSON]
+    (tmp_path / "big.json").write_text(json.dumps([{"text": "y" * 500}] * 30))
+    big = _read(tmp_path / "big.json", ReaderConfig(max_doc_bytes=1000))
+    assert [r[DROP_REASON] for r in big] == [REASON_TOO_LARGE]  # over 10x max_doc_bytes
+    (tmp_path / "array.json.zst").write_bytes(_zst((tmp_path / "array.json").read_bytes()))
+    assert [r["text"] for r in _read(tmp_path / "array.json.zst")][:2] == [
+        "first doc",
+        "second doc",
+    ]
+    # a .jsonl file is read line by line even when a line is an array
+    (tmp_path / "odd.jsonl").write_text('[1, 2]\n{"text": "kept"}\n')
+    assert [r[DROP_REASON] for r in _read(tmp_path / "odd.jsonl")] == [REASON_BAD_JSON, None]
