@@ -171,3 +171,16 @@ def test_packed_phases_train_and_old_manifest_names_still_read(run: Path) -> Non
     assert read_manifest(old[0]) == read_manifest(phases[0])
     got = [b["tokens"] for b in TokenStream(old, batch_size=4)]
     assert all((a == b).all() for a, b in zip(got, want, strict=True))
+
+
+def test_every_output_folder_opens_in_duckdb(run: Path) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    con = duckdb.connect()
+    for name, (folder, fmt) in _folders(run).items():
+        want = pads.dataset(folder, format=fmt).count_rows()
+        if fmt == "parquet":  # DuckDB's own reader, on the folder's files
+            query = f"select count(*) from read_parquet('{folder}/*.parquet')"
+        else:  # Arrow IPC: DuckDB scans the pyarrow dataset (no extension to download)
+            con.register("packed", pads.dataset(folder, format="arrow"))
+            query = "select count(*), sum(n_tokens) from packed"
+        assert con.sql(query).fetchall()[0][0] == want > 0, name
