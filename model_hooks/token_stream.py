@@ -137,6 +137,7 @@ class TokenStream(IterableDataset):
         self._position: Position = (0, 0, 0)
         self._skip = 0  # schedule batches this worker passes over before its next one
         self._worker_state: tuple[int, int, int] | None = None  # a loaded worker's layout
+        self._pass_done = False  # this copy iterated to the end: a new iter starts over
         self.resumed_from: dict[str, int] | None = None  # the layout of a loaded state
         self._tables: dict[int, RowTable] = {}
         self._iter: Iterator[dict] | None = None
@@ -188,6 +189,7 @@ class TokenStream(IterableDataset):
         self._position = (int(state["phase"]), int(state["epoch"]), int(state["sample"]))
         has_worker = all(k in state for k in WORKER_KEYS)
         self._worker_state = tuple(int(state[k]) for k in WORKER_KEYS) if has_worker else None
+        self._pass_done = False  # a state saved after the last batch resumes to the end
         self._skip = 0
         layout = ("world_size", "batch_size", "num_workers")
         self.resumed_from = {k: int(state[k]) for k in layout if k in state}
@@ -198,7 +200,7 @@ class TokenStream(IterableDataset):
         batches that came through a plain ``DataLoader``'s worker processes, which the
         main process's stream never sees."""
         self._position = tuple(int(x) for x in batch["stream_position"])
-        self._worker_state, self._skip, self._iter = None, 0, None
+        self._worker_state, self._skip, self._iter, self._pass_done = None, 0, None, False
 
     # -- order ---------------------------------------------------------------------------
     def order(self, phase: int, epoch: int) -> np.ndarray:
@@ -243,6 +245,7 @@ class TokenStream(IterableDataset):
     def restart(self) -> None:
         """Back to the start of the curriculum (a new pass, the same order)."""
         self._position, self._skip, self._worker_state, self._iter = (0, 0, 0), 0, None, None
+        self._pass_done = False
 
     # -- data ----------------------------------------------------------------------------
     def table(self, phase: int) -> RowTable:
@@ -260,7 +263,8 @@ class TokenStream(IterableDataset):
         return self._tables[phase]
 
     def __iter__(self) -> Iterator[dict]:
-        """This worker's batches from the position (a finished pass starts again).
+        """This worker's batches from the position; after a pass iterated to its end, a
+        new pass.
 
         Worker w of n takes schedule batches w, w+n, ... ; after each it has n-1 to pass
         over (``worker_skip``), which is what a resumed worker continues with."""
@@ -276,7 +280,7 @@ class TokenStream(IterableDataset):
                 )
             self._worker_state = None
         else:
-            if self.at_end():
+            if self._pass_done:
                 self.restart()
             skip = worker_id
         self._skip = skip
@@ -289,6 +293,7 @@ class TokenStream(IterableDataset):
             batch = self._make_batch(phase, ids, after)
             self._position, self._skip = after, count - 1  # before the batch leaves
             yield batch
+        self._pass_done = True
 
     def _make_batch(self, phase: int, ids: np.ndarray, after: Position) -> dict:
         info = self.phases[phase]
@@ -376,14 +381,15 @@ class StreamLoader:
             raise ValueError("StreamLoader needs a TokenStream with a batch_size")
         self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
         self._iter: Iterator[dict] | None = None
+        self._pass_done = False
 
     def __len__(self) -> int:
         return len(self.stream)
 
     def __iter__(self) -> Iterator[dict]:
-        if self.stream.at_end():
+        if self._pass_done:  # the last pass ran to its end: a new one
             self.stream.restart()
-            self._iter = None
+            self._iter, self._pass_done = None, False
         return iter(lambda: next(self, None), None)
 
     def __next__(self) -> dict:
@@ -397,7 +403,11 @@ class StreamLoader:
                 pin_memory=self.pin_memory,
             )
             self._iter = iter(loader)
-        batch = next(self._iter)
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self._pass_done = True
+            raise
         self.stream.mark_consumed(batch)
         return batch
 
@@ -406,4 +416,4 @@ class StreamLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.stream.load_state_dict(state)
-        self._iter = None
+        self._iter, self._pass_done = None, False

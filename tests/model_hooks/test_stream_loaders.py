@@ -61,7 +61,7 @@ def test_stateful_dataloader_resumes_at_the_exact_next_batch(
 ) -> None:
     boundary = _boundary(straight)
     assert 3 < boundary < len(straight) - 1
-    for k in sorted({0, 1, 3, boundary, boundary + 1, len(straight) - 1}):
+    for k in sorted({0, 1, 3, boundary, boundary + 1, len(straight) - 1, len(straight)}):
         loader = StatefulDataLoader(_stream(curriculum), batch_size=None, num_workers=workers)
         batches = iter(loader)
         head = [next(batches) for _ in range(k)]
@@ -69,7 +69,8 @@ def test_stateful_dataloader_resumes_at_the_exact_next_batch(
         del batches, loader
         resumed = StatefulDataLoader(_stream(curriculum), batch_size=None, num_workers=workers)
         resumed.load_state_dict(state)
-        _assert_same(head + list(resumed), straight)
+        _assert_same(head + list(resumed), straight)  # after the last batch: nothing more
+    _assert_same(list(resumed), straight)  # and the epoch after it is a whole new pass
 
 
 def test_stateful_dataloader_snapshot_interval_and_per_sample_streams(
