@@ -95,11 +95,15 @@ def init_ray(
     from ray.data import DataContext
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's own INFO lines (start-up, each dataset's plan and timing) only at the user's
+    # level: the CLI sets WARNING unless -v; its one line per pass stays.
+    ray_level = max(logging.INFO, logging.getLogger().getEffectiveLevel())
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             # Under `ray job submit` the job's runtime env (working dir) applies; add nothing.
-            ray.init(address=address)
+            ray.init(address=address, logging_level=ray_level)
+            log.info("ray: joined the Ray cluster at %s", address)
         else:
             # A token file left by another Ray must not turn auth on for an embedded
             # session, and address="local" keeps a cluster someone started on this
@@ -110,7 +114,10 @@ def init_ray(
                 num_cpus=num_cpus,
                 object_store_memory=object_store_memory_bytes,
                 include_dashboard=False,
+                logging_level=ray_level,
             )
+            log.info("ray: started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+    logging.getLogger("ray.data").setLevel(ray_level)
     DataContext.get_current().enable_progress_bars = os.environ.get("PIPELINE_PROGRESS", "1") != "0"
 
 

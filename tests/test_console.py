@@ -113,6 +113,10 @@ def test_ctrl_c_says_a_rerun_resumes_and_it_does(tmp_path: Path) -> None:
     assert progress and int(progress[2]) == 30 * int(progress[1]) == 30 * int(planned[1])
     ledger = json.loads((tmp_path / "curated" / "ledger.json").read_text())
     assert ledger["identity_holds"] and ledger["totals"]["input"] == 60 * 30
+    # Ray's INFO lines and its native ERROR line stay off a console without -v
+    assert "started a local Ray" in rerun.stderr, rerun.stderr[-3000:]
+    noise = re.findall(r"^.*(?:\tINFO |\] core_worker\.cc).*$", rerun.stderr, re.M)
+    assert not noise, noise[:3]
 
 
 def test_native_stderr_filter_drops_only_the_known_ray_line() -> None:
