@@ -30,7 +30,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(PY) -m bench all
+	$(PY) -m bench all --out bench
 
 clean:
 	rm -rf runs .pytest_cache

@@ -61,7 +61,7 @@ class RowTable:
     ) -> None:
         self.seq_len, self.pad_id, T = seq_len, pad_id, seq_len
         value_set = pa.array(vocab, pa.string())
-        self.chunk_tokens: list[np.ndarray] = []  # (rows, T) int32 views into the map
+        self.chunk_tokens: list[np.ndarray] = []  # (rows, T) int32/uint16 views (the map)
         rows, lens, doms, pads, counts = [], [], [], [], []
         for batch in batches:
             if batch.num_rows == 0:
@@ -71,8 +71,10 @@ class RowTable:
             if np.any(np.diff(offsets) != T):
                 raise ValueError(f"packed rows must hold exactly seq_len={T} tokens")
             flat = tok.flatten().to_numpy(zero_copy_only=True)
-            # uint32 ids below 2**31 read as int32 unchanged; no copy (embeddings take int32).
-            self.chunk_tokens.append(flat.view(np.int32).reshape(batch.num_rows, T))
+            # uint32 ids below 2**31 read as int32 unchanged; no copy (embeddings take int32);
+            # uint16 ids widen in the one copy into the batch.
+            flat = flat if flat.dtype == np.uint16 else flat.view(np.int32)
+            self.chunk_tokens.append(flat.reshape(batch.num_rows, T))
             rows.append(batch.num_rows)
             parts = self._segments(batch, value_set)
             for out, part in zip((lens, doms, pads, counts), parts, strict=True):

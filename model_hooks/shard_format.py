@@ -3,16 +3,23 @@ trainer (``model_hooks/``). The consumer defines what it consumes, so it lives h
 it imports only pyarrow and numpy (no torch), so the packer can use it.
 
 A phase directory holds Arrow IPC files (``shard-00000.arrow``), memory-mappable and
-read zero-copy, and one ``manifest.json``:
+read zero-copy, and one ``.manifest.json``:
 
     packed/<phase>/
-      manifest.json
+      .manifest.json
       shard-00000.arrow
       ...
 
+The manifest (and the packer's ``.progress.json`` / ``.windows/``) are dot files so
+that the folder reads as a dataset: ``pyarrow.dataset.dataset(dir, format="arrow")``,
+``datasets.load_dataset("arrow", data_dir=dir)`` and DuckDB skip hidden files (HF
+``datasets`` does not skip ``_``-prefixed files, pyarrow does not skip ``__`` ones
+only). A phase written before this name (``manifest.json``) still reads.
+
 Each row is one training sequence of exactly ``seq_len`` tokens:
 
-* ``tokens``      list<uint32>[seq_len]: documents back to back, then ``pad_id``
+* ``tokens``      list<uint16 or uint32>[seq_len]: documents back to back, then
+                  ``pad_id``; uint16 when the vocabulary fits (``token_type``)
 * ``cu_seqlens``  list<int32>: segment boundaries, ``[0, len_0, len_0+len_1, ..., used]``;
                   the padding after ``used`` is not a segment
 * ``doc_ids``     list<string>: the curated document id of each segment
@@ -22,7 +29,8 @@ Each row is one training sequence of exactly ``seq_len`` tokens:
 * ``n_tokens``    int32: tokens in use (``cu_seqlens[-1]``)
 
 The trainer masks attention per segment (no attention across documents), resets
-positions at each segment start, and puts no loss on padding.
+positions at each segment start, and puts no loss on padding. The schema's key-value
+metadata names the project version and the tokenizer (``shard_metadata``).
 """
 
 from __future__ import annotations
@@ -39,18 +47,59 @@ import numpy as np
 import pyarrow as pa
 
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = ".manifest.json"
+LEGACY_MANIFEST_NAME = "manifest.json"  # phases packed before the dot name
+PROJECT = "longcat-curriculum"
 
-PACKED_SCHEMA = pa.schema(
-    [
-        ("tokens", pa.list_(pa.uint32())),
-        ("cu_seqlens", pa.list_(pa.int32())),
-        ("doc_ids", pa.list_(pa.string())),
-        ("domains", pa.list_(pa.string())),
-        ("doc_offsets", pa.list_(pa.int64())),
-        ("n_tokens", pa.int32()),
-    ]
-)
+
+def packed_schema(token_type: pa.DataType | None = None) -> pa.Schema:
+    """The packed row schema with ``tokens`` of ``token_type`` (default uint32)."""
+    return pa.schema(
+        [
+            ("tokens", pa.list_(token_type or pa.uint32())),
+            ("cu_seqlens", pa.list_(pa.int32())),
+            ("doc_ids", pa.list_(pa.string())),
+            ("domains", pa.list_(pa.string())),
+            ("doc_offsets", pa.list_(pa.int64())),
+            ("n_tokens", pa.int32()),
+        ]
+    )
+
+
+PACKED_SCHEMA = packed_schema()  # what the packer builds; shards may narrow the tokens
+TOKEN_TYPES = (pa.uint16(), pa.uint32())
+
+
+def token_type(vocab_size: int) -> pa.DataType:
+    """The narrowest unsigned type that holds every id: uint16 up to 65,536 tokens."""
+    return pa.uint16() if vocab_size <= 2**16 else pa.uint32()
+
+
+def project_version() -> str:
+    """This project's installed version (``0+unknown`` when run from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PROJECT)
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def shard_metadata(tokenizer: str, tokenizer_sha256: str, vocab_size: int) -> dict[str, str]:
+    """Key-value schema metadata every token file carries, so a file read alone says
+    which tokenizer its ids belong to and what wrote it."""
+    return {
+        "longcat_curriculum.version": project_version(),
+        "tokenizer": tokenizer,
+        "tokenizer.sha256": tokenizer_sha256,
+        "tokenizer.vocab_size": str(vocab_size),
+    }
+
+
+def narrow_tokens(table: pa.Table, vocab_size: int, metadata: dict[str, str]) -> pa.Table:
+    """A packed table with ``tokens`` in ``token_type(vocab_size)`` and ``metadata``."""
+    schema = packed_schema(token_type(vocab_size)).with_metadata(metadata)
+    return table.cast(schema)
 
 
 @dataclass(frozen=True)
@@ -112,22 +161,34 @@ class PhaseManifest:
         return cls(**data)
 
 
-def read_manifest(phase_dir: str | os.PathLike[str]) -> PhaseManifest:
+def manifest_path(phase_dir: str | os.PathLike[str]) -> Path:
+    """The phase's manifest: ``.manifest.json``, else an older phase's ``manifest.json``."""
     path = Path(phase_dir) / MANIFEST_NAME
-    return PhaseManifest.from_dict(json.loads(path.read_text()))
+    legacy = Path(phase_dir) / LEGACY_MANIFEST_NAME
+    return legacy if not path.is_file() and legacy.is_file() else path
+
+
+def read_manifest(phase_dir: str | os.PathLike[str]) -> PhaseManifest:
+    return PhaseManifest.from_dict(json.loads(manifest_path(phase_dir).read_text()))
 
 
 def write_manifest(phase_dir: str | os.PathLike[str], manifest: PhaseManifest) -> None:
     path = Path(phase_dir) / MANIFEST_NAME
-    temporary = path.with_suffix(".json.tmp")
+    temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(manifest.to_json())
     temporary.replace(path)
+    (Path(phase_dir) / LEGACY_MANIFEST_NAME).unlink(missing_ok=True)  # one manifest
+
+
+def _check_schema(schema: pa.Schema) -> None:
+    allowed = [packed_schema(t) for t in TOKEN_TYPES]
+    if not any(schema.equals(a, check_metadata=False) for a in allowed):
+        raise ValueError(f"packed table schema {schema} is none of {allowed}")
 
 
 def validate_rows(table: pa.Table, seq_len: int) -> None:
     """Raise if a table breaks the row contract (used by the packer and tests)."""
-    if table.schema != PACKED_SCHEMA:
-        raise ValueError(f"packed table schema {table.schema} != {PACKED_SCHEMA}")
+    _check_schema(table.schema)
     for row in table.to_pylist():
         if len(row["tokens"]) != seq_len:
             raise ValueError(f"row of {len(row['tokens'])} tokens, seq_len is {seq_len}")
@@ -146,9 +207,10 @@ def write_shard(path: str | os.PathLike[str], table: pa.Table) -> ShardEntry:
 
     Uncompressed IPC on purpose: a reader memory-maps it and hands token slices to the
     trainer without a copy."""
+    _check_schema(table.schema)
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
-    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, PACKED_SCHEMA) as writer:
+    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=1024)
     data = temporary.read_bytes()
     temporary.replace(path)
@@ -163,7 +225,7 @@ def open_shard(path: str | os.PathLike[str]) -> pa.Table:
 
 
 def row_tokens(table: pa.Table, row: int) -> np.ndarray:
-    """The tokens of one row as a uint32 numpy view (no copy) into the mapped file."""
+    """The tokens of one row as a uint16/uint32 numpy view (no copy) into the mapped file."""
     column = table.column("tokens")
     chunk_index, offset = _locate(column, row)
     chunk = column.chunk(chunk_index)

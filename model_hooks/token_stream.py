@@ -19,10 +19,21 @@ num_workers=n)`` yields the same batches in the same order as the stream itself.
 State. ``state_dict()`` is ``{version, seed, fingerprint, phase, epoch, sample,
 world_size, batch_size}`` (``StreamLoader`` adds ``num_workers``): ``sample`` counts
 the global positions of (phase, epoch) consumed so far, the same number on every rank,
-so any rank's state will do. Resuming with any world size, batch size or number of
-workers continues at the exact next global position; the layout the state was saved
-under is kept for the record (``resumed_from``). The fingerprint (from the shard
-checksums) rejects a resume on other data.
+so any rank's state will do. The iterator moves the position as it yields (before the
+batch leaves), so a DataLoader in the main process, torchdata's ``StatefulDataLoader``
+(which asks each worker's copy for its state after every batch) and ``next(stream)``
+all save the exact next batch. Inside a DataLoader worker the state also carries
+``worker_id``, ``worker_count`` and ``worker_skip`` (batches of the global schedule
+that worker passes over before its next one), which is what lets each worker of a
+``StatefulDataLoader`` resume exactly where it was. ``merged_state(loader_state)``
+folds a ``StatefulDataLoader`` state (every worker's, in any of its two shapes) into
+one position, which a stream with another number of workers, world size or batch size
+loads. Resuming with any world size, batch size or number of workers continues at the
+exact next global position; the layout the state was saved under is kept for the
+record (``resumed_from``). The fingerprint (from the shard checksums) rejects a resume
+on other data. A plain ``DataLoader`` with workers hands out batches the main
+process's stream never saw: call ``stream.mark_consumed(batch)`` on each batch you use
+(or on the last one, before saving).
 
 Batch (what ``model_hooks.train`` consumes; (B, T) tensors unless said; ``tokens``,
 ``positions``, ``doc_index`` and ``domain_ids`` int32, ``targets`` int64 as
@@ -53,7 +64,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from model_hooks.packed_rows import ARRAY_KEYS, IGNORE_INDEX, RowTable, domain_vocabulary
 from model_hooks.shard_format import open_shard, read_manifest
 
-__all__ = ["IGNORE_INDEX", "PhaseInfo", "StreamLoader", "TokenStream", "collate"]
+__all__ = ["IGNORE_INDEX", "PhaseInfo", "StreamLoader", "TokenStream", "collate", "merged_state"]
 STATE_VERSION = 1
 
 
@@ -71,18 +82,24 @@ class PhaseInfo:
     tokens: int  # non-padding tokens
 
 
+Position = tuple[int, int, int]  # phase, epoch, global sample position in that epoch
+WORKER_KEYS = ("worker_id", "worker_count", "worker_skip")
+
+
 class TokenStream(IterableDataset):
     """Resumable, rank-sharded batches over the packed shards of one or more phases.
 
     ``batch_size`` is the rows per rank per step; None yields single samples (the same
-    keys, no batch dimension; see ``collate``; with DataLoader workers, exact resume
-    needs a batch_size). Each phase is read ``epochs`` times, then the next phase
-    starts; the stream ends after the last phase.
+    keys, no batch dimension; see ``collate``; with DataLoader workers, a merged or
+    elastic resume needs a batch_size). Each phase is read ``epochs`` times, then the
+    next phase starts; the stream ends after the last phase.
 
-    ``next(stream)`` (the trainer's way) advances the position that ``state_dict()``
-    saves; ``iter(stream)`` (a for loop, a DataLoader) starts at the position and
-    leaves it alone, so worker copies can iterate; ``StreamLoader`` tracks the
-    position from the batches it hands out.
+    Iterating (``next(stream)``, a for loop, a DataLoader) moves the position that
+    ``state_dict()`` saves, so a loop that stops and a new ``iter`` continue where it
+    stopped; a new ``iter`` after the last batch starts the curriculum again (a second
+    pass), while ``next(stream)`` at the end stays ended (the trainer stops there).
+    ``len(stream)`` is the batches (samples without a batch_size) this rank yields in
+    one whole pass; ``num_batches()`` counts those left from the position.
     """
 
     def __init__(
@@ -117,7 +134,10 @@ class TokenStream(IterableDataset):
         for m in self.manifests:
             digest.update("\n".join([m.phase, *(s.sha256 for s in m.shards)]).encode())
         self.fingerprint = int(digest.hexdigest()[:15], 16)
-        self._position = (0, 0, 0)  # phase, epoch, global sample position in that epoch
+        self._position: Position = (0, 0, 0)
+        self._skip = 0  # schedule batches this worker passes over before its next one
+        self._worker_state: tuple[int, int, int] | None = None  # a loaded worker's layout
+        self._pass_done = False  # this copy iterated to the end: a new iter starts over
         self.resumed_from: dict[str, int] | None = None  # the layout of a loaded state
         self._tables: dict[int, RowTable] = {}
         self._iter: Iterator[dict] | None = None
@@ -126,7 +146,7 @@ class TokenStream(IterableDataset):
         return {**self.__dict__, "_tables": {}, "_iter": None}
 
     # -- state ---------------------------------------------------------------------------
-    def _normalised(self, phase: int, epoch: int, sample: int) -> tuple[int, int, int]:
+    def _normalised(self, phase: int, epoch: int, sample: int) -> Position:
         """Roll a finished epoch over to the next epoch or phase."""
         while phase < len(self.phases) and sample >= self.phases[phase].rows:
             phase, epoch, sample = (
@@ -136,7 +156,7 @@ class TokenStream(IterableDataset):
 
     def state_dict(self) -> dict[str, int]:
         phase, epoch, sample = self._normalised(*self._position)
-        return {
+        state = {
             "version": STATE_VERSION,
             "seed": self.seed,
             "fingerprint": self.fingerprint,
@@ -146,9 +166,19 @@ class TokenStream(IterableDataset):
             "world_size": self.world_size,  # the layout it was saved under (a record:
             "batch_size": self.batch_size or 0,  # the position does not depend on it)
         }
+        worker = get_worker_info()
+        if worker is not None:  # a DataLoader worker's copy: its place in the round robin
+            state |= {"worker_id": worker.id, "worker_count": worker.num_workers,
+                      "worker_skip": self._skip}  # fmt: skip
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue at the saved global position, under this stream's own layout."""
+    def load_state_dict(self, state: dict) -> None:
+        """Continue at the saved global position, under this stream's own layout.
+
+        Takes this stream's own state, or a ``StatefulDataLoader``'s (merged with
+        ``merged_state``, so the new loader may have another number of workers)."""
+        if "version" not in state and ("_snapshot" in state or "_num_yielded" in state):
+            state = merged_state(state, self)
         want = {"version": STATE_VERSION, "seed": self.seed, "fingerprint": self.fingerprint}
         for key, value in want.items():
             if state.get(key) != value:
@@ -157,9 +187,20 @@ class TokenStream(IterableDataset):
         if missing:
             raise ValueError(f"stream state lacks {', '.join(missing)}")
         self._position = (int(state["phase"]), int(state["epoch"]), int(state["sample"]))
+        has_worker = all(k in state for k in WORKER_KEYS)
+        self._worker_state = tuple(int(state[k]) for k in WORKER_KEYS) if has_worker else None
+        self._pass_done = False  # a state saved after the last batch resumes to the end
+        self._skip = 0
         layout = ("world_size", "batch_size", "num_workers")
         self.resumed_from = {k: int(state[k]) for k in layout if k in state}
         self._iter = None
+
+    def mark_consumed(self, batch: dict) -> None:
+        """Record that ``batch`` was used, so ``state_dict()`` resumes after it: for
+        batches that came through a plain ``DataLoader``'s worker processes, which the
+        main process's stream never sees."""
+        self._position = tuple(int(x) for x in batch["stream_position"])
+        self._worker_state, self._skip, self._iter, self._pass_done = None, 0, None, False
 
     # -- order ---------------------------------------------------------------------------
     def order(self, phase: int, epoch: int) -> np.ndarray:
@@ -170,24 +211,41 @@ class TokenStream(IterableDataset):
             return np.arange(rows)
         return np.random.Generator(np.random.PCG64([self.seed, phase, epoch])).permutation(rows)
 
-    def schedule(self) -> Iterator[tuple[int, int, np.ndarray, tuple[int, int, int]]]:
-        """This rank's batches from the current position, without reading data:
-        (phase, epoch, row ids with -1 for dummies, position after the batch)."""
+    def schedule(
+        self, start: Position | None = None
+    ) -> Iterator[tuple[int, int, np.ndarray, Position]]:
+        """This rank's batches from ``start`` (default: the current position), without
+        reading data: (phase, epoch, row ids with -1 for dummies, position after it)."""
         B, W, r = self.batch_size or 1, self.world_size, self.rank
-        phase, epoch, start = self._normalised(*self._position)
+        phase, epoch, start_sample = self._normalised(*(start or self._position))
         while phase < len(self.phases):
             rows = self.phases[phase].rows
             order = self.order(phase, epoch)
-            pos = np.arange(start + r, start + W * -(-(rows - start) // W), W)
+            pos = np.arange(start_sample + r, start_sample + W * -(-(rows - start_sample) // W), W)
             ids = np.where(pos < rows, order[np.minimum(pos, rows - 1)], -1)
             for i in range(0, len(ids), B):
-                after = (phase, epoch, min(start + W * (i + B), rows))
+                after = (phase, epoch, min(start_sample + W * (i + B), rows))
                 yield phase, epoch, ids[i : i + B], after
-            phase, epoch, start = self._normalised(phase, epoch, rows)
+            phase, epoch, start_sample = self._normalised(phase, epoch, rows)
 
     def num_batches(self) -> int:
         """Batches this rank yields from the current position to the end."""
         return sum(1 for _ in self.schedule())
+
+    def __len__(self) -> int:
+        """Batches (samples without a batch_size) this rank yields in one whole pass."""
+        B, W = self.batch_size or 1, self.world_size
+        per_rank = (-(-p.rows // W) for p in self.phases)  # ceil: dummies pad the last step
+        return self.epochs * sum(-(-rows // B) for rows in per_rank)
+
+    def at_end(self) -> bool:
+        """Whether the position is past the last phase (a whole pass consumed)."""
+        return self._normalised(*self._position)[0] >= len(self.phases)
+
+    def restart(self) -> None:
+        """Back to the start of the curriculum (a new pass, the same order)."""
+        self._position, self._skip, self._worker_state, self._iter = (0, 0, 0), 0, None, None
+        self._pass_done = False
 
     # -- data ----------------------------------------------------------------------------
     def table(self, phase: int) -> RowTable:
@@ -205,35 +263,96 @@ class TokenStream(IterableDataset):
         return self._tables[phase]
 
     def __iter__(self) -> Iterator[dict]:
+        """This worker's batches from the position; after a pass iterated to its end, a
+        new pass.
+
+        Worker w of n takes schedule batches w, w+n, ... ; after each it has n-1 to pass
+        over (``worker_skip``), which is what a resumed worker continues with."""
         worker = get_worker_info()
-        workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
+        count, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
+        if self._worker_state is not None:  # a StatefulDataLoader worker resuming
+            saved_id, saved_count, skip = self._worker_state
+            if (saved_id, saved_count) != (worker_id, count):
+                raise ValueError(
+                    f"a state saved by DataLoader worker {saved_id} of {saved_count}, loaded "
+                    f"in worker {worker_id} of {count}: load the whole loader state with "
+                    "stream.load_state_dict(loader.state_dict()) for another worker count"
+                )
+            self._worker_state = None
+        else:
+            if self._pass_done:
+                self.restart()
+            skip = worker_id
+        self._skip = skip
+        return self._batches(skip, count)
+
+    def _batches(self, skip: int, count: int) -> Iterator[dict]:
         for phase, _epoch, ids, after in itertools.islice(
-            self.schedule(), worker_id, None, workers
+            self.schedule(self._position), skip, None, count
         ):
-            info = self.phases[phase]
-            arrays = self.table(phase).batch(ids)
-            if self.batch_size is None:  # one sample: no batch dimension
-                arrays = {
-                    k: v if k == "cu_seqlens" else v.reshape(v.shape[1:]) for k, v in arrays.items()
-                }
-            batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-            batch.update(
-                domain_names=self.domain_names,
-                phase=info.name,
-                phase_index=phase,
-                seq_len=info.seq_len,
-                rope_theta=info.rope_theta,
-                stream_position=after,
-            )
+            batch = self._make_batch(phase, ids, after)
+            self._position, self._skip = after, count - 1  # before the batch leaves
             yield batch
+        self._pass_done = True
+
+    def _make_batch(self, phase: int, ids: np.ndarray, after: Position) -> dict:
+        info = self.phases[phase]
+        arrays = self.table(phase).batch(ids)
+        if self.batch_size is None:  # one sample: no batch dimension
+            arrays = {
+                k: v if k == "cu_seqlens" else v.reshape(v.shape[1:]) for k, v in arrays.items()
+            }
+        batch: dict = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        batch.update(
+            domain_names=self.domain_names,
+            phase=info.name,
+            phase_index=phase,
+            seq_len=info.seq_len,
+            rope_theta=info.rope_theta,
+            stream_position=after,
+        )
+        return batch
 
     def __next__(self) -> dict:
-        """In-process iteration for the trainer; the position follows consumed batches."""
+        """In-process iteration for the trainer: ends (StopIteration) at the end of the
+        curriculum instead of starting it again."""
         if self._iter is None:
-            self._iter = iter(self)
-        batch = next(self._iter)
-        self._position = batch["stream_position"]
-        return batch
+            self._iter = self._batches(0, 1)
+        return next(self._iter)
+
+
+def merged_state(loader_state: dict, stream: TokenStream) -> dict[str, int]:
+    """One stream state from a torchdata ``StatefulDataLoader`` state over ``stream``.
+
+    With no workers the loader holds the stream's own state. With n workers it holds one
+    state per worker, each at the position after the last batch that worker handed out;
+    the batch consumed last is the furthest of those, so the merged position is their
+    maximum, moved on by the batches consumed since the loader's last snapshot
+    (``snapshot_every_n_steps`` > 1). Per-sample streams (``batch_size=None``) in a
+    loader with workers interleave the workers' samples inside a batch, so no single
+    position is exact there: that case is refused."""
+    if "_num_yielded" in loader_state:  # single process: the stream's own state
+        state = loader_state.get("dataset_state")
+        if state is None:
+            raise ValueError("the loader state holds no stream state (nothing iterated?)")
+        return dict(state)
+    snapshot = loader_state["_snapshot"]
+    workers = [w.get("dataset_state") for w in snapshot["_worker_snapshots"].values()]
+    states = [w for w in workers if w is not None]
+    if not states:
+        raise ValueError("the loader state holds no worker's stream state")
+    if len(states) > 1 and stream.batch_size is None:
+        raise ValueError("a per-sample stream read by several workers resumes only under "
+                         "the same worker count: load the state into that loader")  # fmt: skip
+    last = max(states, key=lambda s: (s["phase"], s["epoch"], s["sample"]))
+    position = (last["phase"], last["epoch"], last["sample"])
+    behind = int(loader_state.get("_steps_since_snapshot", 0))
+    for _, _, _, after in itertools.islice(stream.schedule(position), behind):
+        position = after
+    merged = {k: v for k, v in last.items() if k not in WORKER_KEYS}
+    merged.update(zip(("phase", "epoch", "sample"), position, strict=True))
+    merged["num_workers"] = len(workers)
+    return merged
 
 
 def collate(samples: Sequence[dict]) -> dict:
@@ -251,19 +370,32 @@ def collate(samples: Sequence[dict]) -> dict:
 class StreamLoader:
     """A ``TokenStream`` read by DataLoader worker processes, as a trainer source: the
     position follows the batches handed out (not the ones prefetched), so
-    ``state_dict()`` resumes at the exact next batch."""
+    ``state_dict()`` resumes at the exact next batch.
+
+    ``next(loader)`` ends at the end of the curriculum (the trainer's way); a for loop
+    (``iter``) after the end starts a new pass. torchdata's ``StatefulDataLoader`` over
+    the stream does the same job with the standard interface (see the README)."""
 
     def __init__(self, stream: TokenStream, num_workers: int = 2, pin_memory: bool = False):
         if stream.batch_size is None:
             raise ValueError("StreamLoader needs a TokenStream with a batch_size")
         self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
         self._iter: Iterator[dict] | None = None
+        self._pass_done = False
 
-    def __iter__(self) -> StreamLoader:
-        return self
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._pass_done:  # the last pass ran to its end: a new one
+            self.stream.restart()
+            self._iter, self._pass_done = None, False
+        return iter(lambda: next(self, None), None)
 
     def __next__(self) -> dict:
         if self._iter is None:
+            if self.stream.at_end():
+                raise StopIteration
             loader = DataLoader(
                 self.stream,
                 batch_size=None,
@@ -271,8 +403,12 @@ class StreamLoader:
                 pin_memory=self.pin_memory,
             )
             self._iter = iter(loader)
-        batch = next(self._iter)
-        self.stream._position = tuple(int(x) for x in batch["stream_position"])
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self._pass_done = True
+            raise
+        self.stream.mark_consumed(batch)
         return batch
 
     def state_dict(self) -> dict[str, int]:
@@ -280,4 +416,4 @@ class StreamLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.stream.load_state_dict(state)
-        self._iter = None
+        self._iter, self._pass_done = None, False

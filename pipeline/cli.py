@@ -13,6 +13,7 @@ Commands:
                                 run's plots; with --compare, two runs side by side
   train TRAIN.yaml [--steps N]  train the MoE through a curriculum's phases (resumes)
   grow --from RUN_DIR --to NEW_RUN_DIR   the twice-deeper model, same training state
+  schema curate|tokenize|mix|train|quality   a config file's keys, defaults and meaning
 
 The Ray address comes from ``--address`` or ``$RAY_ADDRESS``; with neither, an
 embedded local Ray is started. A config error exits with status 2 before Ray starts.
@@ -21,14 +22,20 @@ embedded local Ray is started. A config error exits with status 2 before Ray sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_curate_config
 from pipeline.safe_paths import system_folder_problem
+from pipeline.console import filtered_native_stderr
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+INTERRUPTED = (
+    "interrupted: finished work is kept; run the same command again to resume "
+    "(-v for the traceback)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an output_dir written by another configuration",
     )
+
+    schema = commands.add_parser("schema", help="print a config file's keys with their defaults")
+    schema.add_argument("kind", choices=["curate", "tokenize", "mix", "train", "quality"])
 
     demo = commands.add_parser("demo", help="generate the demo corpus and run the main job")
     demo.add_argument(
@@ -78,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     mix.add_argument("--scale", type=float, default=1.0, help="multiply every budget (1e-9)")
     mix.add_argument("--seed", type=int, default=None, help="override the mix file's seed")
     mix.add_argument("--local", action="store_true", help="pack in this process, without Ray")
+    mix.add_argument("--overwrite", action="store_true",
+                     help="replace the curriculum another mix file packed into --out")  # fmt: skip
     report = commands.add_parser("report", help="one HTML page of a run's plots")
     report.add_argument("run_dir", type=Path, help="holds curated/, tokenized/, packed/, train/")
     report.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/report.html")
@@ -127,6 +139,7 @@ def _demo(out: Path, seed: int, address: str | None, train_steps: int | None) ->
     problem = system_folder_problem(str(out))
     if problem is not None:
         raise ConfigError(f"--out: {problem}")
+    out = out.resolve()  # a relative --out: the copied configs resolve paths from their folder
     counts = generate_demo_corpus(out / "corpus", seed=seed)
     print(f"demo corpus in {out / 'corpus'}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     stage_demo_configs(out)
@@ -177,8 +190,9 @@ def _tokenize(config_path: Path, address: str | None) -> int:
 
 def _mix(args: argparse.Namespace) -> int:
     return _run_mix(
-        args.mix, args.tokenized, args.out, args.scale, args.seed, args.address, args.local
-    )
+        args.mix, args.tokenized, args.out, args.scale, args.seed, args.address, args.local,
+        args.overwrite,
+    )  # fmt: skip
 
 
 def _run_mix(
@@ -189,15 +203,17 @@ def _run_mix(
     seed: int | None,
     address: str | None,
     local: bool,
+    overwrite: bool = False,
 ) -> int:
     from pipeline.mix_config import load_mix
-    from pipeline.mixing import pack_locally, prepare_mix, render_summary, run_mix
+    from pipeline.mixing import claim_mix_out, pack_locally, prepare_mix, render_summary, run_mix
     from pipeline.token_runner import run_mix_on_ray
 
     problem = system_folder_problem(str(out))
     if problem is not None:
         raise ConfigError(f"--out: {problem}")
     mix = load_mix(mix_path, scale=scale)
+    claim_mix_out(out, mix, overwrite)
     prepared = prepare_mix(mix, tokenized)
     seed = mix.config.seed if seed is None else seed
     if local:  # same bytes as the Ray path, without Ray's start-up and shuffle costs
@@ -228,9 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     # One line per pass with its counts, whatever the verbosity: long runs show progress.
     logging.getLogger("pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    with contextlib.nullcontext() if args.verbose else filtered_native_stderr():
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "curate":
             return _curate(args.config, args.address, args.overwrite)
+        if args.command == "schema":
+            from pipeline.schema_cmd import schema_command
+
+            return schema_command(args.kind)
         if args.command == "demo":
             return _demo(args.out, args.seed, args.address, args.train_steps)
         if args.command == "train-quality":
@@ -254,4 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through Ray's internals
+        if args.verbose:
+            raise
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     raise AssertionError(f"unhandled command {args.command}")

@@ -37,6 +37,7 @@ from pipeline.shards import (
     shard_name,
     write_json_atomic,
     write_parquet_atomic,
+    write_parquet_if_rows,
 )
 from stages import STAGES
 from stages.base import (
@@ -219,6 +220,7 @@ class DocumentPass:
             {
                 "shard": [s["shard"] for s in summaries],
                 "documents": [s["documents"] for s in summaries],
+                "read": [s["read"] for s in summaries],
             }
         )
 
@@ -248,7 +250,7 @@ class DocumentPass:
         docs_entry = write_parquet_atomic(
             layout.filesystem, layout.work_documents(shard_index), kept
         )
-        write_parquet_atomic(
+        write_parquet_if_rows(
             layout.filesystem,
             layout.rejects("documents", shard_index),
             rejects_table(batch.filter(pc.invert(live))),
@@ -262,7 +264,7 @@ class DocumentPass:
             "inputs": inputs,
         }
         write_json_atomic(layout.filesystem, layout.work_stats(shard_index), stats)
-        return {"shard": shard_index, "documents": kept.num_rows}
+        return {"shard": shard_index, "documents": kept.num_rows, "read": batch.num_rows}
 
 
 def documents_pass_done(layout: RunLayout, shard_index: int) -> dict[str, Any] | None:
@@ -415,7 +417,7 @@ def finalize_shard(
     for name, dropped in dropped_by_step:
         languages = move_to_dropped(languages, dropped, name)
         dropped = set_column(dropped, DROP_STAGE, pa.array([name] * dropped.num_rows, pa.string()))
-        write_parquet_atomic(fs, layout.rejects(name, shard_index), rejects_table(dropped))
+        write_parquet_if_rows(fs, layout.rejects(name, shard_index), rejects_table(dropped))
         kept_before = stages[stage_order[-1]]["kept"]
         reasons = Counter(dropped.column(DROP_REASON).to_pylist())
         stages[name] = dedup_counts(kept_before, reasons)
@@ -423,7 +425,7 @@ def finalize_shard(
     documents = documents.drop_columns(
         [c for c in (*OUTPUT_DROP_COLUMNS, *WORK_COLUMNS) if c in documents.column_names]
     )
-    entry = write_parquet_atomic(fs, layout.docs(shard_index), documents)
+    entry = write_parquet_if_rows(fs, layout.docs(shard_index), documents)
     stats = {
         "shard": shard_index,
         "fingerprint": run_fingerprint,

@@ -42,10 +42,13 @@ from model_hooks.shard_format import (
     ComponentShare,
     PhaseManifest,
     ShardEntry,
+    narrow_tokens,
     read_manifest,
+    shard_metadata,
     write_manifest,
     write_shard,
 )
+from pipeline.config import ConfigError
 from pipeline.mix_config import Mix, Phase, check_against_data
 from pipeline.safe_paths import inside
 from pipeline.shards import parquet_bytes, resolve_filesystem, write_json_atomic
@@ -84,6 +87,15 @@ class PhaseJob:
     plan_path: str
     phase_dir: str
     done_windows: tuple[int, ...] = ()  # packed before a crash: not sliced or packed again
+    vocab_size: int = 2**32  # the shard's token type follows it (uint16 when it fits)
+    metadata: tuple[tuple[str, str], ...] = ()  # the shards' schema metadata
+
+
+def packed_metadata(tokenized: dict, phase: Phase) -> dict[str, str]:
+    """The schema metadata of a phase's shards: project version, tokenizer, phase."""
+    tokenizer = tokenized.get("tokenizer", "tokenizer.json")
+    metadata = shard_metadata(tokenizer, tokenized["tokenizer_sha256"], tokenized["vocab_size"])
+    return metadata | {"phase": phase.name, "seq_len": str(phase.seq_len)}
 
 
 def plan_path(out_dir: str, phase: str) -> str:
@@ -142,6 +154,7 @@ def pack_and_write(jobs: list[PhaseJob], units: pa.Table) -> pa.Table:
     window = int(units.column("window")[0].as_py())
     seed = stable_seed(job.seed, job.phase, "rows", window)
     table, stats = pack_window(units.drop_columns(["phase"]), job.seq_len, job.pad_id, seed)
+    table = narrow_tokens(table, job.vocab_size, dict(job.metadata))
     entry = write_shard(Path(job.phase_dir) / f"shard-{window:05d}.arrow", table)
     values = [
         job.phase, window, entry.file, entry.rows, entry.tokens, entry.sha256,
@@ -276,6 +289,27 @@ def reset_phase_dir(directory: str) -> None:
     Path(directory).mkdir(parents=True)
 
 
+def claim_mix_out(out_dir: str | Path, mix: Mix, overwrite: bool) -> None:
+    """An ``--out`` holds one mix file's curriculum: refuse another mix's folder (its
+    phases would be repacked or left beside the new ones) unless ``overwrite``, which
+    removes the other curriculum's packed phases and plans first."""
+    path = Path(out_dir) / "curriculum.json"
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    if previous.get("mix_file") == mix.path.name:
+        return  # the same mix again (another seed or scale repacks what changed)
+    if not overwrite:
+        raise ConfigError(
+            f"--out {out_dir} holds the curriculum of {previous.get('mix_file')} "
+            f"(curriculum.json), not {mix.path.name}: choose another --out or pass --overwrite"
+        )
+    for phase in previous.get("phases", []):
+        shutil.rmtree(Path(out_dir) / "packed" / phase["phase"], ignore_errors=True)
+        Path(plan_path(str(out_dir), phase["phase"])).unlink(missing_ok=True)
+    path.unlink()
+
+
 def write_curriculum(out_dir: str, mix: Mix, manifests: list[PhaseManifest]) -> None:
     """``OUT/curriculum.json``: the phases in training order, for the trainer."""
     phases = [
@@ -344,6 +378,7 @@ def _start_phase(mix: Mix, phase: Phase, prepared: Prepared, out_dir: str, seed:
     job = PhaseJob(
         phase.name, phase.seq_len, tokenized["pad_id"], seed, prepared.tokenized_dir,
         plan_path(out_dir, phase.name), directory, tuple(sorted(resumed)),
+        tokenized["vocab_size"], tuple(packed_metadata(tokenized, phase).items()),
     )  # fmt: skip
     return PhaseWork(phase, job, plan, masks, fingerprint, resumed)
 

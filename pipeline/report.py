@@ -242,7 +242,7 @@ COMPONENT_HEADERS = [
 def mix_section(data: RunData) -> str:
     phases = [p.manifest for p in data.phases]
     if not phases:
-        return missing("No packed phases (packed/<phase>/manifest.json) in this run.")
+        return missing("No packed phases (packed/<phase>/.manifest.json) in this run.")
     rows = [
         [m.phase, Num(m.seq_len), Num(m.rope_theta, 1), Num(m.tokens), Num(m.rows)] for m in phases
     ]
@@ -299,7 +299,7 @@ def _mix_figures(phases: list[PhaseManifest]) -> list[str]:
 
 def packing_section(data: RunData) -> str:
     if not data.phases:
-        return missing("No packed phases (packed/<phase>/manifest.json) in this run.")
+        return missing("No packed phases (packed/<phase>/.manifest.json) in this run.")
     rows = []
     for phase in data.phases:
         m, seg = phase.manifest, phase.segments_per_row

@@ -9,7 +9,7 @@ memory for the distributions: per-document values are kept for at most
     RUN_DIR/curated/   ledger.json, funnel.txt, run.json (the config), docs/*.parquet,
                        rejects/*.parquet
     RUN_DIR/tokenized/ docs/shard-*.parquet with id, domain, n_tokens (and tokens, unread)
-    RUN_DIR/packed/    <phase>/manifest.json + shard-*.arrow
+    RUN_DIR/packed/    <phase>/.manifest.json + shard-*.arrow
     RUN_DIR/curriculum.json   the phase order, written by ``mix`` (optional)
     RUN_DIR/train/     metrics.jsonl, wall-time fields there or in timings*.jsonl (by
                        step), ckpt.pt (only its model_config: the target K_e)
@@ -29,7 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from model_hooks.shard_format import MANIFEST_NAME, PhaseManifest, open_shard, read_manifest
+from model_hooks.shard_format import (
+    LEGACY_MANIFEST_NAME,
+    MANIFEST_NAME,
+    PhaseManifest,
+    open_shard,
+    read_manifest,
+)
 from pipeline.ledger import stage_changes
 from pipeline.report_rejects import Drilldown, load_drilldown, use_ledger_languages
 from pipeline.report_scores import (
@@ -356,7 +362,11 @@ def top_template_lines(funnel: Funnel | None) -> list[tuple[str, int]] | None:
 def phase_names(packed: Path, metrics: list[dict[str, Any]]) -> tuple[list[str], str]:
     """Phase order: the mix command's curriculum file, else the order the trainer met
     the phases, else by name."""
-    found = sorted(p.parent.name for p in packed.glob(f"*/{MANIFEST_NAME}"))
+    found = sorted(
+        p.parent.name
+        for name in (MANIFEST_NAME, LEGACY_MANIFEST_NAME)
+        for p in packed.glob(f"*/{name}")
+    )
     for path in [folder / name for folder in (packed, packed.parent) for name in CURRICULUM_FILES]:
         if path.exists():
             declared = _curriculum_phases(json.loads(path.read_text()))

@@ -15,6 +15,7 @@ after a crash finishes only the missing shards and gives the same bytes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
@@ -121,11 +122,15 @@ def init_ray(
     from ray.data import DataContext
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's own INFO lines (start-up, each dataset's plan and timing) only at the user's
+    # level: the CLI sets WARNING unless -v; its one line per pass stays.
+    ray_level = max(logging.INFO, logging.getLogger().getEffectiveLevel())
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             # Under `ray job submit` the job's runtime env (working dir) applies; add nothing.
-            ray.init(address=address)
+            ray.init(address=address, logging_level=ray_level)
+            log.info("ray: joined the Ray cluster at %s", address)
         else:
             # A token file left by another Ray must not turn auth on for an embedded
             # session, and address="local" keeps a cluster someone started on this
@@ -138,7 +143,10 @@ def init_ray(
                 object_store_memory=object_store_memory_bytes,
                 include_dashboard=False,
                 _node_ip_address=LOOPBACK,
+                logging_level=ray_level,
             )
+            log.info("ray: started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+    logging.getLogger("ray.data").setLevel(ray_level)
     DataContext.get_current().enable_progress_bars = os.environ.get("PIPELINE_PROGRESS", "1") != "0"
 
 
@@ -148,6 +156,7 @@ def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int
     if not pending:
         return
     workers = min(len(pending), cluster_cpus())
+    started = time.monotonic()
     dataset = ray.data.from_items([{"shard": index} for index in pending])
     summaries = dataset.map_batches(
         DocumentPass,
@@ -157,10 +166,15 @@ def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         num_cpus=1,
     ).take_all()
+    seconds = time.monotonic() - started
+    read = sum(row["read"] for row in summaries)
     log.info(
-        "documents pass: %d shards, %d documents kept",
+        "documents pass: %d shards, %d documents read, %d kept in %.1f s (%.1f documents/s)",
         len(summaries),
+        read,
         sum(row["documents"] for row in summaries),
+        seconds,
+        read / max(seconds, 1e-9),
     )
 
 
@@ -237,7 +251,21 @@ def _finalized(layout: RunLayout, shard: int, fingerprint: str | None) -> bool:
     stats = read_json(layout.filesystem, layout.stats(shard))
     if stats is None or stats.get("fingerprint") != fingerprint:
         return False
+    if stats["docs"]["rows"] == 0:  # every document dropped: no zero-row file written
+        return True
     return layout.filesystem.get_file_info(layout.docs(shard)).type == pafs.FileType.File
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dumps, e.g. ``stages.langid.
+    min_score: 0.65 -> 0.5``, so a refusal says which key to look at."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        nested = (config_differences(old.get(k), new.get(k), f"{prefix}{k}.") for k in keys)
+        return [difference for part in nested for difference in part]
+    if old == new:
+        return []
+    return [f"{prefix.rstrip('.')}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
 def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) -> None:
@@ -250,8 +278,11 @@ def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) 
     fingerprint = config.fingerprint()
     if previous is not None and previous.get("config_fingerprint") != fingerprint:
         if not overwrite:
+            differences = config_differences(previous.get("config"), config.model_dump(mode="json"))
+            shown = ", ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
+            which = f" (differs in {shown})" if differences else " (an input it names changed)"
             raise ConfigError(
-                f"output_dir {config.output_dir} holds a run of another configuration; "
+                f"output_dir {config.output_dir} holds a run of another configuration{which}; "
                 "choose a new output_dir or pass --overwrite"
             )
         deleted, foreign = delete_owned_files(fs, layout.root, RunLayout.owns)
@@ -388,7 +419,9 @@ def run_curate(
     manifest = {
         "config_fingerprint": config.fingerprint(),
         "shards": [
-            {"file": f"docs/shard-{s['shard']:05d}.parquet", **s["docs"]} for s in final_stats
+            {"file": f"docs/shard-{s['shard']:05d}.parquet", **s["docs"]}
+            for s in final_stats
+            if s["docs"]["rows"]  # a shard that kept nothing has no file
         ],
         "documents": written,
     }

@@ -318,6 +318,19 @@ def write_parquet_atomic(filesystem: pafs.FileSystem, path: str, table: pa.Table
     return {"rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def write_parquet_if_rows(
+    filesystem: pafs.FileSystem, path: str, table: pa.Table
+) -> dict[str, Any]:
+    """Like ``write_parquet_atomic``, but a table without rows leaves no file (and
+    removes one an earlier run left): a zero-row Parquet file stops HF ``datasets``
+    ("BatchSize must be greater than 0"), and the row counts live in the stats anyway."""
+    if table.num_rows:
+        return write_parquet_atomic(filesystem, path, table)
+    if filesystem.get_file_info(path).type == pafs.FileType.File:
+        filesystem.delete_file(path)
+    return {"rows": 0, "bytes": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+
+
 def write_json_atomic(filesystem: pafs.FileSystem, path: str, value: Any) -> None:
     text = json.dumps(value, indent=2) + "\n"  # insertion order: funnel order stays
     write_bytes_atomic(filesystem, path, text.encode())

@@ -9,7 +9,9 @@ every curated shard into one tokenized shard of the same number, through an acto
     OUTPUT_DIR/
       tokenizer.json          a copy of the tokenizer used (the shards' ids mean nothing without it)
       docs/shard-NNNNN.parquet  id, [domain], source, language, [quality_score], format,
-                                n_tokens, tokens (list<uint32>, ending with the eos id)
+                                n_tokens, tokens (list<uint16>, or list<uint32> for a
+                                vocabulary over 65,536; ending with the eos id); schema
+                                metadata: project version, tokenizer name and sha256
       stats/NNNNN.json        per shard: rows, tokens, input and tokenizer checksums ("done")
       manifest.json           eos/pad ids, vocabulary size, shards with rows, tokens, sha256
 
@@ -29,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from model_hooks.shard_format import shard_metadata
 from pipeline.config import (
     ConfigError,
     RayConfig,
@@ -191,6 +194,8 @@ class TokenizeShards:
         self.entries = {int(shard_number(e)): e for e in entries}
         self.checksum = checksum
         self.stage = Tokenize(config.tokenizer)
+        name = posixpath.basename(config.tokenizer.tokenizer_path)
+        self.metadata = shard_metadata(name, checksum, self.stage.vocab_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         done = [self.tokenize_shard(number) for number in batch.column("shard").to_pylist()]
@@ -202,7 +207,7 @@ class TokenizeShards:
         entry = self.entries[number]
         in_fs, in_root = resolve_filesystem(self.config.curated_dir)
         documents = pq.read_table(posixpath.join(in_root, entry["file"]), filesystem=in_fs)
-        tokenized = self.stage(documents)
+        tokenized = self.stage(documents).replace_schema_metadata(self.metadata)
         out_fs, out_root = resolve_filesystem(self.config.output_dir)
         written = write_parquet_atomic(out_fs, tokenized_shard_path(out_root, number), tokenized)
         tokens = int(np.asarray(tokenized.column(N_TOKENS).to_numpy()).sum())
@@ -237,6 +242,7 @@ def write_tokenized_manifest(
     ).hexdigest()[:16]
     manifest = {
         "fingerprint": fingerprint,
+        "tokenizer": posixpath.basename(config.tokenizer.tokenizer_path),
         "tokenizer_sha256": checksum,
         "eos_id": stage.eos_id,
         "pad_id": stage.pad_id,

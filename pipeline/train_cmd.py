@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import Field, ValidationError, create_model, model_validator
 
 from model_hooks.model import ModelConfig
-from model_hooks.shard_format import MANIFEST_NAME, read_manifest
+from model_hooks.shard_format import MANIFEST_NAME, manifest_path, read_manifest
 from model_hooks.train import CKPT_NAME, METRICS_NAME, TrainConfig
 from pipeline.config import (
     ConfigError,
@@ -157,7 +157,7 @@ def _phase_dirs(config: TrainRunConfig, path: Path) -> list[Path]:
     else:
         dirs, key = [Path(p) for p in config.phases or []], "phases"
     for index, directory in enumerate(dirs):
-        if not (directory / MANIFEST_NAME).is_file():
+        if not manifest_path(directory).is_file():
             where = f"{key}[{index}]" if key == "phases" else f"{key} (phase {index})"
             raise ConfigError(
                 f"{path}: {where}: no packed phase at {directory} (no {MANIFEST_NAME}; "

@@ -1,5 +1,5 @@
-"""Bytes in, bounded memory: the plain and gzip chunk sources, the buffered reader the
-line-based formats share, and charset decoding with binary sniffing.
+"""Bytes in, bounded memory: the plain, gzip and zstd chunk sources, the buffered reader
+the line-based formats share, and charset decoding with binary sniffing.
 
 Files are read as streams and gzip is inflated in chunks with a cap on output, so memory
 stays bounded by ``max_doc_bytes``. A multi-member gzip source remembers where each member
@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 REASON_CORRUPT_GZIP = "corrupt_gzip"
+REASON_CORRUPT_ZSTD = "corrupt_zstd"
 REASON_TRUNCATED = "truncated_record"
 REASON_TOO_LARGE = "too_large"
 REASON_BINARY = "binary_content"
@@ -199,11 +200,65 @@ class GzipSource:
         return f"{self.offsets[index]}+{inner}" if inner else str(self.offsets[index])
 
 
+class _CountingReader:
+    """A file-like view of a stream that counts the bytes read through it."""
+
+    closed = False
+
+    def __init__(self, raw: pa.NativeFile) -> None:
+        self.raw, self.read_bytes = raw, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size) if size >= 0 else self.raw.read()
+        self.read_bytes += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:  # the caller's ``with`` closes the underlying stream
+        self.closed = True
+
+
+class ZstdSource:
+    """Inflates a zstd stream (one or more frames) in bounded chunks with pyarrow's codec
+    (no extra package). Records are named by their decompressed position: zstd frames
+    carry no index to seek to. A stream that inflates past ``_BOMB_DOCS`` documents at
+    more than ``max_ratio`` is a bomb: the rest of the file becomes one too_large row."""
+
+    def __init__(self, raw: pa.NativeFile, max_doc_bytes: int, max_ratio: float) -> None:
+        self.raw = _CountingReader(raw)  # a stream cannot tell(): count what the codec reads
+        self.stream = pa.CompressedInputStream(pa.PythonFile(self.raw, mode="r"), "zstd")
+        self.max_bytes, self.max_ratio = _BOMB_DOCS * max_doc_bytes, max_ratio
+        self.out_total = 0
+        self.failed: ReadError | None = None
+
+    def next_chunk(self) -> bytes:
+        if self.failed is not None:
+            raise self.failed  # the stream stays broken once it broke
+        try:
+            out = self.stream.read(_CHUNK_BYTES)
+        except OSError as exc:  # pyarrow: "Truncated compressed stream", bad frames
+            truncated = "truncated" in str(exc).lower()
+            reason = REASON_TRUNCATED if truncated else REASON_CORRUPT_ZSTD
+            self.failed = ReadError(reason, offset=self.out_total)
+            raise self.failed from exc
+        self.out_total += len(out)
+        ratio_cap = self.max_ratio * self.raw.read_bytes
+        if self.out_total > self.max_bytes and self.out_total > ratio_cap:
+            self.failed = ReadError(REASON_TOO_LARGE, float(self.out_total), 0)
+            raise self.failed
+        return out
+
+    def locate(self, position: int) -> str:
+        return str(position)
+
+
 class ByteReader:
     """Buffered reads over a chunk source: lines, peeks and skips, with a movable
     ``keep_from`` mark so a WARC record can be re-scanned after a bad Content-Length."""
 
-    def __init__(self, source: PlainSource | GzipSource) -> None:
+    def __init__(self, source: PlainSource | GzipSource | ZstdSource) -> None:
         self.source, self.buf, self.pos, self.base, self.eof = source, bytearray(), 0, 0, False
         self.keep_from: int | None = None
 

@@ -1,5 +1,6 @@
-"""Input files -> document rows (``DOCUMENT_SCHEMA``): WARC, HTML, JSONL, Parquet and
-plain text or source files.
+"""Input files -> document rows (``DOCUMENT_SCHEMA``): WARC (and WET), HTML, JSONL (and
+``.json``: JSON Lines or one array), Parquet and plain text or source files; gzip
+(``.gz``) or zstd (``.zst``) compressed.
 
 Bad input never raises: a broken file or record becomes a row whose ``drop_reason``
 names the problem (``drop_stage = "read"``), so the ledger counts it. Memory stays
@@ -35,6 +36,7 @@ from stages.byte_streams import (
     LINE_MAX_BYTES,
     REASON_BINARY,
     REASON_CORRUPT_GZIP,
+    REASON_CORRUPT_ZSTD,
     REASON_INVALID_ENCODING,
     REASON_TOO_LARGE,
     REASON_TRUNCATED,
@@ -42,6 +44,7 @@ from stages.byte_streams import (
     GzipSource,
     PlainSource,
     ReadError,
+    ZstdSource,
     declared_charsets,
     decode_bytes,
 )
@@ -52,6 +55,7 @@ __all__ = [
     "REASON_BAD_JSON",
     "REASON_BINARY",
     "REASON_CORRUPT_GZIP",
+    "REASON_CORRUPT_ZSTD",
     "REASON_EMPTY",
     "REASON_INVALID_ENCODING",
     "REASON_MALFORMED_HTTP",
@@ -76,8 +80,9 @@ REASON_BAD_JSON = "malformed_json"
 REASON_MISSING_FIELD = "missing_text_field"
 REASON_UNSUPPORTED = "unsupported_format"
 # The other reasons come from the module whose rule fires them: REASON_CORRUPT_GZIP,
-# REASON_TRUNCATED, REASON_TOO_LARGE, REASON_BINARY and REASON_INVALID_ENCODING from
-# stages.byte_streams; REASON_MALFORMED_WARC and REASON_MALFORMED_HTTP from stages.warc.
+# REASON_CORRUPT_ZSTD, REASON_TRUNCATED, REASON_TOO_LARGE, REASON_BINARY and
+# REASON_INVALID_ENCODING from stages.byte_streams; REASON_MALFORMED_WARC and
+# REASON_MALFORMED_HTTP from stages.warc.
 
 CODE_LANGUAGES = {
     ".py": "python", ".go": "go", ".rs": "rust", ".c": "c", ".h": "c", ".cpp": "cpp",
@@ -89,7 +94,13 @@ _CONTAINER_SUFFIXES = {  # matched with endswith, case-insensitive
     ".warc.gz": "warc", ".html.gz": "html", ".htm.gz": "html", ".jsonl.gz": "jsonl",
     ".json.gz": "jsonl", ".warc": "warc", ".html": "html", ".htm": "html",
     ".jsonl": "jsonl", ".parquet": "parquet",
+    # WET (Common Crawl's extracted text): WARC conversion records, read by the WARC parser
+    ".warc.wet.gz": "warc", ".wet.gz": "warc", ".warc.wet": "warc", ".wet": "warc",
+    ".warc.zst": "warc", ".warc.wet.zst": "warc", ".jsonl.zst": "jsonl",
+    ".json.zst": "jsonl", ".html.zst": "html",
+    ".json": "jsonl",  # JSON Lines (what most .json dumps hold), or one array of records
 }  # fmt: skip
+_JSON_ARRAY_DOCS = 10  # a .json array is read whole: at most this many max_doc_bytes
 
 _PARQUET_BATCH_ROWS = 256
 _ROW_FIELDS = tuple(n for n in DOCUMENT_SCHEMA.names if n not in ("shard", "ordinal"))
@@ -157,17 +168,19 @@ def read_file(
             yield from _read_parquet(path, source, filesystem, cfg)
         else:
             with filesystem.open_input_stream(path, compression=None) as raw:
+                chunks: GzipSource | ZstdSource | PlainSource
                 if path.lower().endswith(".gz"):
-                    chunks: GzipSource | PlainSource = GzipSource(
-                        raw, cfg.max_doc_bytes, cfg.max_decompressed_ratio
-                    )
+                    chunks = GzipSource(raw, cfg.max_doc_bytes, cfg.max_decompressed_ratio)
+                elif path.lower().endswith(".zst"):
+                    chunks = ZstdSource(raw, cfg.max_doc_bytes, cfg.max_decompressed_ratio)
                 else:
                     chunks = PlainSource(raw)
                 reader = ByteReader(chunks)
                 if kind == "warc":
                     yield from _read_warc(reader, source, cfg)
                 elif kind == "jsonl":
-                    yield from _read_jsonl(reader, source, cfg)
+                    arrays = path.lower().removesuffix(".gz").removesuffix(".zst").endswith(".json")
+                    yield from _read_jsonl(reader, source, cfg, arrays=arrays)
                 else:
                     yield _read_single(reader, source, kind, CODE_LANGUAGES.get(_suffix(path)), cfg)
     except ReadError as err:
@@ -255,9 +268,15 @@ def _read_single(
     )
 
 
-def _read_jsonl(reader: ByteReader, source: str, cfg: ReaderConfig) -> Iterator[dict[str, Any]]:
+def _read_jsonl(
+    reader: ByteReader, source: str, cfg: ReaderConfig, arrays: bool = False
+) -> Iterator[dict[str, Any]]:
+    """JSON Lines; with ``arrays`` (a ``.json`` file) also one JSON array of records."""
     if not reader.peek(1):
         yield _reject(source, "file", REASON_EMPTY, format="text")
+        return
+    if arrays and reader.peek(LINE_MAX_BYTES).lstrip()[:1] == b"[":
+        yield from _read_json_array(reader, source, cfg)
         return
     limit = 2 * cfg.max_doc_bytes + LINE_MAX_BYTES  # JSON escapes can double the text
     number = 0
@@ -283,6 +302,35 @@ def _read_jsonl(reader: ByteReader, source: str, cfg: ReaderConfig) -> Iterator[
             record = _clean(f"id:{key}")
         url = obj.get(cfg.url_field) if cfg.url_field else None
         yield _field_row(source, record, line, obj.get(cfg.text_field), url, cfg)
+
+
+def _read_json_array(
+    reader: ByteReader, source: str, cfg: ReaderConfig
+) -> Iterator[dict[str, Any]]:
+    """``[{...}, {...}]``: one row per element (``item:N``). The array is parsed whole,
+    so a file over ``_JSON_ARRAY_DOCS * max_doc_bytes`` is one too_large row (convert
+    it to JSON Lines to stream it)."""
+    cap = _JSON_ARRAY_DOCS * cfg.max_doc_bytes
+    data = reader.peek(cap + 1)
+    if len(data) > cap:
+        yield _reject(source, "file", REASON_TOO_LARGE, float(len(data)), format="text")
+        return
+    try:
+        items = json.loads(data)
+    except (ValueError, RecursionError):
+        yield _reject(source, "file", REASON_BAD_JSON, None, data[:LINE_MAX_BYTES], format="text")
+        return
+    for number, obj in enumerate(items):
+        record = f"item:{number}"
+        raw = json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8", "replace")
+        if not isinstance(obj, dict):
+            yield _reject(source, record, REASON_BAD_JSON, None, raw, format="text")
+            continue
+        key = obj.get(cfg.id_field) if cfg.id_field else None
+        if key is not None:
+            record = _clean(f"id:{key}")
+        url = obj.get(cfg.url_field) if cfg.url_field else None
+        yield _field_row(source, record, raw, obj.get(cfg.text_field), url, cfg)
 
 
 def _read_parquet(
@@ -318,12 +366,13 @@ def _read_parquet(
 
 
 def _read_warc(reader: ByteReader, source: str, cfg: ReaderConfig) -> Iterator[dict[str, Any]]:
-    """One row per page or rejected record that ``stages.warc.read_warc`` reports."""
+    """One row per page, text (WET conversion) or rejected record that
+    ``stages.warc.read_warc`` reports."""
     if not reader.peek(1):
         yield _reject(source, "file", REASON_EMPTY, format="html")
         return
     for warc in read_warc(reader, cfg.max_doc_bytes):
-        fields = {"format": "html", "url": warc.url and _clean(warc.url), "date": warc.date}
+        fields = {"format": warc.media, "url": warc.url and _clean(warc.url), "date": warc.date}
         if warc.reason is not None:
             yield _reject(source, warc.record, warc.reason, warc.score, **fields)
         else:

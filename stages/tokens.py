@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from model_hooks.shard_format import token_type
 from stages.base import Resources, Stage, StageConfig
 
 DEFAULT_EOS_TOKEN = "<|endoftext|>"
@@ -29,7 +30,6 @@ TOKENS = "tokens"
 N_TOKENS = "n_tokens"
 # Curated columns a tokenized shard keeps (those present), for mix selection and reports.
 KEPT_COLUMNS = ("id", "domain", "source", "language", "quality_score", "format")
-TOKEN_TYPE = pa.list_(pa.uint32())
 
 
 class TokenizeConfig(StageConfig):
@@ -54,8 +54,9 @@ class TokenizeConfig(StageConfig):
 
 
 class Tokenize(Stage):
-    """Adds ``n_tokens`` and ``tokens`` (list<uint32>, ending with the eos id) and keeps
-    only ``KEPT_COLUMNS``: the text itself is not needed after this point."""
+    """Adds ``n_tokens`` and ``tokens`` (list<uint16> when the vocabulary fits 16 bits,
+    else list<uint32>; ending with the eos id) and keeps only ``KEPT_COLUMNS``: the text
+    itself is not needed after this point."""
 
     name: ClassVar[str] = "tokenize"
     requires: ClassVar[tuple[str, ...]] = ("tokenizers",)
@@ -74,13 +75,15 @@ class Tokenize(Stage):
             self.eos_id if cfg.pad_token is None else token_id(self.tokenizer, cfg.pad_token)
         )
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        self.token_type = pa.list_(token_type(self.vocab_size))  # half the bytes if it fits
         # encode_batch_fast (tokenizers >= 0.21) skips the character offsets we never use.
         self._encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
 
     def encode(self, texts: list[str]) -> pa.ListArray:
         """Token ids of each text plus the end-of-document id, as one Arrow list array."""
         encodings = self._encode(texts, add_special_tokens=False)
-        return token_array([e.ids for e in encodings], self.eos_id)
+        ids = [e.ids for e in encodings]
+        return token_array(ids, self.eos_id, self.token_type.value_type.to_pandas_dtype())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = [text or "" for text in batch.column(self.cfg.text_column).to_pylist()]
@@ -88,7 +91,7 @@ class Tokenize(Stage):
             self.encode(texts[start : start + self.cfg.batch_rows])
             for start in range(0, len(texts), self.cfg.batch_rows)
         ]
-        tokens = pa.chunked_array(parts, TOKEN_TYPE)
+        tokens = pa.chunked_array(parts, self.token_type)
         kept = [name for name in KEPT_COLUMNS if name in batch.column_names]
         lengths = pa.chunked_array([pc.list_value_length(p) for p in parts], pa.int32())
         return batch.select(kept).append_column(N_TOKENS, lengths).append_column(TOKENS, tokens)
@@ -102,15 +105,15 @@ def token_id(tokenizer, token: str) -> int:
     return int(value)
 
 
-def token_array(ids: list[list[int]], eos_id: int) -> pa.ListArray:
-    """``[[ids..., eos], ...]`` as list<uint32> without a per-element Python round trip."""
+def token_array(ids: list[list[int]], eos_id: int, dtype: type = np.uint32) -> pa.ListArray:
+    """``[[ids..., eos], ...]`` as list<dtype> without a per-element Python round trip."""
     lengths = np.fromiter(map(len, ids), np.int64, len(ids))
     offsets = np.zeros(len(ids) + 1, np.int64)
     np.cumsum(lengths + 1, out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(ids), np.uint32, int(lengths.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype, int(lengths.sum()))
     # Document k's eos goes after its ids: at offsets[k+1] - 1 in the output, which is
     # offsets[k+1] - (k+1) in ``flat`` (the k eos ids before it are not there yet).
-    flat = np.insert(flat, offsets[1:] - np.arange(1, len(ids) + 1), np.uint32(eos_id))
+    flat = np.insert(flat, offsets[1:] - np.arange(1, len(ids) + 1), dtype(eos_id))
     if offsets[-1] > np.iinfo(np.int32).max:
         raise ValueError("a batch of more than 2**31 tokens; lower batch_rows")
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))

@@ -1,4 +1,10 @@
-"""WARC records -> HTML pages or rejections, for ``stages.readers`` to turn into rows.
+"""WARC records -> HTML pages, text documents or rejections, for ``stages.readers`` to
+turn into rows.
+
+A ``response`` record with an HTTP 200 HTML page is a page; a ``conversion`` record (what
+Common Crawl's WET files hold: the extracted plain text of a page, UTF-8) is a text
+document, so WET files read through the same parser, and a WET file named ``.warc.gz``
+still gives its documents.
 
 The WARC parser is our own rather than warcio's so that it can reject one record with a
 wrong ``Content-Length`` or a broken header and resynchronise on the next ``WARC/``
@@ -32,6 +38,7 @@ _WARC_HEADER_MAX_LINES = 512
 _WARC_LINE = re.compile(rb"WARC/\d")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _HTTP_STATUS = re.compile(rb"HTTP/\d(?:\.\d)?\s+(\d{3})")
+_HEADER_CHARSET_VALUE = re.compile(r"charset\s*=\s*[\"']?([\w.:+-]+)", re.I)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -48,6 +55,8 @@ class WarcRecord:
     """The HTTP body with transfer and content codings undone (pages only)."""
     declared: tuple[str, ...] = ()
     """Charsets the HTTP header and the page's ``<meta>`` declare, header first."""
+    media: str = "html"
+    """``html`` (a response's page) or ``text`` (a conversion record's plain text)."""
     reason: str | None = None
     """Why the record is rejected; None for a page."""
     score: float | None = None
@@ -55,9 +64,10 @@ class WarcRecord:
 
 
 def read_warc(reader: ByteReader, max_doc_bytes: int) -> Iterator[WarcRecord]:
-    """Documents are ``response`` records holding an HTTP 200 HTML page; every other
-    record is skipped silently. A broken record costs one rejection and a resync; a broken
-    stream (corrupt or truncated gzip) costs one rejection for the rest of the file."""
+    """Documents are ``response`` records holding an HTTP 200 HTML page and
+    ``conversion`` records (plain text); every other record is skipped silently. A broken
+    record costs one rejection and a resync; a broken stream (corrupt or truncated gzip)
+    costs one rejection for the rest of the file."""
     record: str | None = None
     try:
         while True:
@@ -115,11 +125,13 @@ def _warc_record(
     is_response = headers.get("warc-type", "").lower() == "response" and block_type.startswith(
         "application/http"
     )
+    is_conversion = headers.get("warc-type", "").lower() == "conversion"
     url = headers.get("warc-target-uri", "").strip().strip("<>") or None
     about = {"record": record, "url": url, "date": _iso_date(headers)}
     block_start = reader.tell()
     if length > max_doc_bytes + _HTTP_HEAD_MAX_BYTES:  # stream past it, never hold it
         is_page = is_response and _http_page(reader.peek(_HTTP_HEAD_MAX_BYTES)) is not None
+        is_page = is_page or is_conversion
         if reader.skip(length) < length:
             raise ReadError(REASON_TRUNCATED)
         terminated = _terminated(reader)
@@ -151,6 +163,10 @@ def _warc_record(
         return
     if is_response:
         yield from _page(block, about, max_doc_bytes)
+    elif is_conversion:
+        charset = _HEADER_CHARSET_VALUE.search(block_type)
+        declared = (charset.group(1),) if charset else ("utf-8",)
+        yield WarcRecord(**about, payload=block, declared=declared, media="text")
     if junk_at is not None:  # a whole record, then bytes that are no record
         yield from _junk(reader, junk_at)
 

@@ -141,7 +141,7 @@ def test_killed_mix_reruns_only_the_missing_windows(run):
     assert rerun.returncode == 0, rerun.stdout[-4000:]
     assert f"({done} windows packed by an earlier run kept)" in rerun.stdout, rerun.stdout
     assert _digests(out, "packed/*/*.arrow") == reference
-    assert _digests(out, "packed/*/manifest.json") == _digests(
-        run / "mixed", "packed/*/manifest.json"
+    assert _digests(out, "packed/*/.manifest.json") == _digests(
+        run / "mixed", "packed/*/.manifest.json"
     )
     assert (out / "curriculum.json").read_text() == (run / "mixed" / "curriculum.json").read_text()

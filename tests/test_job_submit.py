@@ -62,6 +62,7 @@ def test_job_submit_gives_the_embedded_result(ray_session, demo_corpus, tmp_path
     assert f"({reference['shards']} shards run, 0 already done)" in logs
     assert "holds" in logs  # the funnel's accounting line
     assert "Started a local Ray instance" not in logs  # it joined the cluster
+    assert "joined the Ray cluster at" in logs and "started a local Ray" not in logs
 
     assert comparable_outputs(job_out) == reference["outputs"]
     print(

@@ -194,7 +194,8 @@ def test_curriculum_metadata_and_state_checks(curriculum: list[Path], tmp_path: 
     assert stream.domain_names == ["code", "math", "web"]
     seen = [(b["phase"], b["seq_len"], b["rope_theta"], b["tokens"].shape[1]) for b in stream]
     assert seen[0] == ("short", 32, 1e4, 32) and seen[-1] == ("long", 48, 1e6, 48)
-    assert stream.num_batches() == len(seen)
+    assert TokenStream(curriculum, batch_size=4).num_batches() == len(seen) == len(stream)
+    assert stream.num_batches() == 0 and stream.at_end()  # the loop moved the position
     state = stream.state_dict()
     assert set(state) == {"version", "seed", "fingerprint", "phase", "epoch", "sample",
                           "world_size", "batch_size"}  # fmt: skip

@@ -202,7 +202,7 @@ def test_reader_kind_by_suffix():
     kinds = {
         "a/CC.warc.gz": "warc", "x.WARC": "warc", "p.htm": "html", "p.html.gz": "html",
         "d.json.gz": "jsonl", "t.parquet": "parquet", "m.h": "code", "n.rst": "text",
-        "crawl.warc.wet.gz": None, "img.png": None, "Makefile": None,
+        "crawl.warc.wet.gz": "warc", "img.png": None, "Makefile": None,
     }  # fmt: skip
     assert {path: reader_kind(path) for path in kinds} == kinds
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -45,7 +46,8 @@ def test_every_document_ends_with_the_eos_token_and_decodes_back(tokenizer_path)
     stage = Tokenize(TokenizeConfig(tokenizer_path=str(tokenizer_path), batch_rows=3))
     out = stage(_batch())
     assert out.column_names == ["id", "source", "language", "format", "n_tokens", "tokens"]
-    assert out.schema.field("tokens").type == pa.list_(pa.uint32())
+    assert stage.vocab_size <= 2**16  # a small vocabulary: two bytes a token
+    assert out.schema.field("tokens").type == pa.list_(pa.uint16())
     for text, ids, count in zip(
         TEXTS, out["tokens"].to_pylist(), out["n_tokens"].to_pylist(), strict=True
     ):
@@ -74,12 +76,14 @@ def test_token_array_matches_the_slow_construction():
     ids = [[5, 6, 7], [], [1], [2**32 - 2, 3]]
     fast = token_array(ids, eos_id=9)
     assert fast.equals(pa.array([[*i, 9] for i in ids], pa.list_(pa.uint32())))
+    narrow = token_array([[5, 6, 7], [], [2**16 - 2]], eos_id=9, dtype=np.uint16)
+    assert narrow.equals(pa.array([[5, 6, 7, 9], [9], [2**16 - 2, 9]], pa.list_(pa.uint16())))
 
 
 def test_empty_batch_keeps_the_schema(tokenizer_path):
     stage = Tokenize(TokenizeConfig(tokenizer_path=str(tokenizer_path)))
     out = stage(_batch().slice(0, 0))
-    assert out.num_rows == 0 and out.schema.field("tokens").type == pa.list_(pa.uint32())
+    assert out.num_rows == 0 and out.schema.field("tokens").type == pa.list_(pa.uint16())
 
 
 def test_training_is_deterministic_and_puts_eos_first(tokenizer_path):
