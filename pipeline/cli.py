@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_curate_config
-from pipeline.safe_paths import system_folder_problem
 from pipeline.console import filtered_native_stderr
+from pipeline.safe_paths import system_folder_problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INTERRUPTED = (
