@@ -294,14 +294,21 @@ def _read_jsonl(
             obj = json.loads(line)
         except (ValueError, RecursionError):
             obj = None
-        if not isinstance(obj, dict):
-            yield _reject(source, record, REASON_BAD_JSON, None, line, format="text")
-            continue
-        key = obj.get(cfg.id_field) if cfg.id_field else None
-        if key is not None:
-            record = _clean(f"id:{key}")
-        url = obj.get(cfg.url_field) if cfg.url_field else None
-        yield _field_row(source, record, line, obj.get(cfg.text_field), url, cfg)
+        yield _object_row(source, record, line, obj, cfg)
+
+
+def _object_row(
+    source: str, record: str, raw: bytes, obj: Any, cfg: ReaderConfig
+) -> dict[str, Any]:
+    """One JSON record: a document from its text field, or a bad_json reject when it
+    is not an object. An id field, when configured and present, names the record."""
+    if not isinstance(obj, dict):
+        return _reject(source, record, REASON_BAD_JSON, None, raw, format="text")
+    key = obj.get(cfg.id_field) if cfg.id_field else None
+    if key is not None:
+        record = _clean(f"id:{key}")
+    url = obj.get(cfg.url_field) if cfg.url_field else None
+    return _field_row(source, record, raw, obj.get(cfg.text_field), url, cfg)
 
 
 def _read_json_array(
@@ -321,16 +328,8 @@ def _read_json_array(
         yield _reject(source, "file", REASON_BAD_JSON, None, data[:LINE_MAX_BYTES], format="text")
         return
     for number, obj in enumerate(items):
-        record = f"item:{number}"
         raw = json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8", "replace")
-        if not isinstance(obj, dict):
-            yield _reject(source, record, REASON_BAD_JSON, None, raw, format="text")
-            continue
-        key = obj.get(cfg.id_field) if cfg.id_field else None
-        if key is not None:
-            record = _clean(f"id:{key}")
-        url = obj.get(cfg.url_field) if cfg.url_field else None
-        yield _field_row(source, record, raw, obj.get(cfg.text_field), url, cfg)
+        yield _object_row(source, f"item:{number}", raw, obj, cfg)
 
 
 def _read_parquet(
