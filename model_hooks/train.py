@@ -193,7 +193,9 @@ def train_step(
     for group in opt.param_groups:  # checkpoints from before lr_scale have none: 1
         group["lr"] = get_lr(step, cfg) * group.get("lr_scale", 1.0)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        logits_BTN, h_BTD, infos = model(batch["tokens"], batch["positions"], batch["doc_index"])
+        logits_BTN, h_BTD, infos = model(
+            batch["tokens"], batch["positions"], batch["doc_index"], batch.get("cu_seqlens")
+        )
     ce_BT = F.cross_entropy(
         logits_BTN.float().flatten(0, 1), batch["targets"].flatten(), reduction="none"
     ).view(B, T)
