@@ -11,6 +11,12 @@ and a whole train_step; the prediction for each is the ratio of matmul work per 
 
 Times are CPU seconds of this process with one torch thread (best of the timed steps).
 
+A third figure (``dispatch``): the MoE block's forward + backward tokens/s at 8, 64 and
+256 FFN experts with the same work per token (top-K, expert width and zero-expert share
+fixed), the grouped dispatch (``torch._grouped_mm``, no host sync) against the loop it
+replaced (argsort, a Python loop over the experts, ``index_add``; kept here as the peer),
+same weights, same tokens, same run.
+
     python -m bench.moe [--steps 6] [--batch-size 8] [--seq-len 256] [--quick] [--json PATH]
 """
 
@@ -25,7 +31,7 @@ import torch
 
 from bench.contract import add_contract_arguments, row, write_json
 from model_hooks.model import Model, ModelConfig
-from model_hooks.moe import MoE, routing_stats
+from model_hooks.moe import MoE, RouterInfo, routing_stats
 from model_hooks.synthetic import SyntheticBatches
 from model_hooks.train import TrainConfig, build_optimizer, train_step
 
@@ -43,7 +49,8 @@ def matmul_weights_per_token(cfg: ModelConfig, ffn_per_token: float) -> float:
     model = Model(cfg)
     total = sum(p.numel() for n, p in model.named_parameters() if "experts" not in n)
     total -= model.embed.weight.numel()
-    per_expert = sum(p.numel() for p in model.layers[0].moe.experts[0].parameters())
+    experts = model.layers[0].moe.experts
+    per_expert = sum(p.numel() for p in experts.parameters()) // cfg.n_ffn_experts
     return total + cfg.n_layers * ffn_per_token * per_expert
 
 
@@ -83,6 +90,47 @@ def moe_tokens_per_second(cfg: ModelConfig, tokens: int, repeat: int) -> tuple[f
     return tokens / best, ffn
 
 
+def loop_dispatch(moe: MoE, x_TD: torch.Tensor) -> tuple[torch.Tensor, RouterInfo]:
+    """The MoE forward as it was before the grouped matmul: the peer of ``dispatch``."""
+    info = moe.router(x_TD)
+    T, K = info.topk_TK.shape
+    gates_TK = info.probs_TE.gather(1, info.topk_TK).to(x_TD.dtype)
+    is_ffn_TK = info.topk_TK < moe.n_ffn
+    zero_gate_T1 = (gates_TK * ~is_ffn_TK).sum(dim=-1, keepdim=True)
+    out_TD = (moe.gamma if moe.gamma_scales_identity else 1.0) * zero_gate_T1 * x_TD
+    token_P = torch.arange(T).repeat_interleave(K)[is_ffn_TK.flatten()]
+    expert_P = info.topk_TK.flatten()[is_ffn_TK.flatten()]
+    gate_P = gates_TK.flatten()[is_ffn_TK.flatten()]
+    order_P = torch.argsort(expert_P, stable=True)
+    token_P, expert_P, gate_P = token_P[order_P], expert_P[order_P], gate_P[order_P]
+    counts = torch.bincount(expert_P, minlength=moe.n_ffn).tolist()
+    x_PD = x_TD[token_P]
+    parts = [
+        moe.experts.expert(i, chunk) for i, chunk in enumerate(x_PD.split(counts)) if len(chunk)
+    ]
+    y_PD = torch.cat(parts) * gate_P[:, None]
+    return out_TD + moe.gamma * torch.zeros_like(x_TD).index_add(0, token_P, y_PD), info
+
+
+DISPATCH_EXPERTS = (8, 64, 256)
+
+
+def dispatch_tokens_per_second(n_ffn: int, tokens: int, repeat: int, loop: bool) -> float:
+    """MoE block forward + backward tokens/s at n_ffn FFN experts (n_ffn / 2 zero
+    experts, K = 6, K_e = 4, d_model 128, expert width 64), best of ``repeat``."""
+    torch.manual_seed(0)
+    moe = MoE(128, 64, n_ffn, n_ffn // 2, 6, 4.0)
+    torch.nn.init.normal_(moe.router.weight, std=0.02)
+    x_TD = torch.randn(tokens, 128, requires_grad=True)
+    best = math.inf
+    for _ in range(repeat):
+        start = time.process_time()
+        out_TD, _ = loop_dispatch(moe, x_TD) if loop else moe(x_TD)
+        out_TD.square().mean().backward()
+        best = min(best, time.process_time() - start)
+    return tokens / best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="timed train steps (best of)")
@@ -90,10 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--dispatch-tokens", type=int, default=4096,
+                        help="tokens per MoE block call in the dispatch comparison")  # fmt: skip
     add_contract_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.batch_size, args.seq_len, args.rounds = 1, 1, 2, 64, 1
+        args.dispatch_tokens = 256
     torch.set_num_threads(1)
     configs = {"with_zero": WITH_ZERO, "without_zero": WITHOUT_ZERO}
     train = {name: (0.0, 0.0) for name in configs}
@@ -103,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             train[name] = max(train[name], train_tokens_per_second(cfg, args))
             tokens = args.batch_size * args.seq_len
             block[name] = max(block[name], moe_tokens_per_second(cfg, tokens, args.steps + 2))
+    dispatch = {(n, loop): 0.0 for n in DISPATCH_EXPERTS for loop in (False, True)}
+    for _ in range(args.rounds):
+        for n, loop in dispatch:
+            speed = dispatch_tokens_per_second(n, args.dispatch_tokens, args.steps + 2, loop)
+            dispatch[n, loop] = max(dispatch[n, loop], speed)
     weights = {name: matmul_weights_per_token(cfg, train[name][1]) for name, cfg in configs.items()}
     result = {
         "K": WITH_ZERO.top_k,
@@ -115,6 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         "moe_block_tokens_per_s": {n: round(block[n][0]) for n in configs},
         "moe_block_speedup": round(block["with_zero"][0] / block["without_zero"][0], 3),
         "moe_block_speedup_predicted": round(block["without_zero"][1] / block["with_zero"][1], 3),
+        "dispatch_tokens_per_s": {
+            f"{n}_experts": {"grouped": round(dispatch[n, False]), "loop": round(dispatch[n, True])}
+            for n in DISPATCH_EXPERTS
+        },
+        "dispatch_speedup": {
+            f"{n}_experts": round(dispatch[n, False] / dispatch[n, True], 3)
+            for n in DISPATCH_EXPERTS
+        },
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2))
@@ -131,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             unit="tokens/s (CPU, one thread)"),
         row("MoE block speed-up predicted from FFN experts per token", None,
             ratio=result["moe_block_speedup_predicted"], unit="ratio"),
+    ]  # fmt: skip
+    rows += [
+        row(f"MoE block forward+backward, {n} FFN experts, grouped dispatch",
+            round(dispatch[n, False]), round(dispatch[n, True]),
+            peer_name="argsort + loop over experts + index_add", unit="tokens/s (CPU, one thread)")
+        for n in DISPATCH_EXPERTS
     ]  # fmt: skip
     notes = [
         f"K={result['K']}, K_e target {result['K_e_target']}; FFN experts per token in "

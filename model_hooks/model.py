@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from model_hooks.moe import MoE, Router, RouterInfo, SwiGLU
+from model_hooks.moe import GroupedExperts, MoE, Router, RouterInfo, SwiGLU
 
 
 class RMSNorm(nn.Module):
@@ -362,7 +362,7 @@ class Model(nn.Module):
         # the number of branches (five per ScMoE layer) so the residual stream stays O(1).
         out_std = cfg.init_std / math.sqrt(5 * cfg.n_layers)
         for name, p in self.named_parameters():
-            if name.endswith(("out.weight", "w_down.weight")):
+            if name.endswith(("out.weight", "w_down.weight", "experts.w_down")):
                 nn.init.normal_(p, mean=0.0, std=out_std)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -370,6 +370,9 @@ class Model(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.embedding_std)
         elif isinstance(module, nn.Linear | Router):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        elif isinstance(module, GroupedExperts):
+            for weight in (module.w_gate, module.w_up, module.w_down):
+                nn.init.normal_(weight, mean=0.0, std=self.cfg.init_std)
 
     def forward(
         self,
