@@ -304,8 +304,10 @@ class ModelConfig(BaseModel):
     qk_rope_head_dim: int = Field(default=8, gt=0)
     """Rope part of each head; even, since RoPE rotates pairs."""
     v_head_dim: int = Field(default=16, gt=0)
-    rope_theta: float = Field(default=10_000.0, gt=0)
-    """RoPE base; LongCat raises it per long-context phase (1e6 -> 5e6 -> 1e7)."""
+    rope_theta: float = Field(default=1.0e6, gt=0)
+    """RoPE base. LongCat-Flash pre- and mid-trains with 1e6 and raises it per
+    long-context phase (5e6 at 32k, 1e7 at 128k: a first jump of 5x, not 500x from the
+    1e4 of older recipes); a phase's manifest sets it per batch."""
     d_ffn: int = Field(default=128, gt=0)
     """Dense SwiGLU width."""
     d_expert: int = Field(default=32, gt=0)

@@ -253,3 +253,25 @@ def test_cu_seqlens_and_doc_index_give_the_same_segments() -> None:
     crossing = torch.tensor([0, 10, 30, 72], dtype=torch.int32)  # 10..30 spans rows 0 and 1
     with pytest.raises(ValueError, match="crosses a row boundary"):
         model(*args, crossing)
+
+
+def test_rope_bases_follow_the_report() -> None:
+    """LongCat-Flash: RoPE base 1e6 for pre- and mid-training, 5e6 at 32k, 1e7 at 128k,
+    in the model default and in every bundled mix."""
+    from pathlib import Path
+
+    from pipeline.mix_config import load_mix
+
+    assert ModelConfig().rope_theta == 1e6
+    mixes = Path(__file__).resolve().parents[2] / "mixes"
+    long_bases = {32768: 5e6, 131072: 1e7}
+    seen = {}
+    for name in ("demo", "longcat_pretrain", "longcat_midtrain", "longcat_long_context"):
+        for phase in load_mix(mixes / f"{name}.yaml").phases:
+            long = phase.name.startswith("long_context")
+            seen[f"{name}:{phase.name}"] = phase.rope_theta
+            if not long:
+                assert phase.rope_theta == 1e6, (name, phase.name)
+            elif phase.seq_len in long_bases:
+                assert phase.rope_theta == long_bases[phase.seq_len], (name, phase.name)
+    assert seen["demo:long_context"] == 5e6 and seen["demo:long_context_2"] == 1e7
