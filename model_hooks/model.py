@@ -62,6 +62,16 @@ def apply_rope(x_BTHR: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tenso
     return (x_BTHR * cos_BTR[:, :, None] + rotated_BTHR * sin_BTR[:, :, None]).to(x_BTHR.dtype)
 
 
+def cu_seqlens_from_doc_index(doc_index_BT: torch.Tensor) -> torch.Tensor:
+    """int32 segment boundaries over the flattened rows from per-token segment ids (a
+    segment is a run of equal ids within a row), as the token stream's ``cu_seqlens``."""
+    B, T = doc_index_BT.shape
+    doc = doc_index_BT.cpu().numpy()
+    starts = np.ones((B, T), dtype=bool)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    return torch.from_numpy(np.append(np.flatnonzero(starts.reshape(-1)), B * T).astype(np.int32))
+
+
 @dataclass(frozen=True)
 class DocumentSegments:
     """The packed segments of a batch, laid out for block-causal attention without any
@@ -125,12 +135,7 @@ class DocumentSegments:
     @classmethod
     def from_doc_index(cls, doc_index_BT: torch.Tensor) -> DocumentSegments:
         """From per-token segment ids: a segment is a run of equal ids within a row."""
-        B, T = doc_index_BT.shape
-        doc = doc_index_BT.cpu().numpy()
-        starts = np.ones((B, T), dtype=bool)
-        starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
-        cu = np.append(np.flatnonzero(starts.reshape(-1)), B * T)
-        return cls.from_cu_seqlens(cu, doc_index_BT.device)
+        return cls.from_cu_seqlens(cu_seqlens_from_doc_index(doc_index_BT), doc_index_BT.device)
 
     def pack(self, x_NHC: torch.Tensor) -> list[torch.Tensor]:
         """Flattened tokens (N = B*T, H, C) into one (segments, H, padded, C) tensor per
@@ -192,6 +197,7 @@ def document_attention(
         if varlen is None:
             raise RuntimeError("attention backend 'varlen' needs torch.nn.attention.varlen")
         cu = segments.cu_seqlens
+        q_NHC, k_NHC, v_NHV = (t.contiguous() for t in (q_NHC, k_NHC, v_NHV))
         y_NHC = varlen(q_NHC, k_NHC, v_NHV, cu, cu, segments.max_len, segments.max_len,
                        scale=scale, window_size=(-1, 0))  # fmt: skip
         return y_NHC[..., :V], "varlen"

@@ -21,6 +21,7 @@ K experts chosen per token, P = T*K (token, expert) pairs.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -67,6 +68,46 @@ class Router(nn.Module):
         share_N = counts_E[: self.n_ffn].float() / (self.top_k * topk_TK.shape[0])
         target = (target_ffn / self.top_k) / self.n_ffn
         self.bias[: self.n_ffn] += mu * (target - share_N)
+
+    @torch.no_grad()
+    def update_bias_quantile(self, probs_TE: torch.Tensor, step: float, target_ffn: float) -> None:
+        """A controller in the router's own units: the shift of the FFN experts' biases
+        that would have given this batch K_e FFN experts per token, plus the shifts
+        that would have given each FFN expert an equal share of them, then ``step``
+        (0..1] of the sum (a damped Newton step: the next batch differs).
+
+        The common shift: token t gets at least m FFN experts once its m-th best FFN
+        score plus the shift beats its (K-m+1)-th best zero-expert score; with the
+        T*K thresholds of those events sorted, K_e per token on average is the shift
+        past the T*K_e-th. The balance: expert i is picked by token t when its score
+        beats the K-th best of the others; a (K_e/N) share of the tokens picks it
+        when its bias moves by minus the (1 - K_e/N) quantile of those margins; these
+        shifts, less their mean, only move load between FFN experts. Unlike
+        ``update_bias`` (a step proportional to the share error, whose right size
+        depends on how spread the router's probabilities are: too small while they
+        differ by a hair, overshooting once they part) the step scales with the router."""
+        N, K = self.n_ffn, self.top_k
+        scores_TE = probs_TE.detach().float() + self.bias
+        T = scores_TE.shape[0]
+        if T == 0:
+            return
+        never_TK = scores_TE.new_full((T, K), -math.inf)
+        ffn_TK = torch.cat([scores_TE[:, :N].sort(dim=-1, descending=True).values, never_TK], 1)
+        zero_TK = torch.cat([scores_TE[:, N:].sort(dim=-1, descending=True).values, never_TK], 1)
+        # m = 1..K: shift past which token t holds at least m FFN experts.
+        thresholds = (zero_TK[:, :K].flip(-1) - ffn_TK[:, :K]).flatten().sort().values
+        k = min(max(round(T * target_ffn), 1), T * K - 1)
+        common = 0.5 * (thresholds[k - 1] + thresholds[k])
+        common = torch.nan_to_num(common, nan=0.0, posinf=0.0, neginf=0.0)
+        best_TK1 = scores_TE.topk(K + 1, dim=-1).values
+        kth_T1, next_T1 = best_TK1[:, K - 1 : K], best_TK1[:, K : K + 1]
+        # The K-th best of the others: the (K+1)-th if i is in the top K, else the K-th.
+        others_TE = torch.where(scores_TE >= kth_T1, next_T1, kth_T1)
+        margin_TN = (scores_TE - others_TE)[:, :N]
+        share = min(target_ffn / N, 1.0)  # of the tokens, each FFN expert
+        balance_N = -torch.quantile(margin_TN, 1.0 - share, dim=0)
+        balance_N = torch.nan_to_num(balance_N - balance_N.mean(), nan=0.0, posinf=0.0, neginf=0.0)
+        self.bias[:N] += step * (common + balance_N)
 
 
 @torch.library.custom_op("longcat::grouped_mm", mutates_args=())
