@@ -277,7 +277,8 @@ class GroupedExperts(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """The FFN used by the dense blocks and by every FFN expert."""
+    """The FFN of the dense blocks (the experts are the same SwiGLU, stacked in
+    ``GroupedExperts``)."""
 
     def __init__(self, d_model: int, d_hidden: int) -> None:
         super().__init__()
