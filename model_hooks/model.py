@@ -7,8 +7,11 @@ RMSNorm -> Attention -> (Router, Experts, MoE live in moe.py) -> Block -> ModelC
 -> Model -> grow.
 
 Packed rows hold several documents; ``doc_index_BT`` says which document each token
-belongs to and ``positions_BT`` restarts at 0 with every document, so no token
-attends across a document boundary and RoPE sees per-document positions.
+belongs to (or ``cu_seqlens`` gives the segment boundaries over the flattened rows) and
+``positions_BT`` restarts at 0 with every document, so no token attends across a
+document boundary and RoPE sees per-document positions. Attention never builds a
+T x T mask: ``DocumentSegments`` lays the segments out as short causal sequences, so
+its memory grows with T (see ``DocumentSegments`` and ``Attention``).
 
 Shape suffixes: B batch, T sequence, D model width, H heads, C qk head dim
 (nope + rope), R rope dim, V value head dim, L latent rank, E experts, N vocab.
@@ -18,14 +21,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from model_hooks.moe import MoE, Router, RouterInfo, SwiGLU
+from model_hooks.moe import GroupedExperts, MoE, Router, RouterInfo, SwiGLU
 
 
 class RMSNorm(nn.Module):
@@ -56,6 +62,155 @@ def apply_rope(x_BTHR: torch.Tensor, cos_BTR: torch.Tensor, sin_BTR: torch.Tenso
     return (x_BTHR * cos_BTR[:, :, None] + rotated_BTHR * sin_BTR[:, :, None]).to(x_BTHR.dtype)
 
 
+def cu_seqlens_from_doc_index(doc_index_BT: torch.Tensor) -> torch.Tensor:
+    """int32 segment boundaries over the flattened rows from per-token segment ids (a
+    segment is a run of equal ids within a row), as the token stream's ``cu_seqlens``."""
+    B, T = doc_index_BT.shape
+    doc = doc_index_BT.cpu().numpy()
+    starts = np.ones((B, T), dtype=bool)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    return torch.from_numpy(np.append(np.flatnonzero(starts.reshape(-1)), B * T).astype(np.int32))
+
+
+@dataclass(frozen=True)
+class DocumentSegments:
+    """The packed segments of a batch, laid out for block-causal attention without any
+    T x T tensor.
+
+    Segments are grouped into buckets by length (each bucket's length a power of two
+    at most, so padding is under half of a bucket); a bucket is a batch of segments
+    right-padded to its longest, which ordinary causal attention (``is_causal``) serves
+    exactly: a real query only sees keys of its own segment at or before it, and the
+    padding sits after every real key. So the memory of attention grows with the tokens
+    (at most twice them, plus the kernel's own blocks), never with T^2, and the fused
+    kernels (CPU flash, CUDA flash / memory-efficient) stay eligible, which a custom
+    mask rules out. The layout is computed once per forward and shared by every layer.
+    """
+
+    cu_seqlens: torch.Tensor
+    """int32 (S+1,) boundaries over the flattened B*T tokens (padding segments included)."""
+    max_len: int
+    """Longest segment (the varlen kernels want it)."""
+    dest_index: torch.Tensor
+    """(B*T,) slot of each token in the concatenated padded buckets."""
+    buckets: tuple[tuple[int, int], ...]
+    """(segments, padded length) per bucket, in buffer order."""
+
+    @property
+    def padded_tokens(self) -> int:
+        return sum(n * length for n, length in self.buckets)
+
+    @classmethod
+    def from_cu_seqlens(
+        cls, cu_seqlens: torch.Tensor | np.ndarray, device: torch.device, row_len: int | None = None
+    ) -> DocumentSegments:
+        """From boundaries ``[0, end_0, end_1, ..., B*T]`` over the flattened rows; with
+        ``row_len`` every row start must be a boundary (the token stream's are)."""
+        cu = np.asarray(cu_seqlens.cpu() if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens)
+        cu = cu.astype(np.int64)
+        starts_S, lengths_S = cu[:-1], np.diff(cu)
+        if len(lengths_S) == 0 or (lengths_S <= 0).any() or cu[0] != 0:
+            raise ValueError("cu_seqlens must rise strictly from 0")
+        if row_len is not None and not np.isin(np.arange(0, cu[-1], row_len), cu).all():
+            raise ValueError(f"a segment of cu_seqlens crosses a row boundary (rows of {row_len})")
+        # Bucket = bit length of (length - 1): lengths 1, 2, 3-4, 5-8, 9-16, ...
+        bucket_S = np.ceil(np.log2(lengths_S)).astype(np.int64)
+        base_S = np.empty(len(lengths_S), np.int64)  # buffer slot of a segment's token 0
+        buckets, offset = [], 0
+        for bucket in np.unique(bucket_S):
+            members = np.flatnonzero(bucket_S == bucket)
+            padded = int(lengths_S[members].max())
+            base_S[members] = offset + np.arange(len(members)) * padded
+            buckets.append((len(members), padded))
+            offset += len(members) * padded
+        # Token t of segment s (start_s <= t) goes to base_s + (t - start_s).
+        dest_T = np.repeat(base_S - starts_S, lengths_S) + np.arange(int(cu[-1]))
+        return cls(
+            cu_seqlens=torch.from_numpy(cu.astype(np.int32)).to(device),
+            max_len=int(lengths_S.max()),
+            dest_index=torch.from_numpy(dest_T).to(device),
+            buckets=tuple(buckets),
+        )
+
+    @classmethod
+    def from_doc_index(cls, doc_index_BT: torch.Tensor) -> DocumentSegments:
+        """From per-token segment ids: a segment is a run of equal ids within a row."""
+        return cls.from_cu_seqlens(cu_seqlens_from_doc_index(doc_index_BT), doc_index_BT.device)
+
+    def pack(self, x_NHC: torch.Tensor) -> list[torch.Tensor]:
+        """Flattened tokens (N = B*T, H, C) into one (segments, H, padded, C) tensor per
+        bucket, zeros in the padding. index_copy's backward is a gather: no atomics."""
+        _, H, C = x_NHC.shape
+        buffer = x_NHC.new_zeros(self.padded_tokens, H, C).index_copy(0, self.dest_index, x_NHC)
+        sizes = [n * length for n, length in self.buckets]
+        return [
+            part.view(n, length, H, C).transpose(1, 2)
+            for part, (n, length) in zip(buffer.split(sizes), self.buckets, strict=True)
+        ]
+
+    def unpack(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The inverse of ``pack`` for the attention outputs: (N, H, C)."""
+        flat = [p.transpose(1, 2).reshape(-1, p.shape[1], p.shape[3]) for p in parts]
+        return torch.cat(flat).index_select(0, self.dest_index)
+
+
+def _varlen_attention() -> Callable[..., torch.Tensor] | None:
+    """``torch.nn.attention.varlen.varlen_attn`` (flash, CUDA only) when this torch has it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+ATTENTION_BACKENDS = ("auto", "segments", "varlen")
+"""``segments``: ``DocumentSegments`` buckets through SDPA with ``is_causal`` (any
+device); ``varlen``: flash varlen attention over ``cu_seqlens`` (CUDA, bf16/fp16, no
+padding at all); ``auto``: varlen where it applies, else segments."""
+
+
+def document_attention(
+    q_NHC: torch.Tensor,
+    k_NHC: torch.Tensor,
+    v_NHV: torch.Tensor,
+    segments: DocumentSegments,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, str]:
+    """Causal attention within each segment over flattened tokens (N = B*T); returns
+    (N, H, V) and the backend that ran. q and k share the head dim C; v (dim V) is
+    zero-padded to C for the fused kernels (which want one head dim) and cut back."""
+    C, V = q_NHC.shape[-1], v_NHV.shape[-1]
+    scale = 1.0 / math.sqrt(C)
+    width = max(C, V)
+    if width > C:  # zero dims add nothing to q.k; the scale stays 1/sqrt(C)
+        q_NHC, k_NHC = F.pad(q_NHC, (0, width - C)), F.pad(k_NHC, (0, width - C))
+    if width > V:
+        v_NHV = F.pad(v_NHV, (0, width - V))
+    varlen = _varlen_attention()
+    use_varlen = backend == "varlen" or (
+        backend == "auto"
+        and varlen is not None
+        and q_NHC.is_cuda
+        and q_NHC.dtype in (torch.bfloat16, torch.float16)
+    )
+    if use_varlen:
+        if varlen is None:
+            raise RuntimeError("attention backend 'varlen' needs torch.nn.attention.varlen")
+        cu = segments.cu_seqlens
+        q_NHC, k_NHC, v_NHV = (t.contiguous() for t in (q_NHC, k_NHC, v_NHV))
+        y_NHC = varlen(q_NHC, k_NHC, v_NHV, cu, cu, segments.max_len, segments.max_len,
+                       scale=scale, window_size=(-1, 0))  # fmt: skip
+        return y_NHC[..., :V], "varlen"
+    if backend not in ("auto", "segments"):
+        raise ValueError(f"unknown attention backend {backend!r}: one of {ATTENTION_BACKENDS}")
+    q_parts, k_parts, v_parts = (segments.pack(t) for t in (q_NHC, k_NHC, v_NHV))
+    y_parts = [
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        for q, k, v in zip(q_parts, k_parts, v_parts, strict=True)
+    ]
+    return segments.unpack(y_parts)[..., :V], "segments"
+
+
 class Attention(nn.Module):
     """Multi-head latent attention with decoupled RoPE and LongCat's variance alignment:
     the normed q and kv latents are scaled by sqrt(d_model / rank) so that a narrow
@@ -76,13 +231,15 @@ class Attention(nn.Module):
         self.q_scale = math.sqrt(cfg.d_model / cfg.q_lora_rank)
         self.kv_scale = math.sqrt(cfg.d_model / cfg.kv_lora_rank)
         self.kv_rank = cfg.kv_lora_rank
+        self.backend = cfg.attention_backend
+        self.last_backend: str | None = None  # which kernel ran last (for bench.gpu_check)
 
     def forward(
         self,
         x_BTD: torch.Tensor,
         cos_BTR: torch.Tensor,
         sin_BTR: torch.Tensor,
-        mask_B1TT: torch.Tensor,
+        segments: DocumentSegments,
     ) -> torch.Tensor:
         B, T, _ = x_BTD.shape
         q_BTL = self.q_norm(self.q_down(x_BTD)) * self.q_scale
@@ -95,12 +252,11 @@ class Attention(nn.Module):
         q_rope_BTHR = apply_rope(q_rope_BTHR, cos_BTR, sin_BTR)
         k_rope_BTHR = apply_rope(k_rope_BTR[:, :, None], cos_BTR, sin_BTR)
         k_rope_BTHR = k_rope_BTHR.expand(B, T, self.H, self.rope)
-        q_BHTC = torch.cat([q_nope_BTHC, q_rope_BTHR], dim=-1).transpose(1, 2)
-        k_BHTC = torch.cat([k_nope_BTHC, k_rope_BTHR], dim=-1).transpose(1, 2)
-        y_BHTV = F.scaled_dot_product_attention(
-            q_BHTC, k_BHTC, v_BTHV.transpose(1, 2), attn_mask=mask_B1TT
-        )
-        return self.out(y_BHTV.transpose(1, 2).reshape(B, T, self.H * self.v))
+        q_NHC = torch.cat([q_nope_BTHC, q_rope_BTHR], dim=-1).flatten(0, 1)
+        k_NHC = torch.cat([k_nope_BTHC, k_rope_BTHR], dim=-1).flatten(0, 1)
+        v_NHV = v_BTHV.flatten(0, 1)
+        y_NHV, self.last_backend = document_attention(q_NHC, k_NHC, v_NHV, segments, self.backend)
+        return self.out(y_NHV.reshape(B, T, self.H * self.v))
 
 
 class Block(nn.Module):
@@ -125,14 +281,14 @@ class Block(nn.Module):
         x_BTD: torch.Tensor,
         cos_BTR: torch.Tensor,
         sin_BTR: torch.Tensor,
-        mask_B1TT: torch.Tensor,
+        segments: DocumentSegments,
     ) -> tuple[torch.Tensor, RouterInfo]:
         B, T, D = x_BTD.shape
-        a1_BTD = x_BTD + self.attn0(self.attn_norm0(x_BTD), cos_BTR, sin_BTR, mask_B1TT)
+        a1_BTD = x_BTD + self.attn0(self.attn_norm0(x_BTD), cos_BTR, sin_BTR, segments)
         u_BTD = self.ffn_norm0(a1_BTD)
         m_TD, info = self.moe(u_BTD.reshape(B * T, D))  # starts from FFN0's input
         f1_BTD = a1_BTD + self.ffn0(u_BTD)
-        a2_BTD = f1_BTD + self.attn1(self.attn_norm1(f1_BTD), cos_BTR, sin_BTR, mask_B1TT)
+        a2_BTD = f1_BTD + self.attn1(self.attn_norm1(f1_BTD), cos_BTR, sin_BTR, segments)
         out_BTD = a2_BTD + self.ffn1(self.ffn_norm1(a2_BTD)) + m_TD.view(B, T, D)
         return out_BTD, info
 
@@ -154,8 +310,10 @@ class ModelConfig(BaseModel):
     qk_rope_head_dim: int = Field(default=8, gt=0)
     """Rope part of each head; even, since RoPE rotates pairs."""
     v_head_dim: int = Field(default=16, gt=0)
-    rope_theta: float = Field(default=10_000.0, gt=0)
-    """RoPE base; LongCat raises it per long-context phase (1e6 -> 5e6 -> 1e7)."""
+    rope_theta: float = Field(default=1.0e6, gt=0)
+    """RoPE base. LongCat-Flash pre- and mid-trains with 1e6 and raises it per
+    long-context phase (5e6 at 32k, 1e7 at 128k: a first jump of 5x, not 500x from the
+    1e4 of older recipes); a phase's manifest sets it per batch."""
     d_ffn: int = Field(default=128, gt=0)
     """Dense SwiGLU width."""
     d_expert: int = Field(default=32, gt=0)
@@ -172,6 +330,8 @@ class ModelConfig(BaseModel):
     init_std: float = Field(default=0.02, gt=0)
     """Init std of the hidden matrices and the unembedding (residual output projections
     get init_std / sqrt(5 n_layers)). Width transfer divides it by sqrt(width ratio)."""
+    attention_backend: Literal["auto", "segments", "varlen"] = "auto"
+    """Document-causal attention kernel (``ATTENTION_BACKENDS``); never a dense mask."""
     embed_init_std: float | None = Field(default=None, gt=0)
     """Init std of the token embedding; None means init_std. Width transfer keeps the
     proxy's, since the embedding's fan-in (one-hot) does not grow with the width."""
@@ -210,7 +370,7 @@ class Model(nn.Module):
         # the number of branches (five per ScMoE layer) so the residual stream stays O(1).
         out_std = cfg.init_std / math.sqrt(5 * cfg.n_layers)
         for name, p in self.named_parameters():
-            if name.endswith(("out.weight", "w_down.weight")):
+            if name.endswith(("out.weight", "w_down.weight", "experts.w_down")):
                 nn.init.normal_(p, mean=0.0, std=out_std)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -218,23 +378,36 @@ class Model(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.embedding_std)
         elif isinstance(module, nn.Linear | Router):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        elif isinstance(module, GroupedExperts):
+            for weight in (module.w_gate, module.w_up, module.w_down):
+                nn.init.normal_(weight, mean=0.0, std=self.cfg.init_std)
 
     def forward(
-        self, tokens_BT: torch.Tensor, positions_BT: torch.Tensor, doc_index_BT: torch.Tensor
+        self,
+        tokens_BT: torch.Tensor,
+        positions_BT: torch.Tensor,
+        doc_index_BT: torch.Tensor,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[RouterInfo]]:
         """Returns logits, the last hidden state before the final norm (for the hidden
-        z-loss) and each layer's routing (for the balance loss and the metrics)."""
-        T = tokens_BT.shape[1]
-        causal_TT = torch.ones(T, T, dtype=torch.bool, device=tokens_BT.device).tril()
-        same_doc_BTT = doc_index_BT[:, :, None] == doc_index_BT[:, None, :]
-        mask_B1TT = (same_doc_BTT & causal_TT)[:, None]  # block-diagonal causal
+        z-loss) and each layer's routing (for the balance loss and the metrics).
+        ``cu_seqlens`` (the token stream's segment boundaries over the flattened rows)
+        spares deriving them from ``doc_index_BT``; either gives the same segments."""
+        if cu_seqlens is not None:
+            segments = DocumentSegments.from_cu_seqlens(
+                cu_seqlens, tokens_BT.device, row_len=tokens_BT.shape[1]
+            )
+            if int(segments.cu_seqlens[-1]) != tokens_BT.numel():
+                raise ValueError("cu_seqlens does not end at B*T")
+        else:
+            segments = DocumentSegments.from_doc_index(doc_index_BT)
         cos_BTR, sin_BTR = rope_cos_sin(
             positions_BT, self.cfg.qk_rope_head_dim, self.cfg.rope_theta
         )
         x_BTD = self.embed(tokens_BT)
         infos = []
         for layer in self.layers:
-            x_BTD, info = layer(x_BTD, cos_BTR, sin_BTR, mask_B1TT)
+            x_BTD, info = layer(x_BTD, cos_BTR, sin_BTR, segments)
             infos.append(info)
         logits_BTN = self.lm_head(self.norm(x_BTD))
         return logits_BTN, x_BTD, infos

@@ -5,14 +5,23 @@ experts a token gets, the device-level balance loss and the router metrics.
 LongCat-Flash technical report: https://arxiv.org/abs/2509.01322 (section 2).
 The gate weights are the plain softmax probabilities (not renormalised over the
 chosen experts); the bias only changes *which* experts are chosen. A token routed
-to a zero expert costs no FFN work: only (token, FFN expert) pairs are dispatched.
+to a zero expert costs no FFN work: only (token, FFN expert) pairs are computed.
+
+Expert dispatch is grouped: the T*K (token, expert) pairs are sorted by expert (zero
+experts last), and ``torch._grouped_mm`` runs every FFN expert on its contiguous slice
+in one call per matrix, given the slice ends as a tensor. Nothing in the forward asks
+the host how many tokens an expert got (no ``.tolist()``, no boolean indexing), so the
+block traces into one graph (``torch.compile``) and a GPU never waits on the CPU; the
+pairs come back to their tokens by the inverse permutation and a sum over K, not an
+``index_add`` (no atomics: the same sums in the same order every run).
 
 Shape suffixes: T tokens, D model width, F expert width, E = N + Z experts,
-K experts chosen per token, P dispatched (token, FFN expert) pairs.
+K experts chosen per token, P = T*K (token, expert) pairs.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -60,9 +69,216 @@ class Router(nn.Module):
         target = (target_ffn / self.top_k) / self.n_ffn
         self.bias[: self.n_ffn] += mu * (target - share_N)
 
+    @torch.no_grad()
+    def update_bias_quantile(self, probs_TE: torch.Tensor, step: float, target_ffn: float) -> None:
+        """A controller in the router's own units: the shift of the FFN experts' biases
+        that would have given this batch K_e FFN experts per token, plus the shifts
+        that would have given each FFN expert an equal share of them, then ``step``
+        (0..1] of the sum (a damped Newton step: the next batch differs).
+
+        The common shift: token t gets at least m FFN experts once its m-th best FFN
+        score plus the shift beats its (K-m+1)-th best zero-expert score; with the
+        T*K thresholds of those events sorted, K_e per token on average is the shift
+        past the T*K_e-th. The balance: expert i is picked by token t when its score
+        beats the K-th best of the others; a (K_e/N) share of the tokens picks it
+        when its bias moves by minus the (1 - K_e/N) quantile of those margins; these
+        shifts, less their mean, only move load between FFN experts. Unlike
+        ``update_bias`` (a step proportional to the share error, whose right size
+        depends on how spread the router's probabilities are: too small while they
+        differ by a hair, overshooting once they part) the step scales with the router."""
+        N, K = self.n_ffn, self.top_k
+        scores_TE = probs_TE.detach().float() + self.bias
+        T = scores_TE.shape[0]
+        if T == 0:
+            return
+        never_TK = scores_TE.new_full((T, K), -math.inf)
+        ffn_TK = torch.cat([scores_TE[:, :N].sort(dim=-1, descending=True).values, never_TK], 1)
+        zero_TK = torch.cat([scores_TE[:, N:].sort(dim=-1, descending=True).values, never_TK], 1)
+        # m = 1..K: shift past which token t holds at least m FFN experts.
+        thresholds = (zero_TK[:, :K].flip(-1) - ffn_TK[:, :K]).flatten().sort().values
+        k = min(max(round(T * target_ffn), 1), T * K - 1)
+        common = 0.5 * (thresholds[k - 1] + thresholds[k])
+        common = torch.nan_to_num(common, nan=0.0, posinf=0.0, neginf=0.0)
+        best_TK1 = scores_TE.topk(K + 1, dim=-1).values
+        kth_T1, next_T1 = best_TK1[:, K - 1 : K], best_TK1[:, K : K + 1]
+        # The K-th best of the others: the (K+1)-th if i is in the top K, else the K-th.
+        others_TE = torch.where(scores_TE >= kth_T1, next_T1, kth_T1)
+        margin_TN = (scores_TE - others_TE)[:, :N]
+        share = min(target_ffn / N, 1.0)  # of the tokens, each FFN expert
+        balance_N = -torch.quantile(margin_TN, 1.0 - share, dim=0)
+        balance_N = torch.nan_to_num(balance_N - balance_N.mean(), nan=0.0, posinf=0.0, neginf=0.0)
+        self.bias[:N] += step * (common + balance_N)
+
+
+@torch.library.custom_op("longcat::grouped_mm", mutates_args=())
+def grouped_mm(x_PD: torch.Tensor, w_NDF: torch.Tensor, ends_N: torch.Tensor) -> torch.Tensor:
+    """``torch._grouped_mm(x, w, offs=ends)``: rows ends[i-1]:ends[i] times w[i], and
+    zeros after ends[-1] (``_grouped_mm`` leaves them unwritten). Wrapped as an op of
+    our own because the pinned torch's meta function of ``_grouped_mm`` accepts bf16
+    only, so tracing (dynamo, ``torch.compile``) of the float32 CPU path would break
+    there; the fake function below gives the shape, and the backward is two more
+    grouped matmuls. On CPU the rows after the end are not even read (the host knows
+    the end at no cost); on a GPU reading the end would be a sync: the whole buffer
+    goes through and the tail is zeroed on the device."""
+    if x_PD.is_cuda:
+        out = torch._grouped_mm(x_PD, w_NDF, offs=ends_N)
+        rows_P1 = torch.arange(out.shape[0], device=out.device)[:, None]
+        return out.masked_fill_(rows_P1 >= ends_N[-1], 0.0)
+    end = int(ends_N[-1])
+    tail = x_PD.new_zeros(x_PD.shape[0] - end, w_NDF.shape[-1])
+    if not end:
+        return tail
+    return torch.cat([torch._grouped_mm(x_PD[:end], w_NDF, offs=ends_N), tail])
+
+
+@grouped_mm.register_fake
+def _grouped_mm_fake(x_PD: torch.Tensor, w_NDF: torch.Tensor, ends_N: torch.Tensor) -> torch.Tensor:
+    return x_PD.new_empty(x_PD.shape[0], w_NDF.shape[-1])
+
+
+@torch.library.custom_op("longcat::grouped_mm_weight_grad", mutates_args=())
+def grouped_mm_weight_grad(
+    x_PD: torch.Tensor, grad_PF: torch.Tensor, ends_N: torch.Tensor
+) -> torch.Tensor:
+    """Per group i: x[rows of i]^T @ grad[rows of i], (N, D, F); rows after ends[-1]
+    take no part."""
+    return torch._grouped_mm(x_PD.transpose(0, 1), grad_PF, offs=ends_N)
+
+
+@grouped_mm_weight_grad.register_fake
+def _weight_grad_fake(
+    x_PD: torch.Tensor, grad_PF: torch.Tensor, ends_N: torch.Tensor
+) -> torch.Tensor:
+    return x_PD.new_empty(ends_N.shape[0], x_PD.shape[1], grad_PF.shape[1])
+
+
+def _grouped_mm_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_backward(ctx, grad_PF: torch.Tensor) -> tuple:
+    x_PD, w_NDF, ends_N = ctx.saved_tensors
+    grad_x = grouped_mm(grad_PF, w_NDF.transpose(-2, -1), ends_N)  # zeros past the end
+    return grad_x, grouped_mm_weight_grad(x_PD, grad_PF, ends_N), None
+
+
+grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
+
+
+def grouped_mm_usable(x: torch.Tensor, *widths: int) -> bool:
+    """Whether ``torch._grouped_mm`` takes this input: float32/bf16/fp16 on CPU, bf16
+    on CUDA (Hopper and later), and rows of every operand a multiple of 16 bytes."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if x.is_cuda:
+        if x.dtype != torch.bfloat16 or torch.cuda.get_device_capability(x.device)[0] < 9:
+            return False
+    elif x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    return all(w * x.element_size() % 16 == 0 for w in widths)
+
+
+class _PairsFromTokens(torch.autograd.Function):
+    """x_TD -> x_PD with pair p reading token ``order_P[p] // K``; its backward adds
+    each token's K pair gradients by the inverse permutation and a sum over K: the
+    same additions in the same order every run (index_select's own backward is an
+    index_add, atomic on a GPU)."""
+
+    @staticmethod
+    def forward(
+        x_TD: torch.Tensor, order_P: torch.Tensor, inverse_P: torch.Tensor, K: int
+    ) -> torch.Tensor:
+        return x_TD.index_select(0, torch.div(order_P, K, rounding_mode="floor"))
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        _, ctx.order_P, ctx.inverse_P, ctx.K = inputs
+
+    @staticmethod
+    def backward(ctx, grad_PD: torch.Tensor) -> tuple:
+        return _TokensFromPairs.apply(grad_PD, ctx.order_P, ctx.inverse_P, ctx.K), None, None, None
+
+
+class _TokensFromPairs(torch.autograd.Function):
+    """y_PD -> y_TD, each token the sum of its K pairs (by the inverse permutation, in
+    pick order); the dual of ``_PairsFromTokens`` and its backward."""
+
+    @staticmethod
+    def forward(
+        y_PD: torch.Tensor, order_P: torch.Tensor, inverse_P: torch.Tensor, K: int
+    ) -> torch.Tensor:
+        return y_PD.index_select(0, inverse_P).view(-1, K, y_PD.shape[-1]).sum(dim=1)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        _, ctx.order_P, ctx.inverse_P, ctx.K = inputs
+
+    @staticmethod
+    def backward(ctx, grad_TD: torch.Tensor) -> tuple:
+        return _PairsFromTokens.apply(grad_TD, ctx.order_P, ctx.inverse_P, ctx.K), None, None, None
+
+
+class GroupedExperts(nn.Module):
+    """N SwiGLU experts as three stacked weights in ``nn.Linear`` layout (out x in),
+    so one grouped matmul runs all of them.
+
+    ``forward`` takes the pairs sorted by expert, ``ends_N`` (int32, where each
+    expert's slice ends) and each pair's gate; rows after ``ends_N[-1]`` (the
+    zero-expert pairs) are not computed: their outputs and input gradients are zeros.
+    The gate scales the hidden activations before ``w_down`` (the same product as
+    scaling the output, by linearity, on F instead of D columns). Without a usable
+    grouped matmul (float64, odd widths, older GPUs) a loop over the experts computes
+    the same (with one host sync for the slice sizes)."""
+
+    def __init__(self, n_experts: int, d_model: int, d_expert: int) -> None:
+        super().__init__()
+        self.w_gate = nn.Parameter(torch.empty(n_experts, d_expert, d_model))
+        self.w_up = nn.Parameter(torch.empty(n_experts, d_expert, d_model))
+        self.w_down = nn.Parameter(torch.empty(n_experts, d_model, d_expert))
+        for w in (self.w_gate, self.w_up, self.w_down):  # nn.Linear's default init
+            bound = 1.0 / w.shape[-1] ** 0.5
+            nn.init.uniform_(w, -bound, bound)
+        self.last_path: str | None = None  # "grouped_mm" or "loop", for benches
+
+    def expert(self, index: int, x_D: torch.Tensor) -> torch.Tensor:
+        """One expert alone (the reference the tests compare against)."""
+        gate, up = F.linear(x_D, self.w_gate[index]), F.linear(x_D, self.w_up[index])
+        return F.linear(F.silu(gate) * up, self.w_down[index])
+
+    def forward(
+        self, x_PD: torch.Tensor, ends_N: torch.Tensor, gate_P: torch.Tensor
+    ) -> torch.Tensor:
+        F_ = self.w_gate.shape[1]
+        if grouped_mm_usable(x_PD, x_PD.shape[-1], F_):
+            self.last_path = "grouped_mm"
+            w_gate, w_up, w_down = (
+                w.to(x_PD.dtype).transpose(-2, -1) for w in (self.w_gate, self.w_up, self.w_down)
+            )
+            h_PF = F.silu(grouped_mm(x_PD, w_gate, ends_N)) * grouped_mm(x_PD, w_up, ends_N)
+            return grouped_mm(h_PF * gate_P[:, None], w_down, ends_N)
+        self.last_path = "loop"
+        ends = ends_N.tolist()
+        parts, start = [], 0
+        for index, end in enumerate(ends):
+            if end > start:
+                parts.append(self.expert(index, x_PD[start:end]) * gate_P[start:end, None])
+            start = end
+        rest = x_PD.new_zeros(x_PD.shape[0] - start, x_PD.shape[1])
+        return torch.cat([*parts, rest])
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        """Checkpoints from before the stacking hold ``experts.{i}.w_gate.weight`` and so
+        on (one SwiGLU module per expert): stack them into the three weights."""
+        for name in ("w_gate", "w_up", "w_down"):
+            old = [f"{prefix}{i}.{name}.weight" for i in range(self.w_gate.shape[0])]
+            if prefix + name not in state_dict and all(k in state_dict for k in old):
+                state_dict[prefix + name] = torch.stack([state_dict.pop(k) for k in old])
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
 
 class SwiGLU(nn.Module):
-    """The FFN used by the dense blocks and by every FFN expert."""
+    """The FFN of the dense blocks (the experts are the same SwiGLU, stacked in
+    ``GroupedExperts``)."""
 
     def __init__(self, d_model: int, d_hidden: int) -> None:
         super().__init__()
@@ -95,34 +311,35 @@ class MoE(nn.Module):
         super().__init__()
         self.n_ffn, self.gamma, self.gamma_scales_identity = n_ffn, gamma, gamma_scales_identity
         self.router = Router(d_model, n_ffn, n_zero, top_k)
-        self.experts = nn.ModuleList(SwiGLU(d_model, d_expert) for _ in range(n_ffn))
+        self.experts = GroupedExperts(n_ffn, d_model, d_expert)
 
     def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, RouterInfo]:
         info = self.router(x_TD)
         T, K = info.topk_TK.shape
-        gates_TK = info.probs_TE.gather(1, info.topk_TK).to(x_TD.dtype)  # not renormalised
+        dtype = (
+            torch.get_autocast_dtype(x_TD.device.type)
+            if torch.is_autocast_enabled(x_TD.device.type)
+            else x_TD.dtype
+        )
+        gates_TK = info.probs_TE.gather(1, info.topk_TK).to(dtype)  # not renormalised
         is_ffn_TK = info.topk_TK < self.n_ffn
         # Zero experts: the identity, weighted by their gates; no FFN work at all.
         zero_gate_T1 = (gates_TK * ~is_ffn_TK).sum(dim=-1, keepdim=True)
         id_scale = self.gamma if self.gamma_scales_identity else 1.0
         out_TD = id_scale * zero_gate_T1 * x_TD
-        # FFN experts: sort the (token, expert) pairs by expert, run each on its slice.
-        token_P = torch.arange(T, device=x_TD.device).repeat_interleave(K)[is_ffn_TK.flatten()]
-        expert_P = info.topk_TK.flatten()[is_ffn_TK.flatten()]
-        gate_P = gates_TK.flatten()[is_ffn_TK.flatten()]
+        # FFN experts: pairs sorted by expert id (zero experts, ids >= N, sort last);
+        # expert i's pairs end where the sorted ids first exceed i.
+        expert_P = info.topk_TK.flatten()
         order_P = torch.argsort(expert_P, stable=True)
-        token_P, expert_P, gate_P = token_P[order_P], expert_P[order_P], gate_P[order_P]
-        counts = torch.bincount(expert_P, minlength=self.n_ffn).tolist()
-        x_PD = x_TD[token_P]
-        y_parts = [
-            expert(chunk_D)
-            for expert, chunk_D, n in zip(self.experts, x_PD.split(counts), counts, strict=True)
-            if n > 0
-        ]
-        if y_parts:
-            y_PD = torch.cat(y_parts) * gate_P[:, None]
-            out_TD = out_TD + self.gamma * torch.zeros_like(x_TD).index_add(0, token_P, y_PD)
-        return out_TD, info
+        ids_N = torch.arange(1, self.n_ffn + 1, device=x_TD.device, dtype=expert_P.dtype)
+        ends_N = torch.searchsorted(expert_P[order_P], ids_N).to(torch.int32)
+        inverse_P = torch.empty_like(order_P)
+        inverse_P[order_P] = torch.arange(T * K, device=x_TD.device)
+        x_PD = _PairsFromTokens.apply(x_TD.to(dtype), order_P, inverse_P, K)
+        y_PD = self.experts(x_PD, ends_N, gates_TK.flatten()[order_P])
+        # Back to (token, pick) order by the inverse permutation, then a sum over K.
+        y_TD = _TokensFromPairs.apply(y_PD, order_P, inverse_P, K)
+        return out_TD + self.gamma * y_TD.to(out_TD.dtype), info
 
 
 def balance_loss(

@@ -63,7 +63,9 @@ from model_hooks.train import (
     TrainConfig,
     build_optimizer,
     load_checkpoint,
+    resume_anchor,
     save_checkpoint,
+    schedule_state,
     train_step,
 )
 
@@ -208,11 +210,12 @@ def _worker_loop(config: dict[str, Any]) -> None:
     for tensor in model.state_dict().values():  # one starting point on every rank
         dist.broadcast(tensor, src=0)
     opt = build_optimizer(model, cfg)
-    state = {"step": 0, "tokens_seen": 0, "phase": None}
+    state = {"step": 0, "tokens_seen": 0, "phase": None, "lr_anchor": None}
     start_phase, skip = 0, 0
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])
         state.update(resume["train_state"])
+        state["lr_anchor"] = resume_anchor(resume["train_state"], cfg)
         start_phase, skip = int(resume["data"]["phase"]), int(resume["data"].get("batches", 0))
     GradientAllReduce(model, world)
     history = list(config["history"])
@@ -230,13 +233,14 @@ def _worker_loop(config: dict[str, Any]) -> None:
                 continue  # trained before the resume
             started = time.perf_counter()
             before = [b.clone() for b in _router_biases(model)]
-            record = train_step(model, opt, batch, cfg, state["step"])
+            record = train_step(model, opt, batch, cfg, state["step"], state["lr_anchor"])
             tokens = _merge_router_biases(before, model, record["tokens"])
             losses = [torch.zeros(1, device=device) for _ in range(world)]
             dist.all_gather(losses, torch.tensor([record["lm_loss"]], device=device))
             record["phase_start"] = record["phase"] != state["phase"]
             state = {"step": state["step"] + 1, "phase": record["phase"],
-                     "tokens_seen": state["tokens_seen"] + tokens}  # fmt: skip
+                     "tokens_seen": state["tokens_seen"] + tokens,
+                     "schedule": schedule_state(cfg), "lr_anchor": state["lr_anchor"]}  # fmt: skip
             record |= {
                 "tokens": tokens,  # real tokens of the global batch
                 "tokens_seen": state["tokens_seen"],

@@ -26,14 +26,20 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_hooks.model import Model, ModelConfig, grow, parameter_kind
+from model_hooks.model import (
+    Model,
+    ModelConfig,
+    cu_seqlens_from_doc_index,
+    grow,
+    parameter_kind,
+)
 from model_hooks.moe import (
     RouterInfo,
     balance_loss,
@@ -44,7 +50,7 @@ from model_hooks.moe import (
 from model_hooks.synthetic import BATCH_KEYS, SyntheticBatches
 from model_hooks.token_stream import StreamLoader, TokenStream
 
-CKPT_NAME, METRICS_NAME = "ckpt.pt", "metrics.jsonl"
+CKPT_NAME, METRICS_NAME, TIMINGS_NAME = "ckpt.pt", "metrics.jsonl", "timings.jsonl"
 
 
 class BatchSource(Protocol):
@@ -86,11 +92,26 @@ class TrainConfig(BaseModel):
     balance_groups: int = Field(default=2, gt=0)
     """D: expert-parallel groups of FFN experts in the balance loss."""
     z_loss_lambda: float = Field(default=1e-7, ge=0)
-    bias_mu0: float = Field(default=0.1, ge=0)
-    bias_mu_decay_steps: int = Field(default=1000, gt=0)
+    bias_controller: Literal["longcat", "quantile"] = "quantile"
+    """How the router biases steer to K_e: ``longcat`` is the report's update, mu times
+    the share error (``moe.Router.update_bias``); ``quantile`` moves each bias by mu
+    times the shift that would have given its expert its share of the batch
+    (``moe.Router.update_bias_quantile``), a gain in the router's own units."""
+    bias_mu0: float = Field(default=0.5, ge=0)
+    """Gain mu of the bias controller at step 0: the share of the batch's shift taken
+    (``quantile``, capped at 1) or the multiplier of the share error (``longcat``,
+    where the report's scale is about 0.1; set it when choosing that controller)."""
+    bias_mu_decay_steps: int | None = Field(default=None, gt=0)
+    """mu halves every this many steps; None scales it to the run: ``steps`` times
+    ``bias_mu_decay_fraction`` (a 100-step demo and a 100k-step run both end at the same
+    fraction of mu0, instead of a fixed 1000 that never decays in a short run)."""
+    bias_mu_decay_fraction: float = Field(default=0.5, gt=0)
     bias_mu_min: float = Field(default=0.01, ge=0)
-    grad_ratio_every: int = Field(default=1, ge=0)
-    """Measure R_g every this many steps (costs about one extra backward); 0 never."""
+    grad_ratio_every: int = Field(default=10, ge=0)
+    """Measure R_g every this many steps (about one extra backward: +25% step time when
+    every step); 0 never. Steps without it log null."""
+    router_cosine_every: int = Field(default=10, ge=0)
+    """Router cosine similarity every this many steps (and at the last); 0 never."""
     ckpt_every: int = Field(default=50, gt=0)
     resume: bool = True
     """Continue from out_dir/ckpt.pt when it exists."""
@@ -99,12 +120,31 @@ class TrainConfig(BaseModel):
     """None: cuda when available, else cpu."""
     bf16: bool = False
     """bf16 autocast for the forward pass (the router stays fp32)."""
+    fused_adam: bool | None = None
+    """AdamW's fused kernel (one launch for every parameter); None: on CUDA only."""
+    deterministic: bool = True
+    """``torch.use_deterministic_algorithms`` for the run (warn-only): on CPU two runs
+    on the same data write byte-identical checkpoints and metrics.jsonl. On CUDA the
+    flash attention backward still accumulates with atomics (see the README)."""
 
 
-def get_lr(step: int, cfg: TrainConfig) -> float:
+def get_lr(step: int, cfg: TrainConfig, anchor: dict | None = None) -> float:
     """Warmup-stable-decay: linear warmup, constant lr, then a cosine to min_lr over the
     last ``decay_steps``. With decay_steps None this is plain warmup + cosine; a short
-    decay keeps the lr flat across curriculum phases and model growth."""
+    decay keeps the lr flat across curriculum phases and model growth.
+
+    ``anchor`` ({"step", "lr"}, kept in ``train_state``) is where a resumed run took up
+    a changed schedule (``resume_anchor``): from that step on, the LR starts from the
+    one the run had reached and follows the new schedule's shape from there (flat, then
+    the cosine to min_lr at the new ``steps``), so it never jumps."""
+    if anchor is not None and step >= anchor["step"]:
+        start, lr0 = int(anchor["step"]), float(anchor["lr"])
+        decay = cfg.decay_steps if cfg.decay_steps is not None else cfg.steps - start
+        decay_start = max(start, cfg.steps - decay)
+        if step < decay_start or cfg.steps <= decay_start:
+            return lr0
+        progress = min((step - decay_start) / (cfg.steps - decay_start), 1.0)
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr0 - cfg.min_lr)
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     decay = cfg.decay_steps if cfg.decay_steps is not None else cfg.steps - cfg.warmup_steps
@@ -113,6 +153,30 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
         return cfg.lr
     progress = min((step - decay_start) / decay, 1.0)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+SCHEDULE_FIELDS = ("steps", "lr", "min_lr", "warmup_steps", "decay_steps")
+
+
+def schedule_state(cfg: TrainConfig) -> dict:
+    """The LR schedule's fields, saved in ``train_state`` so a resume can check it."""
+    return {name: getattr(cfg, name) for name in SCHEDULE_FIELDS}
+
+
+def resume_anchor(train_state: dict, cfg: TrainConfig) -> dict | None:
+    """The LR anchor a resumed run continues from. The saved one while the new schedule
+    gives the last trained step the LR it was trained with (the same schedule, or more
+    ``steps`` that leave the past alone); else a new anchor at this step with that LR,
+    so raising ``steps`` after a finished cosine does not jump from min_lr back up to
+    the middle of a new cosine. Checkpoints without a saved schedule keep the new one."""
+    saved, step = train_state.get("schedule"), int(train_state.get("step", 0))
+    anchor = train_state.get("lr_anchor")
+    if saved is None or step == 0:
+        return anchor
+    trained = get_lr(step - 1, cfg.model_copy(update=saved), anchor)
+    if math.isclose(trained, get_lr(step - 1, cfg, anchor), rel_tol=1e-9, abs_tol=1e-15):
+        return anchor
+    return {"step": step, "lr": trained}
 
 
 def build_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -135,12 +199,35 @@ def build_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.AdamW:
             group({"embedding"}, cfg.weight_decay, 1.0),
         ]
     groups.append(group({"vector"}, 0.0, 1.0))
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+    device = next(model.parameters()).device
+    fused = cfg.fused_adam if cfg.fused_adam is not None else device.type == "cuda"
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, fused=fused or None
+    )
 
 
-def hidden_z_loss(h_BTD: torch.Tensor, lam: float) -> torch.Tensor:
-    """(lambda / T) sum_t (logsumexp_i |h_t,i|)^2: keeps massive activations in check."""
-    return lam * torch.logsumexp(h_BTD.float().abs(), dim=-1).pow(2).mean()
+def hidden_z_loss(
+    h_BTD: torch.Tensor, lam: float, token_mask_BT: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(lambda / T) sum_t (logsumexp_i |h_t,i|)^2 over the T real tokens (padding is no
+    data: its hidden states neither count nor dilute the mean): keeps massive
+    activations in check."""
+    z_BT = torch.logsumexp(h_BTD.float().abs(), dim=-1).pow(2)
+    if token_mask_BT is None:
+        return lam * z_BT.mean()
+    mask_BT = token_mask_BT.to(z_BT.dtype)
+    return lam * (z_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1.0)
+
+
+def bias_decay_steps(cfg: TrainConfig) -> int:
+    """The controller's half-life in steps: the configured one, else scaled to the run."""
+    if cfg.bias_mu_decay_steps is not None:
+        return cfg.bias_mu_decay_steps
+    return max(1, round(cfg.steps * cfg.bias_mu_decay_fraction))
+
+
+def _every(step: int, every: int, last_step: int) -> bool:
+    return every > 0 and (step % every == 0 or step + 1 == last_step)
 
 
 def grad_norm_ratio(lm_loss: torch.Tensor, lb_loss: torch.Tensor, infos: list[RouterInfo]) -> float:
@@ -182,18 +269,27 @@ def domain_metrics(ce_BT: torch.Tensor, batch: dict, infos: list[RouterInfo], n_
 
 
 def train_step(
-    model: Model, opt: torch.optim.Optimizer, batch: dict, cfg: TrainConfig, step: int
+    model: Model,
+    opt: torch.optim.Optimizer,
+    batch: dict,
+    cfg: TrainConfig,
+    step: int,
+    lr_anchor: dict | None = None,
 ) -> dict:
     theta = batch.get("rope_theta")  # a phase's RoPE base, from its manifest
     if theta is not None and float(theta) != model.cfg.rope_theta:
         model.cfg = model.cfg.model_copy(update={"rope_theta": float(theta)})
     mcfg, device = model.cfg, next(model.parameters()).device
+    if batch.get("cu_seqlens") is None:  # from the host copy: no device sync later
+        batch = {**batch, "cu_seqlens": cu_seqlens_from_doc_index(batch["doc_index"])}
     batch = {k: (v.to(device) if k in BATCH_KEYS else v) for k, v in batch.items()}
     B, T = batch["tokens"].shape
     for group in opt.param_groups:  # checkpoints from before lr_scale have none: 1
-        group["lr"] = get_lr(step, cfg) * group.get("lr_scale", 1.0)
+        group["lr"] = get_lr(step, cfg, lr_anchor) * group.get("lr_scale", 1.0)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        logits_BTN, h_BTD, infos = model(batch["tokens"], batch["positions"], batch["doc_index"])
+        logits_BTN, h_BTD, infos = model(
+            batch["tokens"], batch["positions"], batch["doc_index"], batch.get("cu_seqlens")
+        )
     ce_BT = F.cross_entropy(
         logits_BTN.float().flatten(0, 1), batch["targets"].flatten(), reduction="none"
     ).view(B, T)
@@ -205,8 +301,8 @@ def train_step(
     lb_loss = torch.stack(
         [balance_loss(i, n_ffn, cfg.balance_groups, k_e, cfg.balance_alpha) for i in real]
     ).mean()
-    z_loss = hidden_z_loss(h_BTD, cfg.z_loss_lambda)
-    measure = cfg.grad_ratio_every > 0 and step % cfg.grad_ratio_every == 0
+    z_loss = hidden_z_loss(h_BTD, cfg.z_loss_lambda, batch["token_mask"])
+    measure = _every(step, cfg.grad_ratio_every, cfg.steps)
     r_g = grad_norm_ratio(lm_loss, lb_loss, infos) if measure else None
     opt.zero_grad(set_to_none=True)
     (lm_loss + lb_loss + z_loss).backward()
@@ -214,22 +310,29 @@ def train_step(
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
     opt.step()
-    mu = bias_mu(step, cfg.bias_mu0, cfg.bias_mu_decay_steps, cfg.bias_mu_min)
+    mu = bias_mu(step, cfg.bias_mu0, bias_decay_steps(cfg), cfg.bias_mu_min)
     for layer, info in zip(model.layers, real, strict=True):
-        layer.moe.router.update_bias(info.topk_TK, mu, k_e)
+        if cfg.bias_controller == "quantile":
+            layer.moe.router.update_bias_quantile(info.probs_TE, min(mu, 1.0), k_e)
+        else:
+            layer.moe.router.update_bias(info.topk_TK, mu, k_e)
     stats = [routing_stats(info, n_ffn) for info in real]
-    cos = [router_cosine_similarity(layer.moe.router) for layer in model.layers]
+    cos = (
+        [router_cosine_similarity(layer.moe.router) for layer in model.layers]
+        if _every(step, cfg.router_cosine_every, cfg.steps)
+        else None
+    )
     return {
         "step": step + 1,  # optimiser steps done, as saved in train_state
         "phase": batch.get("phase"),
-        "lr": get_lr(step, cfg),
+        "lr": get_lr(step, cfg, lr_anchor),
         "lm_loss": lm_loss.item(),
         **domain_metrics(ce_BT.detach(), batch, infos, n_ffn),
         "balance_loss": lb_loss.item(),
         "z_loss": z_loss.item(),
         "grad_norm": grad_norm,
         "grad_norm_ratio": r_g,
-        "router_cosine_sim": sum(cos) / len(cos),
+        "router_cosine_sim": sum(cos) / len(cos) if cos is not None else None,
         "router_cosine_sim_per_layer": cos,
         "ffn_experts_per_token": [s["ffn_experts_per_token"] for s in stats],
         "zero_expert_share": [s["zero_expert_share"] for s in stats],
@@ -290,10 +393,28 @@ def train(
     is given; shapes must match either way. A batch's ``rope_theta`` overrides the RoPE
     base (each curriculum phase brings its own). ``stop_at_step`` pauses earlier with a
     checkpoint, on the schedule of the whole run (e.g. to grow the model there)."""
+    if not cfg.deterministic:
+        return _train(cfg, source, model_cfg, stop_at_step)
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train(cfg, source, model_cfg, stop_at_step)
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def _train(
+    cfg: TrainConfig,
+    source: BatchSource,
+    model_cfg: ModelConfig | None,
+    stop_at_step: int | None,
+) -> list[dict]:
+    """``train`` without the deterministic-mode wrapping."""
     last_step = cfg.steps if stop_at_step is None else min(cfg.steps, stop_at_step)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, metrics_path = out / CKPT_NAME, out / METRICS_NAME
+    ckpt_path, metrics_path, timings_path = out / CKPT_NAME, out / METRICS_NAME, out / TIMINGS_NAME
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
@@ -303,30 +424,37 @@ def train(
     if model.cfg.n_ffn_experts % cfg.balance_groups:
         raise ValueError("balance_groups must divide n_ffn_experts")
     opt = build_optimizer(model, cfg)
-    state = {"step": 0, "tokens_seen": 0, "phase": None}  # saved as train_state
+    state = {"step": 0, "tokens_seen": 0, "phase": None, "lr_anchor": None}  # train_state
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         source.load_state_dict(ckpt["data"])
         state.update(ckpt["train_state"])
+        state["lr_anchor"] = resume_anchor(ckpt["train_state"], cfg)
         _keep_metrics_until(metrics_path, state["step"])
-    elif metrics_path.exists():
-        metrics_path.unlink()  # a fresh run starts a fresh log
+        _keep_metrics_until(timings_path, state["step"])
+    else:  # a fresh run starts fresh logs
+        metrics_path.unlink(missing_ok=True)
+        timings_path.unlink(missing_ok=True)
     records, saved = [], state["step"]
-    with metrics_path.open("a") as log:
+    with metrics_path.open("a") as log, timings_path.open("a") as timings:
         while state["step"] < last_step:
             started = time.perf_counter()
             batch = next(source, None)
             if batch is None:
                 break  # the curriculum is done
-            record = train_step(model, opt, batch, cfg, state["step"])
+            record = train_step(model, opt, batch, cfg, state["step"], state["lr_anchor"])
             record["phase_start"] = record["phase"] != state["phase"]
             state = {"step": state["step"] + 1, "phase": record["phase"],
-                     "tokens_seen": state["tokens_seen"] + record["tokens"]}  # fmt: skip
+                     "tokens_seen": state["tokens_seen"] + record["tokens"],
+                     "schedule": schedule_state(cfg), "lr_anchor": state["lr_anchor"]}  # fmt: skip
             record["tokens_seen"] = state["tokens_seen"]
-            record["step_time_s"] = time.perf_counter() - started
             log.write(json.dumps(record) + "\n")
             log.flush()
+            # Wall times differ run to run: their own file keeps metrics.jsonl reproducible.
+            timing = {"step": record["step"], "step_time_s": time.perf_counter() - started}
+            timings.write(json.dumps(timing) + "\n")
+            timings.flush()
             records.append(record)
             if state["step"] % cfg.ckpt_every == 0 or state["step"] == cfg.steps:
                 save_checkpoint(ckpt_path, model, opt, source.state_dict(), state)

@@ -84,9 +84,10 @@ def test_grow_refuses_a_missing_source_or_an_existing_target(
 
 def test_grow_at_step_equals_train_grow_train(root: Path) -> None:
     """One TRAIN.yaml with grow_at_step gives exactly the losses of training the half
-    model, growing it with the command and training on (a flat lr after warmup, so the
-    half run's own --steps does not change its schedule)."""
-    flat = {"decay_steps": 0}
+    model, growing it with the command and training on (a flat lr after warmup and a
+    fixed half-life of the bias controller, whose default scales with ``steps``, so the
+    half run's own --steps does not change its schedules)."""
+    flat = {"decay_steps": 0, "bias_mu_decay_steps": 1000}
     one = train_yaml(root / "one.yaml", out="one", grow_at_step=4, train=flat)
     records = run_train(load_train_run(one), steps=10)
     assert [len(r["ffn_experts_per_token"]) for r in records] == [N] * 4 + [2 * N] * 6

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from model_hooks.model import Model, ModelConfig, grow, rope_cos_sin
+import model_hooks.model as model_module
+from model_hooks.model import (
+    DocumentSegments,
+    Model,
+    ModelConfig,
+    document_attention,
+    grow,
+    rope_cos_sin,
+)
 from model_hooks.synthetic import SyntheticBatches, pack_rows
 from model_hooks.train import TrainConfig, build_optimizer, train_step
 from tests.model_hooks.helpers import TINY
@@ -14,6 +22,11 @@ from tests.model_hooks.helpers import TINY
 def _docs(*lengths: int, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(1, TINY.vocab_size, (n,), generator=g) for n in lengths]
+
+
+def _one_document(T: int, B: int = 1) -> DocumentSegments:
+    """Each row one causal sequence."""
+    return DocumentSegments.from_doc_index(torch.zeros(B, T, dtype=torch.long))
 
 
 def _forward(model: Model, batch: dict) -> torch.Tensor:
@@ -85,7 +98,7 @@ def test_mla_latents_are_variance_aligned() -> None:
     attn.kv_up.register_forward_pre_hook(lambda _m, args: seen.update(kv=args[0]))
     T = 6
     cos, sin = rope_cos_sin(torch.arange(T)[None], TINY.qk_rope_head_dim, TINY.rope_theta)
-    attn(torch.randn(1, T, 32), cos, sin, torch.ones(1, 1, T, T, dtype=torch.bool).tril())
+    attn(torch.randn(1, T, 32), cos, sin, _one_document(T))
     for key, rank in (("q", TINY.q_lora_rank), ("kv", TINY.kv_lora_rank)):
         rms = seen[key].pow(2).mean(-1).sqrt()  # norm gains start at 1
         torch.testing.assert_close(
@@ -98,7 +111,7 @@ def test_scmoe_layer_wiring() -> None:
     T = 10
     x = torch.randn(1, T, 32)
     cos, sin = rope_cos_sin(torch.arange(T)[None], TINY.qk_rope_head_dim, TINY.rope_theta)
-    mask = torch.ones(1, 1, T, T, dtype=torch.bool).tril()
+    mask = _one_document(T)
     a1 = x + block.attn0(block.attn_norm0(x), cos, sin, mask)
     u = block.ffn_norm0(a1)
     m, _ = block.moe(u[0])  # the MoE reads FFN0's input
@@ -131,7 +144,7 @@ def test_growth_stacks_layers_and_optimizer_moments(tmp_path) -> None:
     assert big.cfg.n_layers == 2 * n and len(big.layers) == 2 * n
     x = torch.randn(1, 8, 32)
     cos, sin = rope_cos_sin(torch.arange(8)[None], TINY.qk_rope_head_dim, TINY.rope_theta)
-    mask = torch.ones(1, 1, 8, 8, dtype=torch.bool).tril()
+    mask = _one_document(8)
     for i in range(n):
         lo, hi = big.layers[i].state_dict(), big.layers[i + n].state_dict()
         assert lo.keys() == hi.keys() and all(torch.equal(lo[k], hi[k]) for k in lo)
@@ -158,3 +171,107 @@ def test_config_rejects_impossible_values() -> None:
         ModelConfig(qk_rope_head_dim=5)
     with pytest.raises(ValueError):
         ModelConfig(unknown_knob=1)
+
+
+def _dense_reference(
+    q_NHC: torch.Tensor,
+    k_NHC: torch.Tensor,
+    v_NHV: torch.Tensor,
+    segments: DocumentSegments,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, str]:
+    """The old way, test-only: one (N, N) block-diagonal causal mask over the flattened
+    tokens, through SDPA's math path."""
+    N = q_NHC.shape[0]
+    cu = segments.cu_seqlens.long()
+    seg_N = torch.repeat_interleave(torch.arange(len(cu) - 1), cu.diff())
+    mask_NN = (seg_N[:, None] == seg_N[None, :]) & torch.ones(N, N, dtype=torch.bool).tril()
+    y_HNV = torch.nn.functional.scaled_dot_product_attention(
+        q_NHC.transpose(0, 1), k_NHC.transpose(0, 1), v_NHV.transpose(0, 1), attn_mask=mask_NN
+    )
+    return y_HNV.transpose(0, 1), "dense"
+
+
+@pytest.mark.parametrize(
+    "lengths", [[1, 5, 2, 24], [32], [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2], [17, 9, 6]]
+)
+def test_document_attention_equals_dense_mask_with_gradients(lengths: list[int]) -> None:
+    H, C, V = 2, 12, 8  # v narrower than q/k, as in MLA
+    N = sum(lengths)
+    segments = DocumentSegments.from_cu_seqlens(torch.tensor([0, *lengths]).cumsum(0), "cpu")
+    g = torch.Generator().manual_seed(len(lengths))
+    inputs = [torch.randn(N, H, d, generator=g, dtype=torch.float64) for d in (C, C, V)]
+    grad_out = torch.randn(N, H, V, generator=g, dtype=torch.float64)
+    results = []
+    for attention in (document_attention, _dense_reference):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        y, _ = attention(*leaves, segments)
+        (y * grad_out).sum().backward()
+        results.append([y.detach(), *(t.grad for t in leaves)])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_segment_layout_is_linear_in_tokens() -> None:
+    lengths = [1, 2, 3, 5, 8, 100, 33, 64, 700, 4000, 1]
+    segments = DocumentSegments.from_cu_seqlens(torch.tensor([0, *lengths]).cumsum(0), "cpu")
+    assert segments.padded_tokens < 2 * sum(lengths)  # buckets pad to under 2x
+    assert segments.max_len == 4000
+    assert sorted(segments.dest_index.tolist()) == sorted(set(segments.dest_index.tolist()))
+
+
+def test_model_without_dense_mask_equals_dense_reference(monkeypatch) -> None:
+    """Whole forward + backward of the model, document attention against the dense
+    mask, on a packed batch with padding."""
+    batch = SyntheticBatches(2, 40, 64, seed=5).batch_at(0)
+    batch["tokens"][1, 30:] = 0  # a padded tail: a segment of its own
+    batch["doc_index"][1, 30:] = 99
+    batch["positions"][1, 30:] = torch.arange(10)
+    grads = []
+    for attention in (document_attention, _dense_reference):
+        monkeypatch.setattr(model_module, "document_attention", attention)
+        torch.manual_seed(0)
+        model = Model(TINY)
+        logits = _forward(model, batch)
+        logits.square().mean().backward()
+        grads.append((logits.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cu_seqlens_and_doc_index_give_the_same_segments() -> None:
+    batch = SyntheticBatches(3, 24, 64, seed=2).batch_at(0)
+    from_doc = DocumentSegments.from_doc_index(batch["doc_index"])
+    model = Model(TINY).eval()
+    args = (batch["tokens"], batch["positions"], batch["doc_index"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(*args)[0], model(*args, from_doc.cu_seqlens)[0])
+    crossing = torch.tensor([0, 10, 30, 72], dtype=torch.int32)  # 10..30 spans rows 0 and 1
+    with pytest.raises(ValueError, match="crosses a row boundary"):
+        model(*args, crossing)
+
+
+def test_rope_bases_follow_the_report() -> None:
+    """LongCat-Flash: RoPE base 1e6 for pre- and mid-training, 5e6 at 32k, 1e7 at 128k,
+    in the model default and in every bundled mix."""
+    from pathlib import Path
+
+    from pipeline.mix_config import load_mix
+
+    assert ModelConfig().rope_theta == 1e6
+    mixes = Path(__file__).resolve().parents[2] / "mixes"
+    long_bases = {32768: 5e6, 131072: 1e7}
+    seen = {}
+    for name in ("demo", "longcat_pretrain", "longcat_midtrain", "longcat_long_context"):
+        for phase in load_mix(mixes / f"{name}.yaml").phases:
+            long = phase.name.startswith("long_context")
+            seen[f"{name}:{phase.name}"] = phase.rope_theta
+            if not long:
+                assert phase.rope_theta == 1e6, (name, phase.name)
+            elif phase.seq_len in long_bases:
+                assert phase.rope_theta == long_bases[phase.seq_len], (name, phase.name)
+    assert seen["demo:long_context"] == 5e6 and seen["demo:long_context_2"] == 1e7

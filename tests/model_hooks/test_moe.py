@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import model_hooks.moe as moe_module
 from model_hooks.moe import (
     MoE,
     RouterInfo,
@@ -22,13 +23,40 @@ def _moe(gamma_scales_identity: bool = True) -> MoE:
 
 
 def _count_expert_rows(moe: MoE) -> list[int]:
-    """Rows each FFN expert processed (a forward hook per expert)."""
-    rows = [0] * len(moe.experts)
-    for i, expert in enumerate(moe.experts):
-        expert.register_forward_hook(
-            lambda _m, args, _out, i=i: rows.__setitem__(i, rows[i] + args[0].shape[0])
-        )
+    """Rows each FFN expert processed: the slices the grouped matmul is given (a forward
+    hook on the experts reads their ends; rows past the last end are not computed)."""
+    rows = [0] * N_FFN
+
+    def count(_module: torch.nn.Module, args: tuple, _out: torch.Tensor) -> None:
+        ends = args[1].tolist()
+        for i, n in enumerate(torch.diff(torch.tensor([0, *ends])).tolist()):
+            rows[i] += n
+
+    moe.experts.register_forward_hook(count)
     return rows
+
+
+def _loop_reference(moe: MoE, x_TD: torch.Tensor) -> torch.Tensor:
+    """The dispatch this module had before the grouped matmul (test-only): argsort of the
+    FFN pairs, a Python loop over the experts on their slices, ``index_add`` back."""
+    info = moe.router(x_TD)
+    T, K = info.topk_TK.shape
+    gates_TK = info.probs_TE.gather(1, info.topk_TK).to(x_TD.dtype)
+    is_ffn_TK = info.topk_TK < moe.n_ffn
+    zero_gate_T1 = (gates_TK * ~is_ffn_TK).sum(dim=-1, keepdim=True)
+    out_TD = (moe.gamma if moe.gamma_scales_identity else 1.0) * zero_gate_T1 * x_TD
+    token_P = torch.arange(T).repeat_interleave(K)[is_ffn_TK.flatten()]
+    expert_P = info.topk_TK.flatten()[is_ffn_TK.flatten()]
+    gate_P = gates_TK.flatten()[is_ffn_TK.flatten()]
+    order_P = torch.argsort(expert_P, stable=True)
+    token_P, expert_P, gate_P = token_P[order_P], expert_P[order_P], gate_P[order_P]
+    counts = torch.bincount(expert_P, minlength=moe.n_ffn).tolist()
+    x_PD = x_TD[token_P]
+    parts = [
+        moe.experts.expert(i, chunk) for i, chunk in enumerate(x_PD.split(counts)) if len(chunk)
+    ]
+    y_PD = torch.cat(parts) * gate_P[:, None]
+    return out_TD + moe.gamma * torch.zeros_like(x_TD).index_add(0, token_P, y_PD)
 
 
 @pytest.mark.parametrize("gamma_scales_identity", [True, False])
@@ -67,7 +95,7 @@ def test_moe_matches_per_token_reference() -> None:
         want = torch.zeros(16)
         for e in info.topk_TK[t].tolist():
             p = info.probs_TE[t, e]
-            want += GAMMA * p * (moe.experts[e](x_TD[t]) if e < N_FFN else x_TD[t])
+            want += GAMMA * p * (moe.experts.expert(e, x_TD[t]) if e < N_FFN else x_TD[t])
         torch.testing.assert_close(out_TD[t], want, rtol=1e-5, atol=1e-6)
     assert (info.probs_TE.sum(-1) - 1).abs().max() < 1e-6
     assert info.probs_TE.dtype == torch.float32
@@ -130,3 +158,80 @@ def test_router_cosine_similarity_and_stats() -> None:
     assert stats["ffn_experts_per_token"] == 1.5
     assert stats["zero_expert_share"] == 0.25
     assert stats["load_max_over_mean"] == pytest.approx(2 / 0.75)  # loads (2,1,0,0)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_grouped_dispatch_equals_the_loop_with_gradients(grouped: bool, monkeypatch) -> None:
+    """The grouped matmul (and its fallback loop) against the old argsort + loop +
+    index_add dispatch: same outputs, same gradients of the input and every weight."""
+    if not grouped:
+        monkeypatch.setattr(moe_module, "grouped_mm_usable", lambda *_: False)
+    moe = _moe()
+    moe.router.bias[:N_FFN] = torch.tensor([0.3, -0.2, 0.1, 0.0])
+    x_TD = torch.randn(64, 16)
+    results = []
+    for forward in (lambda x: moe(x)[0], lambda x: _loop_reference(moe, x)):
+        moe.zero_grad(set_to_none=True)
+        leaf = x_TD.clone().requires_grad_()
+        out = forward(leaf)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads = [p.grad.clone() for p in (moe.experts.w_gate, moe.experts.w_up, moe.experts.w_down)]
+        results.append([out.detach(), leaf.grad, moe.router.weight.grad.clone(), *grads])
+    assert moe.experts.last_path == ("grouped_mm" if grouped else "loop")
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_moe_block_traces_into_one_graph() -> None:
+    """No graph break in the MoE block (no host sync, no data-dependent shape), and the
+    traced block (aot_eager: dynamo + AOT autograd, no C compiler) gives the eager
+    outputs and gradients."""
+    moe = _moe()
+    x_TD = torch.randn(40, 16)
+    explained = torch._dynamo.explain(moe)(x_TD)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    compiled = torch.compile(moe, backend="aot_eager", fullgraph=True)
+    results = []
+    for module in (moe, compiled):
+        moe.zero_grad(set_to_none=True)
+        leaf = x_TD.clone().requires_grad_()
+        out, _ = module(leaf)
+        out.square().sum().backward()
+        results.append([out.detach(), leaf.grad, moe.experts.w_up.grad.clone()])
+    torch._dynamo.reset()
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_old_per_expert_checkpoints_load_into_stacked_experts() -> None:
+    moe = _moe()
+    old = {k: v for k, v in moe.state_dict().items() if not k.startswith("experts.")}
+    for i in range(N_FFN):
+        for name in ("w_gate", "w_up", "w_down"):
+            old[f"experts.{i}.{name}.weight"] = getattr(moe.experts, name)[i].clone() + 1
+    fresh = _moe()
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.experts.w_up, moe.experts.w_up + 1)
+
+
+def test_quantile_controller_reaches_target_ffn_experts() -> None:
+    """The quantile controller from both sides, at a fixed step of 0.5: within 5% of
+    K_e on average over the last 30 of 80 batches, zero experts' biases untouched."""
+    n_ffn, n_zero, top_k, k_e = 8, 4, 4, 2.5
+    for direction in (1.0, -1.0):
+        moe = MoE(32, 8, n_ffn, n_zero, top_k, 1.0)
+        router = moe.router
+        torch.nn.init.normal_(router.weight, std=0.3)
+        with torch.no_grad():
+            router.weight[n_ffn:, 0] += direction
+        g = torch.Generator().manual_seed(1)
+        seen = []
+        for _ in range(80):
+            x_TD = torch.randn(512, 32, generator=g)
+            x_TD[:, 0] += 2.0
+            info = router(x_TD)
+            seen.append(routing_stats(info, n_ffn)["ffn_experts_per_token"])
+            router.update_bias_quantile(info.probs_TE, 0.5, k_e)
+        assert abs(seen[0] - k_e) > 0.3
+        assert abs(sum(seen[-30:]) / 30 - k_e) < 0.05 * k_e
+        assert (router.bias[n_ffn:] == 0).all()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -13,10 +14,13 @@ from model_hooks.synthetic import SyntheticBatches
 from model_hooks.train import (
     CKPT_NAME,
     METRICS_NAME,
+    TIMINGS_NAME,
     TrainConfig,
+    bias_decay_steps,
     get_lr,
     grad_norm_ratio,
     grow_checkpoint,
+    hidden_z_loss,
     load_checkpoint,
     train,
 )
@@ -26,7 +30,7 @@ METRIC_KEYS = {
     "step", "lr", "lm_loss", "loss_by_domain", "ffn_experts_per_token_by_domain",
     "balance_loss", "z_loss", "grad_norm", "grad_norm_ratio", "router_cosine_sim",
     "router_cosine_sim_per_layer", "ffn_experts_per_token", "zero_expert_share",
-    "load_max_over_mean", "bias_mu", "tokens", "step_time_s", "phase", "phase_start",
+    "load_max_over_mean", "bias_mu", "tokens", "phase", "phase_start",
     "tokens_seen",
 }  # fmt: skip
 
@@ -52,9 +56,12 @@ def test_get_lr_warmup_stable_decay() -> None:
 
 
 def test_resume_replays_the_same_losses(tmp_path: Path) -> None:
-    straight = train(_cfg(tmp_path / "a"), _source(), TINY)
-    first = train(_cfg(tmp_path / "b", steps=3), _source(), TINY)
-    second = train(_cfg(tmp_path / "b"), _source())  # model_config from the checkpoint
+    # Extending a 3-step run to 6: the LR at steps 0-2 is the same under both lengths,
+    # and the controller's half-life is pinned (by default it scales with ``steps``).
+    pinned = {"bias_mu_decay_steps": 1000}
+    straight = train(_cfg(tmp_path / "a", **pinned), _source(), TINY)
+    first = train(_cfg(tmp_path / "b", steps=3, **pinned), _source(), TINY)
+    second = train(_cfg(tmp_path / "b", **pinned), _source())  # model_config from the ckpt
     assert [r["step"] for r in first + second] == list(range(1, 7))
     assert [r["lm_loss"] for r in first + second] == [r["lm_loss"] for r in straight]
     assert [r["balance_loss"] for r in first + second] == [r["balance_loss"] for r in straight]
@@ -113,3 +120,91 @@ def test_short_training_lowers_the_loss(tmp_path: Path) -> None:
     source = SyntheticBatches(batch_size=4, seq_len=48, vocab_size=TINY.vocab_size)
     losses = [r["lm_loss"] for r in train(cfg, source, TINY)]
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5  # about 0.4 when written
+
+
+def test_z_loss_averages_over_real_tokens_only() -> None:
+    h_BTD = torch.randn(2, 5, 8)
+    mask_BT = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    z_BT = torch.logsumexp(h_BTD.abs(), dim=-1).pow(2)
+    want = 0.5 * z_BT[mask_BT].mean()
+    torch.testing.assert_close(hidden_z_loss(h_BTD, 0.5, mask_BT), want)
+    padded = h_BTD.clone()
+    padded[1, 2:] = 100.0  # whatever the padding holds, the loss does not move
+    torch.testing.assert_close(hidden_z_loss(padded, 0.5, mask_BT), want)
+    assert not torch.allclose(hidden_z_loss(padded, 0.5), want)  # the unmasked mean does
+
+
+def test_diagnostics_every_n_steps(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, steps=7, grad_ratio_every=3, router_cosine_every=2)
+    records = train(cfg, _source(), TINY)
+    assert [r["grad_norm_ratio"] is not None for r in records] == [
+        True, False, False, True, False, False, True,  # steps 0, 3, 6 (the last)
+    ]  # fmt: skip
+    assert [r["router_cosine_sim"] is not None for r in records] == [
+        True, False, True, False, True, False, True,
+    ]  # fmt: skip
+    assert all((r["router_cosine_sim_per_layer"] is None) == (r["router_cosine_sim"] is None)
+               for r in records)  # fmt: skip
+
+
+def test_bias_controller_decay_scales_with_the_run() -> None:
+    assert bias_decay_steps(TrainConfig(out_dir="x", steps=100)) == 50
+    assert bias_decay_steps(TrainConfig(out_dir="x", steps=100_000)) == 50_000
+    assert bias_decay_steps(TrainConfig(out_dir="x", steps=100, bias_mu_decay_steps=7)) == 7
+
+
+def test_resume_with_more_steps_continues_the_lr(tmp_path: Path) -> None:
+    """A finished 4-step cosine resumed to 8 steps: the LR goes on from where it was
+    (no jump back up the new cosine) down to min_lr at step 8; a second resume keeps
+    the anchor. A warmup-stable-decay run extended in its stable phase is unchanged."""
+    first = train(_cfg(tmp_path / "cos", steps=4, min_lr=1e-4), _source(), TINY)
+    second = train(_cfg(tmp_path / "cos", steps=8, min_lr=1e-4), _source(), stop_at_step=6)
+    third = train(_cfg(tmp_path / "cos", steps=8, min_lr=1e-4), _source())
+    lrs = [r["lr"] for r in first + second + third]
+    plain = _cfg(tmp_path / "x", steps=8, min_lr=1e-4)
+    assert get_lr(4, plain) > 1.2 * lrs[3]  # what the new schedule alone would jump to
+    assert lrs[4] == lrs[3] and all(b < a for a, b in itertools.pairwise(lrs[4:]))
+    assert 1e-4 < lrs[-1] < 0.25 * lrs[3]  # on its way to min_lr at step 8
+    anchor = load_checkpoint(tmp_path / "cos" / CKPT_NAME)["train_state"]["lr_anchor"]
+    assert anchor == {"step": 4, "lr": lrs[3]}
+    wsd = {"decay_steps": 2}
+    train(_cfg(tmp_path / "wsd", steps=6, **wsd), _source(), TINY, stop_at_step=3)
+    records = train(_cfg(tmp_path / "wsd", steps=10, **wsd), _source())
+    assert [r["step"] for r in records] == list(range(4, 11))
+    assert [r["lr"] for r in records[:5]] == [3e-3] * 5  # still flat until its decay
+    state = load_checkpoint(tmp_path / "wsd" / CKPT_NAME)["train_state"]
+    assert state["lr_anchor"] is None
+
+
+def test_paused_run_resumes_exactly_with_the_defaults(tmp_path: Path) -> None:
+    straight = train(_cfg(tmp_path / "a"), _source(), TINY)
+    first = train(_cfg(tmp_path / "b"), _source(), TINY, stop_at_step=3)
+    second = train(_cfg(tmp_path / "b"), _source())
+    assert [r["lm_loss"] for r in first + second] == [r["lm_loss"] for r in straight]
+    assert [r["bias_mu"] for r in first + second] == [r["bias_mu"] for r in straight]
+
+
+def test_two_runs_write_byte_identical_outputs(tmp_path: Path) -> None:
+    """Two threads and the global deterministic mode off: train() turns it on for the
+    run; the checkpoints and metrics.jsonl of two runs match byte for byte, the wall
+    times live in timings.jsonl."""
+    import hashlib
+
+    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(2)
+    for run in ("a", "b"):
+        source = SyntheticBatches(batch_size=2, seq_len=48, vocab_size=TINY.vocab_size, seed=4)
+        train(_cfg(tmp_path / run, steps=4, ckpt_every=2), source, TINY)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored afterwards
+
+    def digest(run: str, name: str) -> str:
+        return hashlib.sha256((tmp_path / run / name).read_bytes()).hexdigest()
+
+    for name in (CKPT_NAME, METRICS_NAME):
+        assert digest("a", name) == digest("b", name), name
+    timings = [
+        json.loads(line) for line in (tmp_path / "a" / TIMINGS_NAME).read_text().splitlines()
+    ]
+    assert [t["step"] for t in timings] == [1, 2, 3, 4]
+    assert all(t["step_time_s"] > 0 for t in timings)
+    assert "step_time_s" not in (tmp_path / "a" / METRICS_NAME).read_text()

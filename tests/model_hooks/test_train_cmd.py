@@ -30,10 +30,10 @@ import torch
 torch.set_num_threads(1)
 import model_hooks.train as train_module
 real_step, kill_at = train_module.train_step, int(sys.argv[2])
-def train_step(model, opt, batch, cfg, step):
+def train_step(model, opt, batch, cfg, step, *rest):
     if step == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_step(model, opt, batch, cfg, step)
+    return real_step(model, opt, batch, cfg, step, *rest)
 train_module.train_step = train_step
 from pipeline.cli import main
 sys.exit(main(["train", sys.argv[1]]))

@@ -1,0 +1,109 @@
+"""Does the bias controller hold K_e with the trainer's defaults? FFN experts per token
+(mean over layers) against the target K_e at every step of a training run of the demo
+model, after warm-up: the share of steps within 5% of K_e and the mean.
+
+By default the run is the demo curriculum's shape on synthetic documents (five phases
+at 1k, 1k, 1k, 4k, 8k tokens, about 100 steps of two rows); ``--curriculum`` trains on
+real packed phases instead (a ``curriculum.json`` written by ``pipeline mix``, e.g. the
+demo run's). The TrainConfig is the default one but for the number of steps, so the
+figure is what a user gets; ``--set KEY=VALUE`` overrides a TrainConfig field (to
+compare settings).
+
+    python -m bench.controller [--curriculum runs/demo/curriculum.json] [--set bias_mu0=0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from bench.contract import add_contract_arguments, row, write_json
+from model_hooks.model import ModelConfig
+from model_hooks.synthetic import progression_documents, write_packed_phase
+from model_hooks.token_stream import TokenStream
+from model_hooks.train import TrainConfig, train
+
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "configs" / "demo_model.yaml"
+SYNTHETIC_PHASES = (("pretrain", 1024, 51), ("midtrain_1", 1024, 21), ("midtrain_2", 1024, 20),
+                    ("long_context", 4096, 8), ("long_context_2", 8192, 3))  # fmt: skip
+VOCAB = 512
+
+
+def synthetic_curriculum(root: Path, rows_scale: float = 1.0) -> list[Path]:
+    """The demo curriculum's phases (name, seq_len, about 2 x steps rows) on the
+    synthetic progression documents, with the long phases' longer documents."""
+    dirs = []
+    for index, (name, seq_len, steps) in enumerate(SYNTHETIC_PHASES):
+        tokens = int(2 * steps * seq_len * rows_scale)
+        long = seq_len > 1024
+        n_docs = tokens // (seq_len // 2 if long else 300) + 1
+        docs = progression_documents(n_docs, VOCAB, seed=index, min_doc_len=64,
+                                     max_doc_len=seq_len if long else 600)  # fmt: skip
+        write_packed_phase(root / name, docs, seq_len, VOCAB, phase=name)
+        dirs.append(root / name)
+    return dirs
+
+
+def tracking(records: list[dict], k_e: float, warmup: int) -> dict:
+    """Share of post-warm-up steps whose FFN experts per token (mean over layers) is
+    within 5% of K_e, the mean, and the worst step."""
+    values = [sum(r["ffn_experts_per_token"]) / len(r["ffn_experts_per_token"]) for r in records]
+    after = values[warmup:]
+    within = [abs(v - k_e) <= 0.05 * k_e for v in after]
+    return {
+        "steps": len(values),
+        "warmup_steps": warmup,
+        "k_e": k_e,
+        "share_within_5pct": round(sum(within) / max(len(after), 1), 3),
+        "mean_after_warmup": round(sum(after) / max(len(after), 1), 4),
+        "worst_after_warmup": round(max(after, key=lambda v: abs(v - k_e)), 4) if after else None,
+        "per_step": [round(v, 3) for v in values],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--curriculum", type=Path, help="a curriculum.json (default: synthetic)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig field (YAML value)")  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the figure")
+    add_contract_arguments(parser)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.curriculum is not None:
+            spec = json.loads(args.curriculum.read_text())
+            dirs = [args.curriculum.parent / p["dir"] for p in spec["phases"]]
+        else:
+            dirs = synthetic_curriculum(Path(tmp) / "phases", 0.25 if args.quick else 1.0)
+        stream = TokenStream([str(d) for d in dirs], batch_size=args.batch_size, seed=0)
+        fields = yaml.safe_load(DEMO_MODEL.read_text())
+        model_cfg = ModelConfig(**fields, vocab_size=max(p.vocab_size for p in stream.phases))
+        cfg = TrainConfig(**{"out_dir": str(Path(tmp) / "run"), "steps": stream.num_batches(),
+                             "grad_ratio_every": 0, "device": "cpu", **overrides})  # fmt: skip
+        records = train(cfg, stream, model_cfg)
+    result = tracking(records, model_cfg.target_ffn_experts, args.warmup) | {
+        "data": str(args.curriculum or "synthetic demo-shaped curriculum"),
+        "overrides": overrides,
+        "final_lm_loss": round(records[-1]["lm_loss"], 4),
+    }
+    print(json.dumps(result, indent=2))
+    rows = [
+        row("steps with FFN experts per token within 5% of K_e, after warm-up",
+            result["share_within_5pct"], unit="share of steps"),
+        row("mean FFN experts per token after warm-up", result["mean_after_warmup"],
+            unit=f"experts (K_e = {result['k_e']})", compare=False),
+    ]  # fmt: skip
+    write_json(args.json, "controller", rows, [json.dumps(result)])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
