@@ -24,9 +24,11 @@ with the same fingerprint (``<phase>/.progress.json``) packs only the missing wi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import posixpath
-import shutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,8 @@ from pipeline.shards import parquet_bytes, resolve_filesystem, write_json_atomic
 from pipeline.tokenizing import read_index, read_tokenized_manifest
 from stages.mix import PLAN_SCHEMA, phase_plan, stable_seed
 from stages.pack import UNITS_SCHEMA, pack_window, slice_units
+
+log = logging.getLogger(__name__)
 
 PROGRESS_NAME, WINDOWS_DIR = ".progress.json", ".windows"
 LOCAL = pafs.LocalFileSystem()  # packed phases are local files (written with pa.OSFile)
@@ -283,10 +287,41 @@ def is_done(directory: str, fingerprint: str) -> bool:
         return False
 
 
+# What the packer writes in a phase folder: shards (and their temporaries), the manifest
+# (and its temporary), the progress marker; window markers (and the writer's hidden
+# temporaries) under .windows/.
+_PACKER_FILE = re.compile(
+    r"shard-\d{5}\.arrow(\.tmp)?|\.?manifest\.json(\.tmp)?|\.\.?progress\.json(\.tmp-[0-9a-f]+)?"
+)
+_WINDOW_MARKER = re.compile(r"\.?\d{5}\.json(\.tmp-[0-9a-f]+)?")
+
+
 def reset_phase_dir(directory: str) -> None:
-    """A phase folder holds one configuration's shards: start it empty."""
-    shutil.rmtree(directory, ignore_errors=True)
-    Path(directory).mkdir(parents=True)
+    """A phase folder holds one configuration's shards: remove what the packer wrote
+    there before (shards, manifest, progress and window markers), and nothing else, so
+    a user's file in the folder survives (and is named in the log)."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    windows = folder / WINDOWS_DIR
+    if windows.is_dir() and not windows.is_symlink():
+        for marker in windows.iterdir():
+            if (
+                _WINDOW_MARKER.fullmatch(marker.name)
+                and marker.is_file()
+                and not marker.is_symlink()
+            ):
+                marker.unlink()
+        with contextlib.suppress(OSError):
+            windows.rmdir()  # only when empty
+    kept = []
+    for entry in folder.iterdir():
+        if _PACKER_FILE.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink()
+        elif entry.name != WINDOWS_DIR:
+            kept.append(entry.name)
+    if kept:
+        log.warning("phase folder %s: kept %d files the packer did not write: %s",
+                    directory, len(kept), ", ".join(sorted(kept)[:10]))  # fmt: skip
 
 
 def claim_mix_out(out_dir: str | Path, mix: Mix, overwrite: bool) -> None:
@@ -305,7 +340,11 @@ def claim_mix_out(out_dir: str | Path, mix: Mix, overwrite: bool) -> None:
             f"(curriculum.json), not {mix.path.name}: choose another --out or pass --overwrite"
         )
     for phase in previous.get("phases", []):
-        shutil.rmtree(Path(out_dir) / "packed" / phase["phase"], ignore_errors=True)
+        folder = Path(out_dir) / "packed" / phase["phase"]
+        if folder.is_dir():
+            reset_phase_dir(str(folder))
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # gone unless a user's file is in it
         Path(plan_path(str(out_dir), phase["phase"])).unlink(missing_ok=True)
     path.unlink()
 

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.mix_config import load_mix
-from pipeline.mixing import claim_mix_out
+from pipeline.mixing import claim_mix_out, reset_phase_dir
 
 MIX = """
 seed: 1
@@ -47,3 +47,24 @@ def test_another_mix_file_is_refused_unless_overwrite(tmp_path: Path) -> None:
     claim_mix_out(out, second, overwrite=True)
     assert not (out / "packed" / "pre").exists() and not (out / "plans" / "pre.parquet").exists()
     assert not (out / "curriculum.json").exists()
+
+
+def test_a_phase_reset_removes_only_what_the_packer_wrote(tmp_path: Path) -> None:
+    phase = tmp_path / "packed" / "pre"
+    (phase / ".windows").mkdir(parents=True)
+    written = ["shard-00000.arrow", "shard-00001.arrow.tmp", ".manifest.json", "manifest.json",
+               ".progress.json", ".windows/00000.json"]  # fmt: skip
+    for name in written:
+        (phase / name).write_bytes(b"x")
+    (phase / "notes.txt").write_text("mine")
+    (phase / "shard-1.arrow").write_bytes(b"not a packer name")
+    outside = tmp_path / "precious.arrow"
+    outside.write_bytes(b"keep")
+    (phase / "shard-00002.arrow").symlink_to(outside)
+    reset_phase_dir(str(phase))
+    assert sorted(p.name for p in phase.iterdir()) == [
+        "notes.txt",
+        "shard-00002.arrow",
+        "shard-1.arrow",
+    ]
+    assert outside.read_bytes() == b"keep"
