@@ -94,6 +94,11 @@ def _flag(value: float | None, bad: bool) -> str:
     return "" if value is None else ("OUT OF RANGE" if bad else "ok")
 
 
+# The one row read from wall times (train/timings.jsonl): the only part of a report that
+# differs between two runs of the same job (tests/test_demo_twice.py leaves it out).
+THROUGHPUT_ROW = "tokens per second, median step (wall time)"
+
+
 def _throughput(records: list[dict[str, Any]]) -> float | None:
     """Median tokens per second over the steps with a wall time (metrics or timings file)."""
     rates = [r["tokens"] / r["step_time_s"] for r in records
@@ -129,7 +134,7 @@ def _summary_rows(data: RunData, x, xlabel, marks, losses, lm, ratio) -> list[li
         rows.append([f"FFN experts per token after warm-up, {layer}", Num(mean), flag])
     throughput = _throughput(records)
     if throughput is not None:
-        rows.append(["tokens per second, median step", Num(throughput, 1), ""])
+        rows.append([THROUGHPUT_ROW, Num(throughput, 1), ""])
     return rows
 
 

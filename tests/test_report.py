@@ -27,7 +27,7 @@ from pipeline.cli import main as cli_main
 from pipeline.ledger import stage_changes
 from pipeline.report import write_report
 from pipeline.report_data import stage_order
-from pipeline.report_training import expert_matrix, phase_boundaries
+from pipeline.report_training import THROUGHPUT_ROW, expert_matrix, phase_boundaries
 from tests.report_run import DOMAINS, build_run, entry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -530,7 +530,7 @@ def test_training_table_flags_out_of_range(report) -> None:
     assert training["gradient norm ratio R_g, max after warm-up (limit 0.1)"] == [0.05, "ok"]
     assert training["K_e: target FFN experts per token"][0] == 1.5
     assert training["FFN experts per token after warm-up, layer 0"] == [1.5, "ok"]
-    assert training["tokens per second, median step"][0] == 1000.0  # 500 tokens in 0.5 s
+    assert training[THROUGHPUT_ROW][0] == 1000.0  # 500 tokens in 0.5 s
 
 
 def test_wall_times_from_a_separate_timings_file(tmp_path: Path) -> None:
