@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import model_hooks.moe as moe_module
+from bench.moe import loop_dispatch
 from model_hooks.moe import (
     MoE,
     RouterInfo,
@@ -37,26 +38,10 @@ def _count_expert_rows(moe: MoE) -> list[int]:
 
 
 def _loop_reference(moe: MoE, x_TD: torch.Tensor) -> torch.Tensor:
-    """The dispatch this module had before the grouped matmul (test-only): argsort of the
-    FFN pairs, a Python loop over the experts on their slices, ``index_add`` back."""
-    info = moe.router(x_TD)
-    T, K = info.topk_TK.shape
-    gates_TK = info.probs_TE.gather(1, info.topk_TK).to(x_TD.dtype)
-    is_ffn_TK = info.topk_TK < moe.n_ffn
-    zero_gate_T1 = (gates_TK * ~is_ffn_TK).sum(dim=-1, keepdim=True)
-    out_TD = (moe.gamma if moe.gamma_scales_identity else 1.0) * zero_gate_T1 * x_TD
-    token_P = torch.arange(T).repeat_interleave(K)[is_ffn_TK.flatten()]
-    expert_P = info.topk_TK.flatten()[is_ffn_TK.flatten()]
-    gate_P = gates_TK.flatten()[is_ffn_TK.flatten()]
-    order_P = torch.argsort(expert_P, stable=True)
-    token_P, expert_P, gate_P = token_P[order_P], expert_P[order_P], gate_P[order_P]
-    counts = torch.bincount(expert_P, minlength=moe.n_ffn).tolist()
-    x_PD = x_TD[token_P]
-    parts = [
-        moe.experts.expert(i, chunk) for i, chunk in enumerate(x_PD.split(counts)) if len(chunk)
-    ]
-    y_PD = torch.cat(parts) * gate_P[:, None]
-    return out_TD + moe.gamma * torch.zeros_like(x_TD).index_add(0, token_P, y_PD)
+    """The dispatch this module had before the grouped matmul (argsort of the FFN pairs,
+    a Python loop over the experts on their slices, ``index_add`` back), kept in
+    bench.moe as the grouped path's peer."""
+    return loop_dispatch(moe, x_TD)[0]
 
 
 @pytest.mark.parametrize("gamma_scales_identity", [True, False])
