@@ -145,7 +145,16 @@ class _PageTimeout(BaseException):
     """BaseException, so that trafilatura's own ``except Exception`` cannot swallow it."""
 
 
+class _Alarm:
+    """Whether the page's alarm went off. The exception it raises can still be lost
+    when it lands inside a C extension's callback (lxml reports and drops it); the page
+    then runs to its end, and this flag still says it overran its limit."""
+
+    fired = False
+
+
 def _raise_timeout(signum: int, frame: object) -> None:
+    _Alarm.fired = True
     raise _PageTimeout
 
 
@@ -300,12 +309,14 @@ class Extract(Stage):
         return with_reasons(batch, reasons, scores)
 
     def _run_in_process(self, html: str, url: str | None) -> Outcome:
+        _Alarm.fired = False
         try:
             signal.setitimer(signal.ITIMER_REAL, self.cfg.timeout_seconds)
             try:
-                return extract_page(html, url, self.options), None
+                outcome = extract_page(html, url, self.options)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)  # one-shot: nothing fires after this
+            return (_NOTHING, REASON_TIMEOUT) if _Alarm.fired else (outcome, None)
         except _PageTimeout:
             return _NOTHING, REASON_TIMEOUT
         except Exception as exc:  # one bad page must not end the run

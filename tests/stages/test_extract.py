@@ -210,3 +210,24 @@ def test_child_crash_is_an_error_and_a_new_child_takes_the_rest() -> None:
 def test_config_rejects_impossible_values(fields: dict[str, Any]) -> None:
     with pytest.raises(pydantic.ValidationError):
         ExtractConfig(**fields)
+
+
+def test_an_alarm_lost_inside_the_page_still_counts_as_a_timeout(monkeypatch) -> None:
+    """lxml drops an exception raised in its callbacks: the page then runs to its end,
+    and must still be an extract_timeout, not a page kept by chance."""
+    import contextlib
+    import time
+
+    import stages.extract as extract_module
+
+    def swallows_the_alarm(html, url, options):
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(BaseException):  # what a C callback does with it
+                time.sleep(0.02)
+        return "A page that finished after its limit. " * 20, None
+
+    monkeypatch.setattr(extract_module, "extract_page", swallows_the_alarm)
+    stage = Extract(ExtractConfig(timeout_seconds=0.2))
+    out = stage(table({"html": ARTICLE_HTML}))
+    assert out.column(DROP_REASON).to_pylist() == [REASON_TIMEOUT]
