@@ -52,7 +52,7 @@ from model_hooks.shard_format import (
 )
 from pipeline.config import ConfigError
 from pipeline.mix_config import Mix, Phase, check_against_data
-from pipeline.safe_paths import inside
+from pipeline.safe_paths import delete_owned_files, inside
 from pipeline.shards import parquet_bytes, resolve_filesystem, write_json_atomic
 from pipeline.tokenizing import read_index, read_tokenized_manifest
 from stages.mix import PLAN_SCHEMA, phase_plan, stable_seed
@@ -287,41 +287,26 @@ def is_done(directory: str, fingerprint: str) -> bool:
         return False
 
 
-# What the packer writes in a phase folder: shards (and their temporaries), the manifest
-# (and its temporary), the progress marker; window markers (and the writer's hidden
-# temporaries) under .windows/.
-_PACKER_FILE = re.compile(
+# What the packer writes in a phase folder, relative to it: shards (and their
+# temporaries), the manifest (and its temporary), the progress marker and the window
+# markers under .windows/ (with the atomic writer's hidden temporaries).
+_PACKER_PATH = re.compile(
     r"shard-\d{5}\.arrow(\.tmp)?|\.?manifest\.json(\.tmp)?|\.\.?progress\.json(\.tmp-[0-9a-f]+)?"
+    r"|\.windows/\.?\d{5}\.json(\.tmp-[0-9a-f]+)?"
 )
-_WINDOW_MARKER = re.compile(r"\.?\d{5}\.json(\.tmp-[0-9a-f]+)?")
 
 
 def reset_phase_dir(directory: str) -> None:
     """A phase folder holds one configuration's shards: remove what the packer wrote
-    there before (shards, manifest, progress and window markers), and nothing else, so
-    a user's file in the folder survives (and is named in the log)."""
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    windows = folder / WINDOWS_DIR
-    if windows.is_dir() and not windows.is_symlink():
-        for marker in windows.iterdir():
-            if (
-                _WINDOW_MARKER.fullmatch(marker.name)
-                and marker.is_file()
-                and not marker.is_symlink()
-            ):
-                marker.unlink()
-        with contextlib.suppress(OSError):
-            windows.rmdir()  # only when empty
-    kept = []
-    for entry in folder.iterdir():
-        if _PACKER_FILE.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
-            entry.unlink()
-        elif entry.name != WINDOWS_DIR:
-            kept.append(entry.name)
-    if kept:
+    there before, and nothing else (``delete_owned_files``), so a user's file or link in
+    the folder survives and is named in the log."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    _, foreign = delete_owned_files(
+        LOCAL, directory, lambda path: bool(_PACKER_PATH.fullmatch(path))
+    )
+    if foreign:
         log.warning("phase folder %s: kept %d files the packer did not write: %s",
-                    directory, len(kept), ", ".join(sorted(kept)[:10]))  # fmt: skip
+                    directory, len(foreign), ", ".join(foreign[:10]))  # fmt: skip
 
 
 def claim_mix_out(out_dir: str | Path, mix: Mix, overwrite: bool) -> None:
