@@ -48,6 +48,7 @@ from bench.contract import Row, add_contract_arguments, row, write_json
 from bench.peers import cache_dir, find_datatrove
 from stages.base import DOCUMENT_SCHEMA, DROP_REASON, DROP_STAGE, apply_to_live_rows
 from stages.extract import Extract, ExtractConfig
+from stages.heuristic_rules import CJK_CHARS
 from stages.heuristics import UNSPACED_LANGUAGES, Heuristics, HeuristicsConfig
 from stages.langid import LangId, LangIdConfig
 
@@ -73,7 +74,7 @@ class Doc:
 
 
 _MARKUP = re.compile(r"<[^>]+>")
-_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]|\w+")
+_TOKEN = re.compile(rf"[{CJK_CHARS}]|\w+")
 WELL_EXTRACTED_F1 = 0.5
 
 

@@ -25,6 +25,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from stages.base import ERROR_PREFIX, Resources, Stage, StageConfig, set_column, with_reasons
+from stages.heuristic_rules import CJK_CHARS
 
 REASON_NO_CONTENT = "no_extractable_text"
 REASON_TIMEOUT = f"{ERROR_PREFIX}extract_timeout"
@@ -97,7 +98,7 @@ class ExtractConfig(StageConfig):
 
 
 # Letters of scripts written with few characters per word, by Unicode block.
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK = re.compile(f"[{CJK_CHARS}]")
 _HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
 _LETTERS = re.compile(r"[^\W\d_]")
 SCRIPTS = {"cjk": _CJK, "hangul": _HANGUL}

@@ -100,7 +100,6 @@ CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U00
 # One Han or kana character, or a word of other letters that stops at the next one.
 _CJK_WORD = re.compile(rf"[{CJK_CHARS}]|[^\W_{CJK_CHARS}](?:[^\s{CJK_CHARS}]*[^\W_{CJK_CHARS}])?")
 _NO_WORD_CHAR = re.compile(r"[\W_]+")
-WORD_MODES = ("whitespace", "cjk")
 _LETTER = re.compile(r"[^\W\d_]")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")  # Wikipedia markers, as C4
@@ -474,8 +473,7 @@ def c4_clean(text: str, params: Params) -> tuple[str, str | None, float | None]:
                 kept.append("")
             continue
         cells = table_cells(line) if params.get("table_cells", True) else None
-        verdicts = [_c4_line(cell, params) for cell in (line,) if cells is None]
-        verdicts += [_c4_line(cell, params) for cell in cells or ()]
+        verdicts = [_c4_line(piece, params) for piece in ([line] if cells is None else cells)]
         for verdict in verdicts:
             if isinstance(verdict, tuple):  # the whole page goes
                 return text, *verdict
