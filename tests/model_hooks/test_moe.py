@@ -105,22 +105,34 @@ def test_balance_loss_hand_computed() -> None:
     torch.testing.assert_close(probs_TE.grad, grad_row.expand(2, 6))
 
 
+def _toy_router_run(direction: float, steps: int, update) -> tuple[object, list[float]]:
+    """A router of 8 FFN and 4 zero experts (top 4) whose zero experts start favoured
+    (direction 1) or shunned (-1), fed 512-token batches; ``update(router, info, step)``
+    adjusts its biases after each. Returns the router and FFN experts per token."""
+    moe = MoE(32, 8, 8, 4, 4, 1.0)
+    router = moe.router
+    torch.nn.init.normal_(router.weight, std=0.3)
+    with torch.no_grad():
+        router.weight[8:, 0] += direction  # zero experts favoured (or shunned)
+    g = torch.Generator().manual_seed(1)
+    seen = []
+    for step in range(steps):
+        x_TD = torch.randn(512, 32, generator=g)
+        x_TD[:, 0] += 2.0
+        info = router(x_TD)
+        seen.append(routing_stats(info, 8)["ffn_experts_per_token"])
+        update(router, info, step)
+    return router, seen
+
+
 def test_bias_controller_reaches_target_ffn_experts() -> None:
-    n_ffn, n_zero, top_k, k_e = 8, 4, 4, 2.5
+    n_ffn, k_e = 8, 2.5
     for direction in (1.0, -1.0):  # start with too few, then too many FFN experts
-        moe = MoE(32, 8, n_ffn, n_zero, top_k, 1.0)
-        router = moe.router
-        torch.nn.init.normal_(router.weight, std=0.3)
-        with torch.no_grad():
-            router.weight[n_ffn:, 0] += direction  # zero experts favoured (or shunned)
-        g = torch.Generator().manual_seed(1)
-        seen = []
-        for step in range(300):
-            x_TD = torch.randn(512, 32, generator=g)
-            x_TD[:, 0] += 2.0
-            info = router(x_TD)
-            seen.append(routing_stats(info, n_ffn)["ffn_experts_per_token"])
-            router.update_bias(info.topk_TK, bias_mu(step, 0.1, 100, 0.01), k_e)
+        router, seen = _toy_router_run(
+            direction,
+            300,
+            lambda r, info, step: r.update_bias(info.topk_TK, bias_mu(step, 0.1, 100, 0.01), k_e),
+        )
         assert abs(seen[0] - k_e) > 0.3  # the toy really starts off target
         assert abs(sum(seen[-50:]) / 50 - k_e) < 0.05 * k_e
         assert (router.bias[n_ffn:] == 0).all()
@@ -202,21 +214,11 @@ def test_old_per_expert_checkpoints_load_into_stacked_experts() -> None:
 def test_quantile_controller_reaches_target_ffn_experts() -> None:
     """The quantile controller from both sides, at a fixed step of 0.5: within 5% of
     K_e on average over the last 30 of 80 batches, zero experts' biases untouched."""
-    n_ffn, n_zero, top_k, k_e = 8, 4, 4, 2.5
+    n_ffn, k_e = 8, 2.5
     for direction in (1.0, -1.0):
-        moe = MoE(32, 8, n_ffn, n_zero, top_k, 1.0)
-        router = moe.router
-        torch.nn.init.normal_(router.weight, std=0.3)
-        with torch.no_grad():
-            router.weight[n_ffn:, 0] += direction
-        g = torch.Generator().manual_seed(1)
-        seen = []
-        for _ in range(80):
-            x_TD = torch.randn(512, 32, generator=g)
-            x_TD[:, 0] += 2.0
-            info = router(x_TD)
-            seen.append(routing_stats(info, n_ffn)["ffn_experts_per_token"])
-            router.update_bias_quantile(info.probs_TE, 0.5, k_e)
+        router, seen = _toy_router_run(
+            direction, 80, lambda r, info, step: r.update_bias_quantile(info.probs_TE, 0.5, k_e)
+        )
         assert abs(seen[0] - k_e) > 0.3
         assert abs(sum(seen[-30:]) / 30 - k_e) < 0.05 * k_e
         assert (router.bias[n_ffn:] == 0).all()
