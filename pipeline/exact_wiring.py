@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from pipeline import ray_exec
 from pipeline.curate import GlobalStep, RunLayout
 from pipeline.shards import Shard
 from pipeline.task_rounds import (
@@ -28,7 +29,6 @@ from pipeline.task_rounds import (
     by_shard,
     document_counts,
     releases_freed_memory,
-    run_round,
     shard_runs,
     split_rows,
 )
@@ -84,7 +84,6 @@ def decide_exact_duplicates(
     settings: ExactDedupConfig,
 ) -> None:
     """Digests -> choose -> write, then ``_SUCCESS``."""
-    import ray
 
     from pipeline.global_steps import mark_decision_done
 
@@ -92,12 +91,12 @@ def decide_exact_duplicates(
     if shards:
         counts = document_counts(layout, shards)
         partitions = max(1, math.ceil(sum(counts) / PARTITION_ROWS))
-        survivors = ray.put(Survivors(layout, earlier, fingerprints))
+        survivors = ray_exec.put(Survivors(layout, earlier, fingerprints))
         runs, group_of_shard = shard_runs(counts, shards, partitions)
-        _, digests = run_round(
+        _, digests = ray_exec.run_round(
             STEP, "digests", digest_run, [(survivors, run, partitions) for run in runs], partitions
         )
-        _, drops = run_round(
+        _, drops = ray_exec.run_round(
             STEP,
             "choose",
             choose_partition,
@@ -105,6 +104,6 @@ def decide_exact_duplicates(
             len(runs),
         )
         calls = [(layout, fingerprint, *[out[g] for out in drops]) for g in range(len(runs))]
-        stats, _ = run_round(STEP, "write", write_run, calls, 0)
+        stats, _ = ray_exec.run_round(STEP, "write", write_run, calls, 0)
         written = sum(entry["shards_with_decisions"] for entry in stats)
     mark_decision_done(layout, STEP, fingerprint, {"shards_with_decisions": written})

@@ -39,7 +39,6 @@ between (figures in the README).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import ChainMap
 from collections.abc import Iterator, Sequence
@@ -50,17 +49,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import ray_exec
 from pipeline.curate import GlobalStep, RunLayout
 from pipeline.minhash_components import components_and_drops
 from pipeline.shards import Shard
 from pipeline.task_rounds import (
     Survivors,
     by_shard,
-    cluster_cpus,
     document_counts,
     release_freed_memory,
     releases_freed_memory,
-    run_round,
     shard_runs,
     split_rows,
 )
@@ -357,24 +355,6 @@ def driver_drops(edges: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     return drops, size_histogram(sizes)
 
 
-@contextlib.contextmanager
-def shuffle_strategy(name: str) -> Iterator[None]:
-    """Run this step's groupbys with the configured shuffle, then restore the default
-    for the steps after it."""
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
-
-    context = DataContext.get_current()
-    previous = context.shuffle_strategy
-    context.shuffle_strategy = (
-        ShuffleStrategy.SORT_SHUFFLE_PULL_BASED if name == "sort" else ShuffleStrategy.HASH_SHUFFLE
-    )
-    try:
-        yield
-    finally:
-        context.shuffle_strategy = previous
-
-
 def decide_near_duplicates(
     layout: RunLayout,
     shards: Sequence[Shard],
@@ -386,7 +366,6 @@ def decide_near_duplicates(
     """Sign -> bucket -> (send sets -> verify | merge) -> components -> per-shard
     drops, then ``_SUCCESS`` with the cluster-size histogram (the runner copies it into
     the ledger)."""
-    import ray
 
     # global_steps imports this module to register the step: import it back lazily.
     from pipeline.global_steps import mark_decision_done, write_decisions
@@ -395,20 +374,20 @@ def decide_near_duplicates(
     if not shards:
         mark_decision_done(layout, STEP, fingerprint, {"shards_with_decisions": 0})
         return
-    cpus = cluster_cpus()
+    cpus = ray_exec.cluster_cpus()
     counts = document_counts(layout, shards)
     bands, _ = settings.band_layout()
     partitions = max(2, math.ceil(sum(counts) * bands / settings.partition_rows))
-    inputs = ray.put(StepInputs(layout, earlier, fingerprints, settings.with_band_layout()))
+    inputs = ray_exec.put(StepInputs(layout, earlier, fingerprints, settings.with_band_layout()))
     sign_runs, _ = shard_runs(counts, shards, partitions)
-    signed, bands_out = run_round(
+    signed, bands_out = ray_exec.run_round(
         STEP, "sign", sign_group, [(inputs, run, partitions) for run in sign_runs], partitions
     )
     shingles = sum(entry["shingles"] for entry in signed)
     wanted = math.ceil(8 * shingles / settings.verify_partition_bytes)
     runs, group_of_shard = shard_runs(counts, shards, wanted)
     groups = len(runs)
-    _, candidates = run_round(
+    _, candidates = ray_exec.run_round(
         STEP,
         "bucket",
         bucket_partition,
@@ -417,14 +396,14 @@ def decide_near_duplicates(
     )
     per_group = [[out[g] for out in candidates] for g in range(groups)]
     if settings.verify_candidates:
-        _, sent = run_round(
+        _, sent = ray_exec.run_round(
             STEP,
             "send sets",
             send_sets,
             [(inputs, group_of_shard, groups, *parts) for parts in per_group],
             groups,
         )
-        final, edges = run_round(
+        final, edges = ray_exec.run_round(
             STEP,
             "verify",
             verify_group,
@@ -433,19 +412,21 @@ def decide_near_duplicates(
         )
     else:
         calls = [(inputs, *parts) for parts in per_group]
-        final, edges = run_round(STEP, "merge", merge_group, calls, 1)
+        final, edges = ray_exec.run_round(STEP, "merge", merge_group, calls, 1)
     edge_refs = [out[0] for out in edges]
     edge_count = sum(entry["edges"] for entry in final)
     if edge_count <= settings.union_find_max_edges:
-        tables = ray.get(edge_refs)
+        tables = ray_exec.get(edge_refs)
         drops_table, histogram = driver_drops(
             pa.concat_tables(tables) if tables else EDGE_SCHEMA.empty_table()
         )
         written = _write_from_driver(drops_table, layout, fingerprint, write_decisions)
         path = "driver union-find"
     else:
-        with shuffle_strategy(settings.shuffle):
-            drops, histogram = components_and_drops(ray.data.from_arrow_refs(edge_refs), partitions)
+        with ray_exec.shuffle_strategy(settings.shuffle):
+            drops, histogram = components_and_drops(
+                ray_exec.dataset_from_refs(edge_refs), partitions
+            )
             written = (
                 drops.groupby("shard", num_partitions=min(partitions, len(shards)))
                 .map_groups(

@@ -1,13 +1,12 @@
-"""The only module that talks to Ray: it plans, starts or joins Ray, and runs the passes.
+"""Curation on Ray: plan the shards, then run the three passes through ``ray_exec``.
 
-* Pass 1 maps ``DocumentPass`` over the pending shards with an actor pool (each actor
-  loads the stage models once). A shard's per-document stages run fused inside one
-  call, as Ray Data would fuse consecutive CPU maps anyway, which keeps a shard's rows
-  together so its outputs can be written atomically and named deterministically.
-* Pass 2 groups the exact-dedup digests of all shards with a Ray Data ``groupby``
-  (a distributed shuffle of 50-byte rows, never the texts) and writes, per shard, the
-  ids to drop.
-* Pass 3 maps ``finalize_shard`` over the shards.
+* Pass 1 runs ``DocumentPass`` on every pending shard, largest first, as Ray tasks
+  (``ray_exec.map_items``): each worker process builds the stages once (models load
+  once per process) and runs a shard's per-document stages on its main thread, then
+  writes the shard's outputs atomically under deterministic names.
+* Pass 2 decides the global steps (exact dedup, MinHash, template lines) in rounds of
+  tasks (``pipeline/global_steps.py``), on digests and signatures, never the texts.
+* Pass 3 runs ``finalize_shard`` per shard on the same worker processes.
 
 Resume: every pass skips what its markers say is finished, so rerunning a command
 after a crash finishes only the missing shards and gives the same bytes.
@@ -15,18 +14,19 @@ after a crash finishes only the missing shards and gives the same bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
 import posixpath
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 
+from pipeline import ray_exec
 from pipeline.config import ConfigError, CurateConfig
 from pipeline.curate import (
     DocumentPass,
@@ -45,6 +45,7 @@ from pipeline.ledger import (
     merge_stage_counts,
     render_funnel,
 )
+from pipeline.ray_exec import init_ray, map_items
 from pipeline.safe_paths import delete_owned_files
 from pipeline.shards import (
     Shard,
@@ -55,7 +56,6 @@ from pipeline.shards import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from pipeline.task_rounds import cluster_cpus
 from stages import STAGES
 from stages.base import missing_requirements
 
@@ -96,76 +96,33 @@ def check_requirements(config: CurateConfig) -> None:
             raise ConfigError(f"stages.{name} needs: pip install {' '.join(missing)}")
 
 
-LOOPBACK = "127.0.0.1"
-EMBEDDED_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+def documents_pass_cpus(config: CurateConfig) -> float:
+    """CPUs one documents-pass task takes: the most any enabled stage declares (the
+    stages of a shard run one after another in the task)."""
+    declared = [
+        STAGES[name].resources.cpus for name in STAGES if getattr(config.stages, name) is not None
+    ]
+    return max([1.0, *declared])
 
 
-def _loopback_only() -> None:
-    """Keep an embedded Ray on 127.0.0.1. Ray's servers bind to loopback only when the
-    node address is 127.0.0.1, and Ray swaps 127.0.0.1 for the machine's address unless
-    multi-node mode is off: its flag is read from the environment when ``ray`` is first
-    imported (so the driver's copy is set here too) and by every process Ray starts."""
-    from ray._private import ray_constants
-
-    os.environ.update(EMBEDDED_LOOPBACK_ENV)
-    ray_constants.ENABLE_RAY_CLUSTER = False
-
-
-def init_ray(
-    address: str | None,
-    num_cpus: int | None = None,
-    object_store_memory_bytes: int | None = None,
-) -> None:
-    """Join the cluster at ``address`` (or $RAY_ADDRESS); otherwise start Ray in-process.
-    Every command that uses Ray starts it here."""
-    import ray
-    from ray.data import DataContext
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Ray's own INFO lines (start-up, each dataset's plan and timing) only at the user's
-    # level: the CLI sets WARNING unless -v; its one line per pass stays.
-    ray_level = max(logging.INFO, logging.getLogger().getEffectiveLevel())
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            # Under `ray job submit` the job's runtime env (working dir) applies; add nothing.
-            ray.init(address=address, logging_level=ray_level)
-            log.info("ray: joined the Ray cluster at %s", address)
-        else:
-            # A token file left by another Ray must not turn auth on for an embedded
-            # session, and address="local" keeps a cluster someone started on this
-            # machine from being joined by accident (--address / RAY_ADDRESS do that).
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            _loopback_only()
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                object_store_memory=object_store_memory_bytes,
-                include_dashboard=False,
-                _node_ip_address=LOOPBACK,
-                logging_level=ray_level,
-            )
-            log.info("ray: started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
-    logging.getLogger("ray.data").setLevel(ray_level)
-    DataContext.get_current().enable_progress_bars = os.environ.get("PIPELINE_PROGRESS", "1") != "0"
+def document_worker(config: CurateConfig, shards: list[Shard]) -> Callable[[int], dict]:
+    """Built once per worker process: the stages (and their models) for every shard."""
+    return DocumentPass(config, shards).run
 
 
 def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int]) -> None:
-    import ray
-
     if not pending:
         return
-    workers = min(len(pending), cluster_cpus())
     started = time.monotonic()
-    dataset = ray.data.from_items([{"shard": index} for index in pending])
-    summaries = dataset.map_batches(
-        DocumentPass,
-        fn_constructor_kwargs={"config": config, "shards": shards},
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-        num_cpus=1,
-    ).take_all()
+    by_index = {shard.index: shard for shard in shards}
+    summaries = map_items(
+        "documents pass",
+        pending,
+        factory=functools.partial(document_worker, config, shards),
+        cpus=documents_pass_cpus(config),
+        sizes=[by_index[index].size_bytes for index in pending],
+        count_key="read",
+    )
     seconds = time.monotonic() - started
     read = sum(row["read"] for row in summaries)
     log.info(
@@ -182,18 +139,16 @@ DECIDE_ATTEMPTS = 3
 
 
 def _with_retries(name: str, run_pass: Any) -> None:
-    """Run a pass, again if Ray loses it. Ray Data retries lost tasks itself, but a node
+    """Run a pass, again if Ray loses it. Ray retries lost tasks itself, but a node
     that dies mid-shuffle can also surface as a task error (its log files vanish under a
     running task). Every pass is idempotent (atomic writes, markers, fingerprints) and
     each retry skips what its markers say is done, so running it again is always safe."""
-    from ray.exceptions import RayError
-
     for attempt in range(1, DECIDE_ATTEMPTS + 1):
         try:
             run_pass()
             return
-        except RayError as exc:
-            if attempt == DECIDE_ATTEMPTS:
+        except Exception as exc:
+            if attempt == DECIDE_ATTEMPTS or not ray_exec.is_ray_error(exc):
                 raise
             log.warning("%s: attempt %d failed (%s); retrying", name, attempt, type(exc).__name__)
 
@@ -223,6 +178,21 @@ def _global_steps(
         log.info("%s: decided (%s)", step.name, summary)
 
 
+FINALIZE_CPUS = 1.0  # a whole CPU: the documents pass's worker processes take it, none new
+
+
+def finalize_shard_at(
+    layout: RunLayout,
+    steps: list[GlobalStep],
+    fingerprints: list[str],
+    run_fingerprint: str,
+    shard_index: int,
+) -> dict[str, Any]:
+    """``finalize_shard`` with the shard last, as ``map_items`` calls it."""
+    finalize_shard(layout, shard_index, steps, fingerprints, run_fingerprint)
+    return {"shard": shard_index}
+
+
 def _finalize_pass(
     layout: RunLayout,
     pending: list[int],
@@ -230,21 +200,14 @@ def _finalize_pass(
     fingerprints: list[str],
     run_fingerprint: str,
 ) -> None:
-    import ray
-
-    if not pending:
-        return
-
-    def finalize(batch: pa.Table) -> pa.Table:
-        stats = [
-            finalize_shard(layout, index, steps, fingerprints, run_fingerprint)
-            for index in batch["shard"].to_pylist()
-        ]
-        return pa.table({"shard": [s["shard"] for s in stats]})
-
-    ray.data.from_items([{"shard": index} for index in pending]).map_batches(
-        finalize, batch_size=1, batch_format="pyarrow", num_cpus=0.5
-    ).take_all()
+    """Pass 3 on the worker processes the documents pass started (same task pool)."""
+    map_items(
+        "finalize",
+        pending,
+        function=finalize_shard_at,
+        args=(layout, steps, fingerprints, run_fingerprint),
+        cpus=FINALIZE_CPUS,
+    )
 
 
 def _finalized(layout: RunLayout, shard: int, fingerprint: str | None) -> bool:

@@ -7,26 +7,27 @@ executor in between, whose objects are (senders x receivers). Tasks work on runs
 consecutive shards (``shard_groups``) and read the documents that survived the earlier
 steps themselves (``Survivors``), so texts never travel.
 
-The pure helpers (``split_rows``, ``shard_groups``) are tested without Ray; the task
-bodies of a step are plain functions, so a step's rounds can be run in one process.
+The rounds are submitted by ``pipeline/ray_exec.py`` (``run_round``); this module holds
+the pure helpers (``split_rows``, ``shard_groups``, tested without Ray) and what the
+task bodies share. A step's task bodies are plain functions, so its rounds can be run
+in one process.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.curate import GlobalStep, RunLayout, apply_steps
+from pipeline.ray_exec import cluster_cpus
 from pipeline.shards import Shard, read_json
 
-TASK_CPUS = 1.0  # each task reads its own input: no reader to leave a share to
 TASKS_PER_CPU = 2  # tasks per round and CPU, at least: a slow task is not the round
 
 
@@ -44,12 +45,6 @@ class Survivors:
         needed = list(dict.fromkeys(["id", *columns]))  # decisions are applied by id
         table = apply_steps(self.layout, shard, self.earlier, self.fingerprints, needed)[0]
         return table.select(columns)
-
-
-def cluster_cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def shard_runs(counts: Sequence[int], shards: Sequence[Shard], wanted: int):
@@ -122,6 +117,20 @@ def by_shard(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
         yield int(sorted_shards[start]), ordered.slice(start, end - start)
 
 
+def by_key(table: pa.Table, columns: list[str]) -> Iterator[tuple[tuple, pa.Table]]:
+    """(key, its rows) for each distinct value of ``columns``, keys ascending: one sort,
+    then slices."""
+    if table.num_rows == 0:
+        return
+    ordered = table.take(pc.sort_indices(table, [(c, "ascending") for c in columns]))
+    keys = list(zip(*(ordered.column(c).to_pylist() for c in columns), strict=True))
+    start = 0
+    for end in range(1, len(keys) + 1):
+        if end == len(keys) or keys[end] != keys[start]:
+            yield keys[start], ordered.slice(start, end - start)
+            start = end
+
+
 def shard_groups(documents: Sequence[int], groups: int) -> list[list[int]]:
     """Positions of the shards split into at most ``groups`` runs of consecutive shards
     with about equal document counts, none empty."""
@@ -140,44 +149,6 @@ def shard_groups(documents: Sequence[int], groups: int) -> list[list[int]]:
         bounds.append(cut)
     bounds.append(count)
     return [list(range(bounds[i], bounds[i + 1])) for i in range(groups)]
-
-
-def _remote(function: Callable, returns: int):
-    return _remote_function(function).options(num_returns=returns)
-
-
-@functools.cache
-def _remote_function(function: Callable):
-    import ray
-
-    return ray.remote(num_cpus=TASK_CPUS)(function)
-
-
-def run_round(
-    step: str, name: str, function: Callable, calls: list[tuple], returns: int
-) -> tuple[list, list]:
-    """Submit one round (a task per argument tuple, returning its stats dict and then
-    ``returns`` tables; with none, the stats dict alone) and wait for the stats: (stats
-    per task, output references per task). A line per round when ``PIPELINE_PROGRESS``
-    is on."""
-    import ray
-
-    started = time.perf_counter()
-    remote = _remote(function, returns + 1)
-    refs = [remote.remote(*args) for args in calls]
-    refs = [task if isinstance(task, list) else [task] for task in refs]  # stats only
-    stats = ray.get([task[0] for task in refs])
-    if os.environ.get("PIPELINE_PROGRESS", "1") != "0":
-        totals: dict[str, int] = {}
-        for entry in stats:
-            for key, value in entry.items():
-                totals[key] = totals.get(key, 0) + value
-        counts = ", ".join(f"{key} {value:,}" for key, value in totals.items())
-        print(
-            f"{step} {name}: {len(calls)} tasks, {counts} ({time.perf_counter() - started:.1f} s)",
-            flush=True,
-        )
-    return stats, [task[1:] for task in refs]
 
 
 def document_counts(layout: RunLayout, shards: Sequence[Shard]) -> list[int]:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from pipeline import ray_exec
 from pipeline.curate import GlobalStep, RunLayout
 from pipeline.shards import Shard, write_parquet_atomic
 from pipeline.task_rounds import (
@@ -37,7 +38,6 @@ from pipeline.task_rounds import (
     by_shard,
     document_counts,
     releases_freed_memory,
-    run_round,
     shard_runs,
     split_rows,
 )
@@ -164,7 +164,6 @@ def decide_template_lines(
     settings: TemplateLinesConfig,
 ) -> None:
     """Count every line's documents across the corpus; per shard, write what to remove."""
-    import ray
 
     from pipeline.global_steps import mark_decision_done
 
@@ -172,19 +171,19 @@ def decide_template_lines(
     if shards:
         counts = document_counts(layout, shards)
         partitions = max(1, math.ceil(sum(counts) / PARTITION_DOCUMENTS))
-        survivors = ray.put(Survivors(layout, earlier, fingerprints))
+        survivors = ray_exec.put(Survivors(layout, earlier, fingerprints))
         runs, group_of_shard = shard_runs(counts, shards, partitions)
         calls = [(survivors, run, settings, partitions) for run in runs]
-        lined, lines = run_round(STEP, "lines", line_run, calls, partitions)
+        lined, lines = ray_exec.run_round(STEP, "lines", line_run, calls, partitions)
         considered = sum(entry["considered"] for entry in lined)
         calls = [
             (group_of_shard, len(runs), settings, considered, *[out[p] for out in lines])
             for p in range(partitions)
         ]
-        _, removals = run_round(STEP, "templates", template_partition, calls, len(runs))
+        _, removals = ray_exec.run_round(STEP, "templates", template_partition, calls, len(runs))
         calls = [(survivors, fingerprint, *[out[g] for out in removals]) for g in range(len(runs))]
-        _, summaries = run_round(STEP, "decide", decide_run, calls, 1)
-        rows = pa.concat_tables(ray.get([out[0] for out in summaries])).to_pylist()
+        _, summaries = ray_exec.run_round(STEP, "decide", decide_run, calls, 1)
+        rows = pa.concat_tables(ray_exec.get([out[0] for out in summaries])).to_pylist()
     rows.sort(key=lambda row: row["shard"])
     mark_decision_done(layout, STEP, fingerprint, summarize(rows, settings))
 

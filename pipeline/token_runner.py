@@ -1,25 +1,32 @@
-"""The Ray wiring of tokenization and packing (the only Ray calls for these commands).
+"""The Ray wiring of tokenization and packing, through ``pipeline/ray_exec.py``.
 
-* ``run_tokenize``: an actor pool maps ``TokenizeShards`` over the pending curated
-  shards; each actor loads the tokenizer once and writes whole shards.
-* ``ray_map_windows``: for one phase, a map over the tokenized shards cuts out the
-  planned units (``slice_shard``), a ``groupby("window")`` brings each window's units
-  together (a shuffle of tokens, never of whole shards), and ``map_groups`` packs and
-  writes one shard per window (``pack_and_write``). The output does not depend on how
-  Ray schedules or splits this: a window's rows depend only on its units in plan order.
+* ``run_tokenize``: one task per pending curated shard, largest first; each worker
+  process loads the tokenizer once (``tokenize_worker``) and writes whole shards.
+* ``ray_map_windows``: for one mix, two rounds of tasks. *Slice*: per run of tokenized
+  shards, cut out the planned units of every phase (``slice_shard``) and split them by
+  (phase, window) partition; *pack*: per partition, pack and write each of its windows
+  (``pack_and_write``). Tokens travel once, whole shards never. The output does not
+  depend on how the work is cut: a window's rows depend only on its units, which
+  ``pack_window`` orders by plan position.
 
 The plain work lives in ``pipeline/tokenizing.py`` and ``pipeline/mixing.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
+from pipeline import ray_exec
 from pipeline.mix_config import Mix
 from pipeline.mixing import (
     WINDOW_STATS_SCHEMA,
@@ -30,7 +37,8 @@ from pipeline.mixing import (
     run_mix,
     slice_shard,
 )
-from pipeline.runner import init_ray
+from pipeline.ray_exec import init_ray
+from pipeline.task_rounds import by_key, releases_freed_memory, shard_groups, split_rows
 from pipeline.tokenizing import (
     TokenizeRunConfig,
     TokenizeShards,
@@ -54,10 +62,13 @@ class TokenizeResult:
     seconds: float
 
 
-def _cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+def tokenize_worker(
+    config: TokenizeRunConfig, entries: list[dict[str, Any]], checksum: str, threads: int
+) -> Callable[[int], dict[str, Any]]:
+    """Built once per worker process. tokenizers' thread pool would take every core in
+    every worker: its size is fixed here, before the tokenizer's first use."""
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    return TokenizeShards(config, entries, checksum).tokenize_shard
 
 
 def run_tokenize(config: TokenizeRunConfig, address: str | None = None) -> TokenizeResult:
@@ -68,21 +79,16 @@ def run_tokenize(config: TokenizeRunConfig, address: str | None = None) -> Token
     checksum = tokenizer_checksum(config)
     pending = [e for e in entries if not shard_done(config, e, checksum)]
     if pending:
-        import ray
-
         init_ray(address, config.ray.num_cpus)
-        numbers = [{"shard": int(shard_number(e))} for e in pending]
         threads = max(1, round(stage.resources.cpus))
-        ray.data.from_items(numbers).map_batches(
-            TokenizeShards,
-            fn_constructor_kwargs={"config": config, "entries": pending, "checksum": checksum},
-            batch_size=1,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(len(pending), _cpus())),
-            num_cpus=stage.resources.cpus,
-            # tokenizers' thread pool would take every core in every actor otherwise
-            runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(threads)}},
-        ).take_all()
+        ray_exec.map_items(
+            "tokenize",
+            [int(shard_number(e)) for e in pending],
+            factory=functools.partial(tokenize_worker, config, pending, checksum, threads),
+            cpus=stage.resources.cpus,
+            sizes=[int(e.get("bytes", 0)) for e in pending],
+            count_key="tokens",
+        )
     manifest = write_tokenized_manifest(config, entries, stage, checksum)
     return TokenizeResult(
         config.output_dir,
@@ -93,31 +99,48 @@ def run_tokenize(config: TokenizeRunConfig, address: str | None = None) -> Token
     )
 
 
-def _slice(batch: pa.Table, jobs: list[PhaseJob]) -> pa.Table:
-    pairs = zip(batch["shard"].to_pylist(), batch["file"].to_pylist(), strict=True)
-    return pa.concat_tables([slice_shard(jobs, shard, file) for shard, file in pairs])
+def window_partition(units: pa.Table, partitions: int) -> np.ndarray:
+    """The pack task of each unit: a stable hash of its (phase, window)."""
+    keys = zip(units["phase"].to_pylist(), units["window"].to_pylist(), strict=True)
+    codes = [zlib.crc32(f"{phase}\0{window}".encode()) for phase, window in keys]
+    return (np.asarray(codes, dtype=np.int64) % partitions).astype(np.int32)
 
 
-def _pack(units: pa.Table, jobs: list[PhaseJob]) -> pa.Table:
-    return pack_and_write(jobs, units)
+@releases_freed_memory
+def slice_run(jobs: list[PhaseJob], shards: list[dict[str, Any]], partitions: int) -> tuple:
+    """Round 1, a run of tokenized shards: their units, one table per pack task."""
+    units = pa.concat_tables([slice_shard(jobs, s["shard"], s["file"]) for s in shards])
+    parts = split_rows(units, window_partition(units, partitions), partitions)
+    return {"units": units.num_rows}, *parts
+
+
+@releases_freed_memory
+def pack_partition(jobs: list[PhaseJob], *parts: pa.Table) -> tuple:
+    """Round 2, one partition: pack and write each of its windows; their stats rows."""
+    units = pa.concat_tables(parts)
+    rows = [pack_and_write(jobs, window) for _, window in by_key(units, ["phase", "window"])]
+    stats = pa.concat_tables([WINDOW_STATS_SCHEMA.empty_table(), *rows])
+    return {"windows": stats.num_rows}, stats
 
 
 def ray_map_windows(jobs: list[PhaseJob], shards: list[dict[str, Any]]) -> pa.Table:
-    """Slice each tokenized shard once for all phases, group by (phase, window), pack
-    and write each window (one task each); returns the windows' stats rows."""
-    import ray
-
-    items = [{"shard": s["shard"], "file": s["file"]} for s in shards]
-    units = ray.data.from_items(items).map_batches(
-        _slice, fn_kwargs={"jobs": jobs}, batch_size=1, batch_format="pyarrow", num_cpus=0.5
+    """Slice each tokenized shard once for all phases, route each unit to the task of
+    its (phase, window), pack and write every window; returns the windows' stats rows."""
+    cpus = ray_exec.cluster_cpus()
+    partitions = max(1, min(len(shards), 2 * cpus))
+    runs = shard_groups([int(s.get("bytes", 1)) for s in shards], 2 * cpus)
+    shared = ray_exec.put(jobs)
+    _, sliced = ray_exec.run_round(
+        "mix",
+        "slice",
+        slice_run,
+        [(shared, [shards[i] for i in run], partitions) for run in runs],
+        partitions,
     )
-    partitions = max(1, min(len(shards), 2 * _cpus()))
-    rows = (
-        units.groupby(["phase", "window"], num_partitions=partitions)
-        .map_groups(_pack, fn_args=(jobs,), batch_format="pyarrow", num_cpus=0.5)
-        .take_all()
-    )
-    return pa.Table.from_pylist(rows, schema=WINDOW_STATS_SCHEMA)
+    calls = [(shared, *[out[p] for out in sliced]) for p in range(partitions)]
+    _, packed = ray_exec.run_round("mix", "pack", pack_partition, calls, 1)
+    tables = ray_exec.get([out[0] for out in packed])
+    return pa.concat_tables([WINDOW_STATS_SCHEMA.empty_table(), *tables])
 
 
 def run_mix_on_ray(

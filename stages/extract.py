@@ -1,12 +1,15 @@
-"""HTML pages -> main text and title with trafilatura, under a per-page time limit.
+"""HTML pages -> main text and title with trafilatura, under a per-page CPU-time limit.
 
 A few pages make trafilatura run for minutes (huge or deeply nested markup), and one
-such page must cost one ``error:extract_timeout`` row, not a stalled worker. Ray Data
-runs a task UDF on the worker's main thread but an actor-pool UDF on a pool thread
-(measured with Ray 2.60), and signals only reach the main thread. So on the main
-thread a one-shot SIGALRM interrupts the page at no measurable cost; elsewhere the
-pages go to a persistent child process, which is killed and restarted when a page
-overruns (this also survives a crash inside lxml's C code).
+such page must cost one ``error:extract_timeout`` row, not a stalled worker. The limit
+counts the CPU time the page takes (``ITIMER_PROF``), not wall-clock time, so a page's
+verdict does not depend on how busy the machine is: a wall-clock limit fired on a page
+in a loaded 2-CPU run and not at 1 CPU (issue 18). Signals only reach the main thread:
+there (the pipeline runs each shard as a Ray task on its worker's main thread) a
+one-shot timer interrupts the page at no measurable cost; elsewhere (a caller's thread
+pool) the pages go to a persistent child process that applies the same CPU limit to
+itself, and is killed and restarted if a page outlasts a generous wall-clock backstop
+(a page stuck without using CPU) or crashes it inside lxml's C code.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ REASON_TIMEOUT = f"{ERROR_PREFIX}extract_timeout"
 REASON_CRASH = f"{ERROR_PREFIX}extract_crash"
 
 _CHILD_START_SECONDS = 120.0  # importing trafilatura on a loaded machine; not a page's time
+_CPU_TIMER, _CPU_SIGNAL = signal.ITIMER_PROF, signal.SIGPROF  # the process's CPU time
+_WALL_BACKSTOP_FACTOR = 10.0  # a child page this many times over its CPU limit in wall
+_WALL_BACKSTOP_MIN_SECONDS = 60.0  # time (and at least this long) is stuck: killed
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _NOTHING = (None, None)
 Outcome = tuple[tuple[str | None, str | None], str | None]  # ((text, title), reason)
@@ -68,7 +74,7 @@ class ExtractConfig(StageConfig):
     is about 60-70 characters in Chinese, 90 in Korean), so 200 for every script
     rejected complete Chinese news briefs. Scripts not named use ``min_text_chars``."""
     timeout_seconds: float = 5.0
-    """Wall-clock limit for one page; past it the row gets error:extract_timeout."""
+    """CPU-time limit for one page; past it the row gets error:extract_timeout."""
 
     @model_validator(mode="after")
     def _check(self) -> ExtractConfig:
@@ -203,8 +209,8 @@ class _ChildExtractor:
 
     def run(self, pages: list[tuple[str, str | None]], timeout: float) -> list[Outcome]:
         """One outcome per page. The whole batch goes over in one message and the child
-        works through it without waiting for us between pages; a page's time starts
-        when the reply to the page before it arrives."""
+        works through it without waiting for us between pages, each page under its own
+        CPU-time limit."""
         with self.lock:
             outcomes: list[Outcome] = []
             while len(outcomes) < len(pages):  # after a time-out, a new child takes the rest
@@ -218,17 +224,21 @@ class _ChildExtractor:
             self.close()  # died between batches: not this page's fault
         if self.process is None:
             self._start()
+        backstop = max(_WALL_BACKSTOP_FACTOR * timeout, _WALL_BACKSTOP_MIN_SECONDS)
         outcomes: list[Outcome] = []
         try:
-            self.send.send(pages)
+            self.send.send((pages, timeout))
             for _ in pages:
-                if not self.recv.poll(timeout):
+                if not self.recv.poll(backstop):  # stuck without spending CPU time
                     self.close()
                     return [*outcomes, (_NOTHING, REASON_TIMEOUT)]
                 status, payload = self.recv.recv()
-                outcomes.append(
-                    (payload, None) if status == "ok" else (_NOTHING, ERROR_PREFIX + payload)
-                )
+                if status == "ok":
+                    outcomes.append((payload, None))
+                elif status == "timeout":
+                    outcomes.append((_NOTHING, REASON_TIMEOUT))
+                else:
+                    outcomes.append((_NOTHING, ERROR_PREFIX + payload))
         except (EOFError, OSError):  # the child died (segfault, out of memory)
             self.close()
             outcomes.append((_NOTHING, REASON_CRASH))
@@ -238,23 +248,46 @@ class _ChildExtractor:
         return outcomes
 
 
+def extract_within(
+    html: str, url: str | None, options: dict[str, Any], cpu_seconds: float
+) -> Outcome:
+    """One page under a one-shot CPU-time timer; the caller (on the main thread) has
+    installed ``_raise_timeout`` for ``_CPU_SIGNAL``."""
+    _Alarm.fired = False
+    try:
+        signal.setitimer(_CPU_TIMER, cpu_seconds)
+        try:
+            outcome = extract_page(html, url, options)
+        finally:
+            signal.setitimer(_CPU_TIMER, 0)  # one-shot: nothing fires after this
+        return (_NOTHING, REASON_TIMEOUT) if _Alarm.fired else (outcome, None)
+    except _PageTimeout:
+        return _NOTHING, REASON_TIMEOUT
+    except Exception as exc:  # one bad page must not end the run
+        return _NOTHING, f"{ERROR_PREFIX}{type(exc).__name__}"
+
+
 def _serve(read_fd: int, write_fd: int) -> None:
-    """Child process loop: a list of (html, url) in; per page ("ok", (text, title)) or
-    ("error", exception type) out."""
+    """Child process loop: (a list of (html, url), CPU seconds per page) in; per page
+    ("ok", (text, title)), ("timeout", None) or ("error", exception type) out."""
     import trafilatura  # noqa: F401 - import before saying ready
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(_CPU_SIGNAL, _raise_timeout)
     requests, replies = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     options = requests.recv()
     replies.send("ready")
     try:
         while True:
-            for html, url in requests.recv():
-                try:
-                    reply = ("ok", extract_page(html, url, options))
-                except Exception as exc:
-                    reply = ("error", type(exc).__name__)
-                replies.send(reply)
+            pages, cpu_seconds = requests.recv()
+            for html, url in pages:
+                outcome, reason = extract_within(html, url, options, cpu_seconds)
+                if reason is None:
+                    replies.send(("ok", outcome))
+                elif reason == REASON_TIMEOUT:
+                    replies.send(("timeout", None))
+                else:
+                    replies.send(("error", reason.removeprefix(ERROR_PREFIX)))
     except (EOFError, BrokenPipeError):  # the parent is gone
         return
 
@@ -278,12 +311,12 @@ class Extract(Stage):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         on_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGALRM, _raise_timeout) if on_main else None
+        previous = signal.signal(_CPU_SIGNAL, _raise_timeout) if on_main else None
         try:
             return self._extract_batch(batch, on_main)
         finally:
             if previous is not None:
-                signal.signal(signal.SIGALRM, previous)
+                signal.signal(_CPU_SIGNAL, previous)
 
     def _extract_batch(self, batch: pa.Table, on_main: bool) -> pa.Table:
         htmls = batch.column("html").to_pylist()
@@ -310,15 +343,4 @@ class Extract(Stage):
         return with_reasons(batch, reasons, scores)
 
     def _run_in_process(self, html: str, url: str | None) -> Outcome:
-        _Alarm.fired = False
-        try:
-            signal.setitimer(signal.ITIMER_REAL, self.cfg.timeout_seconds)
-            try:
-                outcome = extract_page(html, url, self.options)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)  # one-shot: nothing fires after this
-            return (_NOTHING, REASON_TIMEOUT) if _Alarm.fired else (outcome, None)
-        except _PageTimeout:
-            return _NOTHING, REASON_TIMEOUT
-        except Exception as exc:  # one bad page must not end the run
-            return _NOTHING, f"{ERROR_PREFIX}{type(exc).__name__}"
+        return extract_within(html, url, self.options, self.cfg.timeout_seconds)

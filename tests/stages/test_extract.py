@@ -162,11 +162,11 @@ def test_same_rows_same_order(stage: Extract) -> None:
 
 def test_timeout_on_main_thread_then_next_rows_extracted() -> None:
     stage = Extract(ExtractConfig(timeout_seconds=0.3))
-    handler = signal.getsignal(signal.SIGALRM)
+    handler = signal.getsignal(signal.SIGPROF)
     out = stage(table({"html": slow_page()}, {"html": ARTICLE_HTML}))
     assert out.column(DROP_REASON).to_pylist() == [REASON_TIMEOUT, None]
     assert PARAGRAPHS[0] in out.column("text")[1].as_py()
-    assert signal.getsignal(signal.SIGALRM) is handler  # the caller's handler is back
+    assert signal.getsignal(signal.SIGPROF) is handler  # the caller's handler is back
     assert stage.child.process is None  # the main thread needs no child process
 
 
@@ -221,13 +221,41 @@ def test_an_alarm_lost_inside_the_page_still_counts_as_a_timeout(monkeypatch) ->
     import stages.extract as extract_module
 
     def swallows_the_alarm(html, url, options):
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
+        deadline = time.process_time() + 1.0
+        while time.process_time() < deadline:  # CPU time: what the limit counts
             with contextlib.suppress(BaseException):  # what a C callback does with it
-                time.sleep(0.02)
+                sum(range(10_000))
         return "A page that finished after its limit. " * 20, None
 
     monkeypatch.setattr(extract_module, "extract_page", swallows_the_alarm)
     stage = Extract(ExtractConfig(timeout_seconds=0.2))
     out = stage(table({"html": ARTICLE_HTML}))
     assert out.column(DROP_REASON).to_pylist() == [REASON_TIMEOUT]
+
+
+def _waits(seconds: float):
+    import time
+
+    def page(html, url, options):
+        time.sleep(seconds)  # wall time without CPU: a loaded machine, a slow disk
+        return "A page that waited but did little work. " * 20, None
+
+    return page
+
+
+def test_the_limit_counts_cpu_time_not_waiting(monkeypatch) -> None:
+    """Issue 18: a page's verdict must not depend on how busy the machine is. A page
+    that waits 1 s but computes little is kept under a 0.2 s limit; a page that computes
+    past it is a timeout, also in the child process, which times itself out and lives."""
+    import stages.extract as extract_module
+
+    monkeypatch.setattr(extract_module, "extract_page", _waits(1.0))
+    stage = Extract(ExtractConfig(timeout_seconds=0.2))
+    assert stage(table({"html": ARTICLE_HTML})).column(DROP_REASON).to_pylist() == [None]
+    busy = Extract(ExtractConfig(timeout_seconds=0.2))
+    try:
+        out = in_thread(lambda: busy(table({"html": slow_page()}, {"html": ARTICLE_HTML})))
+        assert out.column(DROP_REASON).to_pylist() == [REASON_TIMEOUT, None]
+        assert busy.child.process is not None  # still alive: the child timed itself out
+    finally:
+        busy.child.close()

@@ -1,0 +1,309 @@
+"""The one module of the curation, tokenize and mix commands that talks to Ray.
+
+Everything the commands distribute is a plain function of picklable arguments, run
+here as a Ray **task**, never through Ray Data:
+
+* ``map_items`` runs one function per item (a shard) on a bounded number of tasks in
+  flight, largest item first: every CPU stays busy and the pass ends within about one
+  item's time of its last start, with a live progress line (items, documents, /s).
+  Work that loads models (the documents pass, tokenization) passes a *worker factory*:
+  each Ray worker process builds it once on its first item and keeps it, so models load
+  once per process, like an actor pool, without the actors' extra processes.
+* ``run_round`` runs one all-to-all exchange round (``pipeline/task_rounds.py``): a
+  task per argument tuple, each returning a stats dict and then one table per
+  destination, handed by reference to the next round.
+
+Why tasks rather than Ray Data or actors (issue 18, measured in bench/RESULTS.md):
+a task runs on its worker's main thread, so the extract stage's per-page limit is a
+plain CPU-time signal; the same worker processes serve the documents pass, every
+global round and the finalize pass, so memory stays flat; there is no executor
+thread, no helper actors and no ``ray.data`` import (about 140 MiB a process); and a
+task lost with its node is retried by Ray (``max_retries``) and rebuilt from lineage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+log = logging.getLogger("pipeline")
+
+LOOPBACK = "127.0.0.1"
+EMBEDDED_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+TASK_RETRIES = 3  # a task whose worker or node dies runs again, up to this often
+PROGRESS_EVERY_S = 10.0  # a progress line at most this often when stdout is no terminal
+
+
+def is_ray_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came through Ray (a lost task, worker or node, or an error in a
+    task, which a node dying under a running task can also surface as)."""
+    from ray.exceptions import RayError
+
+    return isinstance(exc, RayError)
+
+
+def progress_enabled() -> bool:
+    return os.environ.get("PIPELINE_PROGRESS", "1") != "0"
+
+
+def _loopback_only() -> None:
+    """Keep an embedded Ray on 127.0.0.1. Ray's servers bind to loopback only when the
+    node address is 127.0.0.1, and Ray swaps 127.0.0.1 for the machine's address unless
+    multi-node mode is off: its flag is read from the environment when ``ray`` is first
+    imported (so the driver's copy is set here too) and by every process Ray starts."""
+    from ray._private import ray_constants
+
+    os.environ.update(EMBEDDED_LOOPBACK_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def init_ray(
+    address: str | None,
+    num_cpus: int | None = None,
+    object_store_memory_bytes: int | None = None,
+) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS); otherwise start Ray in-process.
+    Every command that uses Ray starts it here; a second call in the same process (the
+    demo runs every command in one) reuses the session."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's own INFO lines (start-up) only at the user's level: the CLI sets WARNING
+    # unless -v; the pipeline's one line per pass stays.
+    ray_level = max(logging.INFO, logging.getLogger().getEffectiveLevel())
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # Under `ray job submit` the job's runtime env (working dir) applies; add nothing.
+        ray.init(address=address, logging_level=ray_level)
+        log.info("ray: joined the Ray cluster at %s", address)
+        return
+    # A token file left by another Ray must not turn auth on for an embedded session,
+    # and address="local" keeps a cluster someone started on this machine from being
+    # joined by accident (--address / RAY_ADDRESS do that).
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    _loopback_only()
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        object_store_memory=object_store_memory_bytes or _embedded_object_store_bytes(),
+        include_dashboard=False,
+        _node_ip_address=LOOPBACK,
+        logging_level=ray_level,
+    )
+    log.info("ray: started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+
+
+EMBEDDED_OBJECT_STORE_BYTES = 512 * 1024**2
+
+
+def _embedded_object_store_bytes() -> int:
+    """The object store of an embedded run holds shard summaries and the global rounds'
+    small tables (digests, signatures, drops), never documents: 512 MiB, where Ray's
+    default takes 30% of the machine's memory (7 GiB here) of /dev/shm. Spilling to disk
+    covers a larger exchange; ``ray.object_store_memory_bytes`` sets it."""
+    return EMBEDDED_OBJECT_STORE_BYTES
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def put(value: Any) -> Any:
+    """Put ``value`` in the object store once; tasks take the reference."""
+    import ray
+
+    return ray.put(value)
+
+
+def get(refs: Any) -> Any:
+    import ray
+
+    return ray.get(refs)
+
+
+@functools.cache
+def _remote_function(function: Callable, cpus: float, returns: int):
+    import ray
+
+    return ray.remote(
+        num_cpus=cpus, num_returns=returns, max_retries=TASK_RETRIES, retry_exceptions=False
+    )(function)
+
+
+# --- map over items -------------------------------------------------------------------
+
+_PROCESS_WORKERS: dict[str, Any] = {}
+"""The worker a process built for the current ``map_items`` run (at most one kept)."""
+
+
+def _call_worker(key: str, factory: Callable[[], Callable[[Any], dict]], item: Any) -> dict:
+    """Task body: build the run's worker once per process, then run it on ``item``."""
+    worker = _PROCESS_WORKERS.get(key)
+    if worker is None:
+        _PROCESS_WORKERS.clear()  # a previous run's models: released before loading ours
+        worker = _PROCESS_WORKERS[key] = factory()
+    return worker(item)
+
+
+def _call_plain(function: Callable[..., dict], args: tuple, item: Any) -> dict:
+    return function(*args, item)
+
+
+class Progress:
+    """One live line per pass: items done, documents and documents/s. On a terminal the
+    line is rewritten in place; otherwise (a log, CI) a line at most every
+    ``PROGRESS_EVERY_S``; nothing when ``PIPELINE_PROGRESS=0``."""
+
+    def __init__(self, label: str, total: int, count_key: str | None) -> None:
+        self.label, self.total, self.count_key = label, total, count_key
+        self.done = self.count = 0
+        self.started = self.last = time.monotonic()
+        self.enabled = progress_enabled()
+        self.live = self.enabled and sys.stdout.isatty()
+
+    def advance(self, result: dict, running: int) -> None:
+        self.done += 1
+        if self.count_key is not None:
+            self.count += int(result.get(self.count_key, 0))
+        now = time.monotonic()
+        if self.live:
+            print(f"\r{self.line(running)}", end="", flush=True)
+        elif self.enabled and now - self.last >= PROGRESS_EVERY_S and self.done < self.total:
+            print(self.line(running), flush=True)
+            self.last = now
+
+    def line(self, running: int) -> str:
+        seconds = max(time.monotonic() - self.started, 1e-9)
+        text = f"{self.label}: {self.done}/{self.total} shards"
+        if self.count_key is not None:
+            text += f", {self.count:,} {self.count_key} ({self.count / seconds:,.1f}/s)"
+        return text + (f", {running} running" if running else "") + f", {seconds:.0f} s"
+
+    def close(self) -> None:
+        if self.live:
+            print("\r\033[K", end="", flush=True)
+
+
+def map_items(
+    label: str,
+    items: Sequence[Any],
+    *,
+    factory: Callable[[], Callable[[Any], dict]] | None = None,
+    function: Callable[..., dict] | None = None,
+    args: tuple = (),
+    cpus: float = 1.0,
+    sizes: Sequence[int] | None = None,
+    count_key: str | None = None,
+    env: dict[str, str] | None = None,
+) -> list[dict]:
+    """Run ``factory()(item)`` (a worker built once per process) or ``function(*args,
+    item)`` for every item, as Ray tasks of ``cpus`` each; returns the results in item
+    order. At most as many tasks are in flight as the cluster has slots, taken largest
+    ``sizes`` first, so no long item starts last. ``args`` and the factory go to the
+    object store once. ``env`` sets environment variables of the workers that run it."""
+    import ray
+
+    if not items:
+        return []
+    if (factory is None) == (function is None):
+        raise ValueError("map_items needs exactly one of factory and function")
+    if factory is not None:
+        body, shared = _call_worker, (uuid.uuid4().hex, ray.put(factory))
+    else:
+        body, shared = _call_plain, (function, ray.put(args))
+    remote = _remote_function(body, cpus, 1)
+    if env:
+        remote = remote.options(runtime_env={"env_vars": env})
+    order = sorted(range(len(items)), key=lambda i: -(sizes[i] if sizes else 0))
+    slots = max(1, int(cluster_cpus() // cpus))
+    progress = Progress(label, len(items), count_key)
+    results: list[dict | None] = [None] * len(items)
+    running: dict[Any, int] = {}
+    queue = iter(order)
+    try:
+        for position in queue:
+            running[remote.remote(*shared, items[position])] = position
+            if len(running) >= slots:
+                break
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            position = running.pop(ready[0])
+            results[position] = ray.get(ready[0])
+            next_position = next(queue, None)
+            if next_position is not None:
+                running[remote.remote(*shared, items[next_position])] = next_position
+            progress.advance(results[position], len(running))
+    finally:
+        progress.close()
+        for ref in running:  # interrupted: stop what is still queued or running
+            ray.cancel(ref, force=True)
+    return results  # type: ignore[return-value]
+
+
+# --- exchange rounds ------------------------------------------------------------------
+
+
+def run_round(
+    step: str, name: str, function: Callable, calls: list[tuple], returns: int, cpus: float = 1.0
+) -> tuple[list, list]:
+    """Submit one round (a task per argument tuple, returning its stats dict and then
+    ``returns`` tables; with none, the stats dict alone) and wait for the stats: (stats
+    per task, output references per task). A line per round when progress is on."""
+    import ray
+
+    started = time.perf_counter()
+    remote = _remote_function(function, cpus, returns + 1)
+    refs = [remote.remote(*args) for args in calls]
+    refs = [task if isinstance(task, list) else [task] for task in refs]  # stats only
+    stats = ray.get([task[0] for task in refs])
+    if progress_enabled():
+        totals: dict[str, int] = {}
+        for entry in stats:
+            for key, value in entry.items():
+                totals[key] = totals.get(key, 0) + value
+        counts = ", ".join(f"{key} {value:,}" for key, value in totals.items())
+        print(
+            f"{step} {name}: {len(calls)} tasks, {counts} ({time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
+    return stats, [task[1:] for task in refs]
+
+
+# --- Ray Data, only for MinHash's distributed connected components -----------------------
+
+
+def dataset_from_refs(refs: list) -> Any:
+    """A Ray Data dataset over tables already in the object store: the MinHash step's
+    edge list when it is too large for one process (``union_find_max_edges``)."""
+    import ray
+
+    return ray.data.from_arrow_refs(refs)
+
+
+@contextlib.contextmanager
+def shuffle_strategy(name: str) -> Iterator[None]:
+    """Run Ray Data groupbys with the configured shuffle ("sort" or "hash"), then restore
+    the default for what runs after."""
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    context = DataContext.get_current()
+    previous = context.shuffle_strategy
+    context.shuffle_strategy = (
+        ShuffleStrategy.SORT_SHUFFLE_PULL_BASED if name == "sort" else ShuffleStrategy.HASH_SHUFFLE
+    )
+    try:
+        yield
+    finally:
+        context.shuffle_strategy = previous

@@ -1,0 +1,83 @@
+"""``pipeline/ray_exec.py``: the task pool every curation, tokenize and mix pass runs on."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+
+from pipeline import ray_exec
+from pipeline.task_rounds import by_key
+
+
+class CountingWorker:
+    """A worker that remembers how often its process built it."""
+
+    built = 0
+
+    def __init__(self, tag: str) -> None:
+        CountingWorker.built += 1
+        self.tag = tag
+        self.calls = 0
+
+    def __call__(self, item: int) -> dict:
+        self.calls += 1
+        return {
+            "item": item,
+            "pid": os.getpid(),
+            "builds": CountingWorker.built,
+            "calls": self.calls,
+            "main_thread": threading.current_thread() is threading.main_thread(),
+            "docs": item,
+        }
+
+
+def started_at(item: int) -> dict:
+    started = time.monotonic_ns()
+    time.sleep(0.05)
+    return {"item": item, "started": started}
+
+
+def test_workers_are_built_once_per_process_and_run_on_its_main_thread(ray_session) -> None:
+    items = list(range(12))
+    results = ray_exec.map_items("test", items, factory=lambda: CountingWorker("x"))
+    assert [r["item"] for r in results] == items  # results in item order
+    assert all(r["main_thread"] for r in results)  # signals (the extract limit) work there
+    for pid in {r["pid"] for r in results}:
+        mine = sorted((r for r in results if r["pid"] == pid), key=lambda r: r["calls"])
+        assert {r["builds"] for r in mine} == {1}  # one worker for every item it ran
+        assert [r["calls"] for r in mine] == list(range(1, len(mine) + 1))
+
+
+def test_largest_items_start_first(ray_session) -> None:
+    sizes = [5, 90, 1, 40, 7]
+    # Two CPUs a task on this two-CPU session: one at a time, so the order is visible.
+    results = ray_exec.map_items("test", list(range(5)), function=started_at, cpus=2.0, sizes=sizes)
+    order = [r["item"] for r in sorted(results, key=lambda r: r["started"])]
+    assert order == [1, 3, 4, 0, 2]
+
+
+def test_progress_lines_count_documents(ray_session, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("PIPELINE_PROGRESS", "1")
+    monkeypatch.setattr(ray_exec, "PROGRESS_EVERY_S", 0.0)
+    ray_exec.map_items("counting", [3, 4, 5], factory=lambda: CountingWorker("y"), count_key="docs")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("counting")]
+    assert lines and "docs (" in lines[-1] and "/s)" in lines[-1]
+    assert lines[-1].startswith("counting: 2/3 shards, ")  # the last shard's line is the log's
+
+
+def test_a_failing_item_raises_in_the_driver(ray_session) -> None:
+    with pytest.raises(Exception, match=r"ZeroDivisionError|division by zero"):
+        ray_exec.map_items("test", [1, 0], function=lambda item: {"x": 1 / item})
+
+
+def test_by_key_groups_rows_by_several_columns() -> None:
+    table = pa.table({"phase": ["b", "a", "b", "a"], "window": [1, 2, 1, 0], "row": [0, 1, 2, 3]})
+    groups = [
+        (key, part.column("row").to_pylist()) for key, part in by_key(table, ["phase", "window"])
+    ]
+    assert groups == [(("a", 0), [3]), (("a", 2), [1]), (("b", 1), [0, 2])]
+    assert list(by_key(table.slice(0, 0), ["phase"])) == []
