@@ -133,11 +133,16 @@ def get(refs: Any) -> Any:
 
 
 @functools.cache
-def _remote_function(function: Callable, cpus: float, returns: int):
+def _remote_function(function: Callable, cpus: float, returns: int, memory: int | None = None):
     import ray
 
+    options: dict[str, Any] = {"memory": memory} if memory else {}
     return ray.remote(
-        num_cpus=cpus, num_returns=returns, max_retries=TASK_RETRIES, retry_exceptions=False
+        num_cpus=cpus,
+        num_returns=returns,
+        max_retries=TASK_RETRIES,
+        retry_exceptions=False,
+        **options,
     )(function)
 
 
@@ -203,15 +208,15 @@ def map_items(
     function: Callable[..., dict] | None = None,
     args: tuple = (),
     cpus: float = 1.0,
+    memory: int | None = None,
     sizes: Sequence[int] | None = None,
     count_key: str | None = None,
-    env: dict[str, str] | None = None,
 ) -> list[dict]:
     """Run ``factory()(item)`` (a worker built once per process) or ``function(*args,
     item)`` for every item, as Ray tasks of ``cpus`` each; returns the results in item
     order. At most as many tasks are in flight as the cluster has slots, taken largest
     ``sizes`` first, so no long item starts last. ``args`` and the factory go to the
-    object store once. ``env`` sets environment variables of the workers that run it."""
+    object store once. ``memory`` (bytes) reserves Ray's memory resource per task."""
     import ray
 
     if not items:
@@ -222,9 +227,7 @@ def map_items(
         body, shared = _call_worker, (uuid.uuid4().hex, ray.put(factory))
     else:
         body, shared = _call_plain, (function, ray.put(args))
-    remote = _remote_function(body, cpus, 1)
-    if env:
-        remote = remote.options(runtime_env={"env_vars": env})
+    remote = _remote_function(body, cpus, 1, memory)
     order = sorted(range(len(items)), key=lambda i: -(sizes[i] if sizes else 0))
     slots = max(1, int(cluster_cpus() // cpus))
     progress = Progress(label, len(items), count_key)

@@ -96,13 +96,14 @@ def check_requirements(config: CurateConfig) -> None:
             raise ConfigError(f"stages.{name} needs: pip install {' '.join(missing)}")
 
 
-def documents_pass_cpus(config: CurateConfig) -> float:
-    """CPUs one documents-pass task takes: the most any enabled stage declares (the
-    stages of a shard run one after another in the task)."""
-    declared = [
-        STAGES[name].resources.cpus for name in STAGES if getattr(config.stages, name) is not None
-    ]
-    return max([1.0, *declared])
+def documents_pass_resources(config: CurateConfig) -> tuple[float, int | None]:
+    """(CPUs, memory bytes) of one documents-pass task: the most any enabled stage
+    declares, since the stages of a shard run one after another in the task; at least
+    one CPU (the reader and writer are in the task too)."""
+    enabled = [name for name in STAGES if getattr(config.stages, name) is not None]
+    declared = [STAGES[name].resources for name in enabled]
+    memory = max((r.memory_bytes for r in declared if r.memory_bytes), default=None)
+    return max([1.0, *(r.cpus for r in declared)]), memory
 
 
 def document_worker(config: CurateConfig, shards: list[Shard]) -> Callable[[int], dict]:
@@ -115,11 +116,13 @@ def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int
         return
     started = time.monotonic()
     by_index = {shard.index: shard for shard in shards}
+    cpus, memory = documents_pass_resources(config)
     summaries = map_items(
         "documents pass",
         pending,
         factory=functools.partial(document_worker, config, shards),
-        cpus=documents_pass_cpus(config),
+        cpus=cpus,
+        memory=memory,
         sizes=[by_index[index].size_bytes for index in pending],
         count_key="read",
     )

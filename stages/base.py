@@ -13,8 +13,8 @@ The contract (see DESIGN.md, "Nothing is lost silently"):
 * A reason that starts with ``error:`` means the stage failed on that document
   (an exception, a time-out); the ledger counts those as errors, not rejects, so
   that ``input = kept + rejected + errors`` tells the two apart.
-* Stage modules never import ``ray``; ``pipeline/runner.py`` is the only place
-  that builds Ray Data calls, from the ``Resources`` a stage declares.
+* Stage modules never import ``ray``; ``pipeline/ray_exec.py`` is the only module
+  that does, and the runner sizes its tasks from the ``Resources`` a stage declares.
 """
 
 from __future__ import annotations
@@ -65,14 +65,14 @@ class StageConfig(BaseModel):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Resources:
-    """What one copy of a stage needs. The runner turns this into Ray Data arguments:
-    ``actors`` set means an actor pool of that size (the stage loads a model once per
-    actor); ``cpus`` below 1 leaves the readers a share of a small machine's cores."""
+    """What one copy of a stage needs. The stages of a shard run one after another in
+    one Ray task, so the task asks for the most ``cpus`` and ``memory_bytes`` any enabled
+    stage declares (``pipeline/runner.py``); tokenization's tasks take the tokenizer's."""
 
     cpus: float = 1.0
-    actors: int | None = None
     memory_bytes: int | None = None
-    batch_rows: int | None = None
+    """Ray's ``memory`` resource for the task: how much RAM the stage's model needs, so a
+    node is not given more copies than it can hold. None: no reservation."""
 
 
 class Stage:

@@ -145,7 +145,7 @@ class Fluency(Stage):
     """Adds ``fluency_perplexity``; drops incomplete, non-prose and implausible text."""
 
     name: ClassVar[str] = "fluency"
-    resources: ClassVar[Resources] = Resources(cpus=0.5, actors=1)
+    resources: ClassVar[Resources] = Resources(cpus=0.5)
     config_class: ClassVar[type[StageConfig]] = FluencyConfig
 
     def __init__(self, cfg: FluencyConfig) -> None:

@@ -99,7 +99,7 @@ class LangId(Stage):
     name: ClassVar[str] = "langid"
     requires: ClassVar[tuple[str, ...]] = ("fasttext:fasttext-numpy2",)
     # One model per actor; half a core leaves the readers room on a small machine.
-    resources: ClassVar[Resources] = Resources(cpus=0.5, actors=1)
+    resources: ClassVar[Resources] = Resources(cpus=0.5)
     config_class: ClassVar[type[StageConfig]] = LangIdConfig
 
     def __init__(self, cfg: LangIdConfig) -> None:

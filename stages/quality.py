@@ -108,7 +108,7 @@ class Quality(Stage):
 
     name: ClassVar[str] = "quality"
     requires: ClassVar[tuple[str, ...]] = ("fasttext:fasttext-numpy2",)
-    resources: ClassVar[Resources] = Resources(cpus=0.5, actors=1)
+    resources: ClassVar[Resources] = Resources(cpus=0.5)
     config_class: ClassVar[type[StageConfig]] = QualityConfig
 
     def __init__(self, cfg: QualityConfig) -> None:

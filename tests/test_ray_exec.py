@@ -81,3 +81,21 @@ def test_by_key_groups_rows_by_several_columns() -> None:
     ]
     assert groups == [(("a", 0), [3]), (("a", 2), [1]), (("b", 1), [0, 2])]
     assert list(by_key(table.slice(0, 0), ["phase"])) == []
+
+
+def test_the_documents_pass_asks_for_what_its_stages_declare(monkeypatch) -> None:
+    """Issue 19: the ``Resources`` stages declare size the tasks (the most of any enabled
+    stage, at least a CPU)."""
+    from pipeline.config import CurateConfig
+    from pipeline.runner import documents_pass_resources
+    from stages import STAGES
+    from stages.base import Resources
+
+    def config(**stages) -> CurateConfig:
+        document = {"inputs": [{"path": "x"}], "output_dir": "/tmp/out", "stages": stages}
+        return CurateConfig.model_validate(document)
+
+    assert documents_pass_resources(config()) == (1.0, None)
+    monkeypatch.setattr(STAGES["langid"], "resources", Resources(cpus=2.0, memory_bytes=123))
+    assert documents_pass_resources(config()) == (2.0, 123)
+    assert documents_pass_resources(config(langid=None)) == (1.0, None)
