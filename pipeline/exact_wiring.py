@@ -28,9 +28,12 @@ from pipeline.task_rounds import (
     Survivors,
     by_shard,
     document_counts,
+    mark_decision_done,
+    received,
     releases_freed_memory,
     shard_runs,
     split_rows,
+    write_decisions,
 )
 from stages.exact_dedup import DIGEST_COLUMN, ExactDedupConfig, choose_duplicates
 
@@ -65,8 +68,6 @@ def choose_partition(group_of_shard: np.ndarray, groups: int, *parts: pa.Table) 
 def write_run(layout: RunLayout, fingerprint: str, *parts: pa.Table) -> dict:
     """Round 3, one run of shards: each shard's drops written as its decision (a shard
     without duplicates gets no file: it reads as an empty decision)."""
-    # global_steps imports this module to register the step: import it back lazily.
-    from pipeline.global_steps import write_decisions
 
     written = [
         write_decisions(mine, layout, STEP, fingerprint)
@@ -85,8 +86,6 @@ def decide_exact_duplicates(
 ) -> None:
     """Digests -> choose -> write, then ``_SUCCESS``."""
 
-    from pipeline.global_steps import mark_decision_done
-
     written = 0
     if shards:
         counts = document_counts(layout, shards)
@@ -100,10 +99,10 @@ def decide_exact_duplicates(
             STEP,
             "choose",
             choose_partition,
-            [(group_of_shard, len(runs), *[out[p] for out in digests]) for p in range(partitions)],
+            [(group_of_shard, len(runs), *received(digests, p)) for p in range(partitions)],
             len(runs),
         )
-        calls = [(layout, fingerprint, *[out[g] for out in drops]) for g in range(len(runs))]
+        calls = [(layout, fingerprint, *received(drops, g)) for g in range(len(runs))]
         stats, _ = ray_exec.run_round(STEP, "write", write_run, calls, 0)
         written = sum(entry["shards_with_decisions"] for entry in stats)
     mark_decision_done(layout, STEP, fingerprint, {"shards_with_decisions": written})

@@ -10,39 +10,18 @@ its decision) live in the stage modules.
 
 from __future__ import annotations
 
-import posixpath
-
 import pyarrow as pa
 
 from pipeline.config import CurateConfig
-from pipeline.curate import GlobalStep, RunLayout
+from pipeline.curate import GlobalStep
 from pipeline.exact_wiring import decide_exact_duplicates
 from pipeline.minhash_wiring import minhash_step
-from pipeline.shards import read_json, write_json_atomic, write_parquet_atomic
 from pipeline.template_wiring import template_lines_step
 from stages.duplicates import DROPS_SCHEMA, split_by_drops
 from stages.exact_dedup import (
     REASON_EXACT_DUPLICATE,
     ExactDedupConfig,
 )
-
-
-def write_decisions(group: pa.Table, layout: RunLayout, step: str, fingerprint: str) -> pa.Table:
-    """One shard's decision rows (a ``groupby("shard")`` group), written atomically."""
-    shard = group.column("shard")[0].as_py()
-    group = group.sort_by("ordinal")
-    write_parquet_atomic(layout.filesystem, layout.decision(step, fingerprint, shard), group)
-    return pa.table({"shard": [shard], "rows": [group.num_rows]})
-
-
-def decision_done(layout: RunLayout, step: str, fingerprint: str) -> bool:
-    marker = posixpath.join(layout.decision_dir(step, fingerprint), "_SUCCESS")
-    return read_json(layout.filesystem, marker) is not None
-
-
-def mark_decision_done(layout: RunLayout, step: str, fingerprint: str, summary: dict) -> None:
-    marker = posixpath.join(layout.decision_dir(step, fingerprint), "_SUCCESS")
-    write_json_atomic(layout.filesystem, marker, summary)
 
 
 def _apply_exact(

@@ -57,10 +57,13 @@ from pipeline.task_rounds import (
     Survivors,
     by_shard,
     document_counts,
+    mark_decision_done,
+    received,
     release_freed_memory,
     releases_freed_memory,
     shard_runs,
     split_rows,
+    write_decisions,
 )
 from stages.duplicates import DROPS_SCHEMA, split_by_drops
 from stages.minhash import (
@@ -367,9 +370,6 @@ def decide_near_duplicates(
     drops, then ``_SUCCESS`` with the cluster-size histogram (the runner copies it into
     the ledger)."""
 
-    # global_steps imports this module to register the step: import it back lazily.
-    from pipeline.global_steps import mark_decision_done, write_decisions
-
     _check_prefer_column(layout, shards, settings)
     if not shards:
         mark_decision_done(layout, STEP, fingerprint, {"shards_with_decisions": 0})
@@ -391,10 +391,10 @@ def decide_near_duplicates(
         STEP,
         "bucket",
         bucket_partition,
-        [(group_of_shard, groups, *[out[p] for out in bands_out]) for p in range(partitions)],
+        [(group_of_shard, groups, *received(bands_out, p)) for p in range(partitions)],
         groups,
     )
-    per_group = [[out[g] for out in candidates] for g in range(groups)]
+    per_group = [received(candidates, g) for g in range(groups)]
     if settings.verify_candidates:
         _, sent = ray_exec.run_round(
             STEP,
@@ -407,13 +407,13 @@ def decide_near_duplicates(
             STEP,
             "verify",
             verify_group,
-            [(inputs, *[out[g] for out in sent]) for g in range(groups)],
+            [(inputs, *received(sent, g)) for g in range(groups)],
             1,
         )
     else:
         calls = [(inputs, *parts) for parts in per_group]
         final, edges = ray_exec.run_round(STEP, "merge", merge_group, calls, 1)
-    edge_refs = [out[0] for out in edges]
+    edge_refs = received(edges, 0)
     edge_count = sum(entry["edges"] for entry in final)
     if edge_count <= settings.union_find_max_edges:
         tables = ray_exec.get(edge_refs)

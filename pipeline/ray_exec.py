@@ -170,8 +170,11 @@ class Progress:
     line is rewritten in place; otherwise (a log, CI) a line at most every
     ``PROGRESS_EVERY_S``; nothing when ``PIPELINE_PROGRESS=0``."""
 
-    def __init__(self, label: str, total: int, count_key: str | None) -> None:
+    def __init__(
+        self, label: str, total: int, count_key: str | None, count_label: str | None = None
+    ) -> None:
         self.label, self.total, self.count_key = label, total, count_key
+        self.count_label = count_label or count_key
         self.done = self.count = 0
         self.started = self.last = time.monotonic()
         self.enabled = progress_enabled()
@@ -192,7 +195,7 @@ class Progress:
         seconds = max(time.monotonic() - self.started, 1e-9)
         text = f"{self.label}: {self.done}/{self.total} shards"
         if self.count_key is not None:
-            text += f", {self.count:,} {self.count_key} ({self.count / seconds:,.1f}/s)"
+            text += f", {self.count:,} {self.count_label} ({self.count / seconds:,.1f}/s)"
         return text + (f", {running} running" if running else "") + f", {seconds:.0f} s"
 
     def close(self) -> None:
@@ -211,6 +214,7 @@ def map_items(
     memory: int | None = None,
     sizes: Sequence[int] | None = None,
     count_key: str | None = None,
+    count_label: str | None = None,
 ) -> list[dict]:
     """Run ``factory()(item)`` (a worker built once per process) or ``function(*args,
     item)`` for every item, as Ray tasks of ``cpus`` each; returns the results in item
@@ -230,7 +234,7 @@ def map_items(
     remote = _remote_function(body, cpus, 1, memory)
     order = sorted(range(len(items)), key=lambda i: -(sizes[i] if sizes else 0))
     slots = max(1, int(cluster_cpus() // cpus))
-    progress = Progress(label, len(items), count_key)
+    progress = Progress(label, len(items), count_key, count_label)
     results: list[dict | None] = [None] * len(items)
     running: dict[Any, int] = {}
     queue = iter(order)

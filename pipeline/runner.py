@@ -38,7 +38,7 @@ from pipeline.curate import (
     input_changes,
     step_fingerprints,
 )
-from pipeline.global_steps import build_global_steps, decision_done
+from pipeline.global_steps import build_global_steps
 from pipeline.ledger import (
     build_ledger,
     merge_language_counts,
@@ -56,6 +56,7 @@ from pipeline.shards import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from pipeline.task_rounds import decision_done
 from stages import STAGES
 from stages.base import missing_requirements
 
@@ -125,6 +126,7 @@ def _documents_pass(config: CurateConfig, shards: list[Shard], pending: list[int
         memory=memory,
         sizes=[by_index[index].size_bytes for index in pending],
         count_key="read",
+        count_label="documents",
     )
     seconds = time.monotonic() - started
     read = sum(row["read"] for row in summaries)

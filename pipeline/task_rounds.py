@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 
 from pipeline.curate import GlobalStep, RunLayout, apply_steps
 from pipeline.ray_exec import cluster_cpus
-from pipeline.shards import Shard, read_json
+from pipeline.shards import Shard, read_json, write_json_atomic, write_parquet_atomic
 
 TASKS_PER_CPU = 2  # tasks per round and CPU, at least: a slow task is not the round
 
@@ -149,6 +150,30 @@ def shard_groups(documents: Sequence[int], groups: int) -> list[list[int]]:
         bounds.append(cut)
     bounds.append(count)
     return [list(range(bounds[i], bounds[i + 1])) for i in range(groups)]
+
+
+def received(outputs: Sequence[Sequence], destination: int) -> list:
+    """What task ``destination`` of the next round takes: its table from every sender
+    of the round before (the transpose of the senders' outputs)."""
+    return [sent[destination] for sent in outputs]
+
+
+def write_decisions(group: pa.Table, layout: RunLayout, step: str, fingerprint: str) -> pa.Table:
+    """One shard's decision rows (a ``groupby("shard")`` group), written atomically."""
+    shard = group.column("shard")[0].as_py()
+    group = group.sort_by("ordinal")
+    write_parquet_atomic(layout.filesystem, layout.decision(step, fingerprint, shard), group)
+    return pa.table({"shard": [shard], "rows": [group.num_rows]})
+
+
+def decision_done(layout: RunLayout, step: str, fingerprint: str) -> bool:
+    marker = posixpath.join(layout.decision_dir(step, fingerprint), "_SUCCESS")
+    return read_json(layout.filesystem, marker) is not None
+
+
+def mark_decision_done(layout: RunLayout, step: str, fingerprint: str, summary: dict) -> None:
+    marker = posixpath.join(layout.decision_dir(step, fingerprint), "_SUCCESS")
+    write_json_atomic(layout.filesystem, marker, summary)
 
 
 def document_counts(layout: RunLayout, shards: Sequence[Shard]) -> list[int]:

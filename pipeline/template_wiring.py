@@ -37,6 +37,8 @@ from pipeline.task_rounds import (
     Survivors,
     by_shard,
     document_counts,
+    mark_decision_done,
+    received,
     releases_freed_memory,
     shard_runs,
     split_rows,
@@ -165,8 +167,6 @@ def decide_template_lines(
 ) -> None:
     """Count every line's documents across the corpus; per shard, write what to remove."""
 
-    from pipeline.global_steps import mark_decision_done
-
     rows: list[dict] = []
     if shards:
         counts = document_counts(layout, shards)
@@ -177,13 +177,13 @@ def decide_template_lines(
         lined, lines = ray_exec.run_round(STEP, "lines", line_run, calls, partitions)
         considered = sum(entry["considered"] for entry in lined)
         calls = [
-            (group_of_shard, len(runs), settings, considered, *[out[p] for out in lines])
+            (group_of_shard, len(runs), settings, considered, *received(lines, p))
             for p in range(partitions)
         ]
         _, removals = ray_exec.run_round(STEP, "templates", template_partition, calls, len(runs))
-        calls = [(survivors, fingerprint, *[out[g] for out in removals]) for g in range(len(runs))]
+        calls = [(survivors, fingerprint, *received(removals, g)) for g in range(len(runs))]
         _, summaries = ray_exec.run_round(STEP, "decide", decide_run, calls, 1)
-        rows = pa.concat_tables(ray_exec.get([out[0] for out in summaries])).to_pylist()
+        rows = pa.concat_tables(ray_exec.get(received(summaries, 0))).to_pylist()
     rows.sort(key=lambda row: row["shard"])
     mark_decision_done(layout, STEP, fingerprint, summarize(rows, settings))
 

@@ -38,7 +38,7 @@ from pipeline.mixing import (
     slice_shard,
 )
 from pipeline.ray_exec import init_ray
-from pipeline.task_rounds import by_key, releases_freed_memory, shard_groups, split_rows
+from pipeline.task_rounds import by_key, received, releases_freed_memory, shard_groups, split_rows
 from pipeline.tokenizing import (
     TokenizeRunConfig,
     TokenizeShards,
@@ -137,9 +137,9 @@ def ray_map_windows(jobs: list[PhaseJob], shards: list[dict[str, Any]]) -> pa.Ta
         [(shared, [shards[i] for i in run], partitions) for run in runs],
         partitions,
     )
-    calls = [(shared, *[out[p] for out in sliced]) for p in range(partitions)]
+    calls = [(shared, *received(sliced, p)) for p in range(partitions)]
     _, packed = ray_exec.run_round("mix", "pack", pack_partition, calls, 1)
-    tables = ray_exec.get([out[0] for out in packed])
+    tables = ray_exec.get(received(packed, 0))
     return pa.concat_tables([WINDOW_STATS_SCHEMA.empty_table(), *tables])
 
 
