@@ -193,11 +193,22 @@ def span_digest(raw: pa.NativeFile, spans: Sequence[Sequence[int]]) -> str:
 
 
 class PlainSource:
-    def __init__(self, raw: pa.NativeFile | TrackedFile) -> None:
-        self.raw = raw
+    """Chunks of a plain file. A piece (``stop`` given) reads in small chunks once past
+    its stop, where it only finishes its last line or record: a piece's span (what its
+    done marker hashes) runs little past its stop."""
+
+    def __init__(
+        self, raw: pa.NativeFile | TrackedFile, origin: int = 0, stop: int | None = None
+    ) -> None:
+        self.raw, self.position, self.stop = raw, origin, stop
 
     def next_chunk(self) -> bytes:
-        return self.raw.read(_CHUNK_BYTES)
+        size = _CHUNK_BYTES
+        if self.stop is not None:
+            size = min(size, max(self.stop - self.position, LINE_MAX_BYTES))
+        chunk = self.raw.read(size)
+        self.position += len(chunk)
+        return chunk
 
     def locate(self, position: int) -> str:
         return str(position)
@@ -236,6 +247,40 @@ def warc_member_at(data: bytearray, at: int, more: Callable[[], bytes] | None = 
             return False
         if inflater.eof or len(out) >= _MEMBER_CHECK_BYTES:
             return out.startswith(_WARC_START)
+
+
+def warc_gzip_layout(raw: pa.NativeFile, size: int, probe_bytes: int = 1 << 20) -> str | None:
+    """None when ``raw`` (a ``.warc.gz`` file of ``size`` bytes) is multi-member: its
+    first member (within ``probe_bytes``) inflates to a WARC record and ends before the
+    file does, where a second member that validates begins. Otherwise why not: such a
+    file can only be read from its start. Reads the first member and the head of the
+    second only."""
+    data = bytearray(raw.read(probe_bytes))
+    inflater = zlib.decompressobj(31)
+    head, pending = b"", bytes(data)
+    try:
+        while pending and not inflater.eof:
+            out = inflater.decompress(pending, _CHUNK_BYTES)
+            head = head or out[: len(_WARC_START)]
+            pending = inflater.unconsumed_tail
+    except zlib.error:
+        return "its first gzip member does not inflate"
+    if not inflater.eof:
+        return f"its first gzip member is longer than {probe_bytes >> 20} MiB (one member?)"
+    if not head.startswith(_WARC_START):
+        return "its first gzip member holds no WARC record"
+    second = len(data) - len(inflater.unused_data)
+    if second >= size:
+        return "it is a single gzip member"
+
+    def more() -> bytes:
+        chunk = raw.read(_CHUNK_BYTES)
+        data.extend(chunk)
+        return chunk
+
+    if not warc_member_at(data, second, more):
+        return "its first gzip member is not followed by another WARC member"
+    return None
 
 
 class GzipSource:

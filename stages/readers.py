@@ -288,7 +288,7 @@ def _read_stream(
     elif lower.endswith(".zst"):
         chunks = ZstdSource(tracked, cfg.max_doc_bytes, cfg.max_decompressed_ratio)
     else:
-        chunks = PlainSource(tracked)
+        chunks = PlainSource(tracked, origin, None if part is None else part.stop)
     reader = ByteReader(chunks, 0 if compressed else origin)
     line_stop = None if part is None or compressed else part.stop
     if part is not None and not compressed and part.start > 0:
