@@ -22,7 +22,8 @@ records, texts, rejects) of a file are the same whatever its pieces:
   would need every byte before a piece counted before the piece could name its first
   row: a serial read of the whole file at planning (on an object store, a download),
   where a byte offset is known from the piece itself. WARC records were already named
-  by offset, so one scheme serves both; ``sed``-free lookup is ``tail -c +N+1``.
+  by offset, so one scheme serves both (``tail -c +$((N+1)) FILE | head -1`` shows
+  the line).
 - Parquet rows stay ``row:N`` (the row number in the file): the footer gives each row
   group's row count, so a piece knows its first row without reading the rows before.
 """
