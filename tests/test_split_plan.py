@@ -187,3 +187,46 @@ def test_a_run_gives_the_same_outputs_whatever_the_split(ray_session, tmp_path):
     assert len(dropped) == 2  # one copy of each pair
     records = [row["record"] for row in whole_docs]
     assert "offset:0" in records and "row:10" in records and "row:850" not in records
+
+
+def test_done_markers_compare_each_piece_by_its_own_bytes(tmp_path):
+    """Without Ray: the records of a split JSONL and a split Parquet file, then a same-size
+    change inside one piece of each; only the shards that read the changed bytes see it."""
+    from pipeline.curate import input_changes, input_records
+
+    root = tmp_path / "in"
+    root.mkdir()
+    lines = [json.dumps({"text": f"line {n:05d} " * 8}) for n in range(6_000)]
+    (root / "a.jsonl").write_text("\n".join(lines) + "\n")
+    texts = [f"row {n:05d} " + _noise(n).decode() for n in range(6_000)]
+    pq.write_table(pa.table({"text": texts}), root / "b.parquet", row_group_size=500,
+                   compression="none")  # fmt: skip
+    _, files = list_input(str(root), "in")
+    shards = plan_shards([files], 200_000)
+    assert len(shards) >= 6
+    markers = []
+    for shard in shards:
+        readable = list(shard.pieces)
+        items = [(p.file.path, p.file.source, p.part) for p in readable]
+        _, read = read_pieces(items, shard.index, FS, CFG, True)
+        markers.append(input_records(shard, FS, dict(zip(readable, read, strict=True))))
+    for shard, marker in zip(shards, markers, strict=True):
+        assert all(r["sha256"] for r in marker) and all("spans" in r for r in marker)
+        old_mtimes = {f.source: 0 for f in shard.files}  # every file looks touched
+        assert input_changes(marker, shard, FS, old_mtimes) == []
+
+    def edit(path: Path, old: bytes, new: bytes) -> None:
+        data = path.read_bytes()
+        assert len(old) == len(new) and data.count(old) == 1
+        path.write_bytes(data.replace(old, new))
+
+    edit(root / "a.jsonl", b'{"text": "line 05000', b'{"text": "LINE 05000')
+    edit(root / "b.parquet", b"row 01234", b"ROW 01234")
+    changed = [
+        shard.index
+        for shard, marker in zip(shards, markers, strict=True)
+        if input_changes(marker, shard, FS, {f.source: 0 for f in shard.files})
+    ]
+    assert len(changed) == 2, changed  # one piece of each file read the changed bytes
+    sources = [{p.file.source for p in shards[index].pieces} for index in changed]
+    assert sources == [{"in/a.jsonl"}, {"in/b.parquet"}]
