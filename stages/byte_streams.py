@@ -254,30 +254,32 @@ def warc_gzip_layout(raw: pa.NativeFile, size: int, probe_bytes: int = 1 << 20) 
     first member (within ``probe_bytes``) inflates to a WARC record and ends before the
     file does, where a second member that validates begins. Otherwise why not: such a
     file can only be read from its start. Reads the first member and the head of the
-    second only."""
-    data = bytearray(raw.read(probe_bytes))
+    second only, 64 KiB at a time (a Common Crawl file's first member, its ``warcinfo``
+    record, is under 1 KiB), so planning many files reads little of each."""
+    data = bytearray()
+
+    def more() -> bytes:
+        chunk = raw.read(_MEMBER_CHECK_BYTES)
+        data.extend(chunk)
+        return chunk
+
     inflater = zlib.decompressobj(31)
-    head, pending = b"", bytes(data)
+    head = b""
     try:
-        while pending and not inflater.eof:
-            out = inflater.decompress(pending, _CHUNK_BYTES)
-            head = head or out[: len(_WARC_START)]
-            pending = inflater.unconsumed_tail
+        while not inflater.eof and len(data) < probe_bytes and (pending := more()):
+            while pending and not inflater.eof:
+                out = inflater.decompress(pending, _CHUNK_BYTES)
+                head = head if len(head) >= len(_WARC_START) else head + out[: len(_WARC_START)]
+                pending = inflater.unconsumed_tail
     except zlib.error:
         return "its first gzip member does not inflate"
     if not inflater.eof:
-        return f"its first gzip member is longer than {probe_bytes >> 20} MiB (one member?)"
+        return f"its first gzip member is longer than {probe_bytes >> 10} KiB (one member?)"
     if not head.startswith(_WARC_START):
         return "its first gzip member holds no WARC record"
     second = len(data) - len(inflater.unused_data)
     if second >= size:
         return "it is a single gzip member"
-
-    def more() -> bytes:
-        chunk = raw.read(_CHUNK_BYTES)
-        data.extend(chunk)
-        return chunk
-
     if not warc_member_at(data, second, more):
         return "its first gzip member is not followed by another WARC member"
     return None

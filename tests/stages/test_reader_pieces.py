@@ -244,3 +244,20 @@ def test_a_piece_records_the_bytes_it_read(tmp_path):
         ((lo, hi),) = found.spans
         assert lo == max(part.start - 1, 0) and hi >= part.stop
         assert found.sha256 == hashlib.sha256(data[lo:hi]).hexdigest()
+
+
+def test_planning_tells_multi_member_warc_gzip_from_the_rest():
+    from stages.byte_streams import warc_gzip_layout
+
+    def layout(data: bytes, probe_bytes: int = 1 << 20) -> str | None:
+        return warc_gzip_layout(pa.BufferReader(data), len(data), probe_bytes)
+
+    records = [_warc(b"https://a/%d" % n, _page(n)) for n in range(3)]
+    members, _ = _gz_members(records)
+    assert layout(members) is None
+    assert "single gzip member" in layout(gzip.compress(b"".join(records)))
+    assert "no WARC record" in layout(gzip.compress(b"hello") + members)
+    assert "not followed" in layout(gzip.compress(records[0]) + b"junk" + members)
+    assert "does not inflate" in layout(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"\xff" * 50)
+    big = gzip.compress(_warc(b"https://big/", random.Random(1).randbytes(300_000)))
+    assert "longer than" in layout(big + members, probe_bytes=100_000)
