@@ -277,7 +277,7 @@ def write_shards(corpus: list[tuple[str, str]], root: str, per_shard: int | None
         write_json_atomic(
             layout.filesystem, layout.work_stats(index), {"documents": {"rows": len(chunk)}}
         )
-        shards.append(Shard(index=index, input_index=0, files=()))
+        shards.append(Shard(index=index, input_index=0, pieces=()))
     return layout, shards
 
 

@@ -12,12 +12,13 @@ Nothing here imports Ray, so a whole run can be exercised shard by shard in a te
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from pipeline.config import CurateConfig
 from pipeline.ledger import dedup_counts, language_counts, move_to_dropped, stage_counts
 from pipeline.safe_paths import inside
 from pipeline.shards import (
+    FilePiece,
     InputFile,
     Shard,
     read_json,
@@ -50,8 +52,9 @@ from stages.base import (
     apply_to_live_rows,
     set_column,
 )
+from stages.byte_streams import span_digest
 from stages.exact_dedup import DIGEST_COLUMN, text_digests
-from stages.readers import document_id, read_shard
+from stages.readers import ReadInput, document_id, read_pieces
 
 READ_STAGE = "read"
 REJECT_SNIPPET_CHARS = 500
@@ -225,18 +228,24 @@ class DocumentPass:
         )
 
     def run(self, shard_index: int) -> dict[str, Any]:
+        """Read the shard's files and pieces of files in order, run the stages, write.
+        Each piece's bytes are hashed as they are read, for the done marker."""
         shard = self.shards[shard_index]
-        files = [(f.path, f.source) for f in shard.files if f.problem is None]
+        readable = [piece for piece in shard.pieces if piece.file.problem is None]
+        items = [(piece.file.path, piece.file.source, piece.part) for piece in readable]
         input_filesystem, _ = resolve_filesystem(self.config.inputs[shard.input_index].path)
-        batch = read_shard(files, shard.index, input_filesystem, self.config.reader)
-        unreadable = [f for f in shard.files if f.problem is not None]
+        batch, read = read_pieces(
+            items, shard.index, input_filesystem, self.config.reader, with_inputs=True
+        )
+        unreadable = [piece.file for piece in shard.pieces if piece.file.problem is not None]
         if unreadable:
             batch = pa.concat_tables(
                 [batch, unreadable_rows(unreadable, shard.index, batch.num_rows)]
             )
         for stage in self.stages:
             batch = apply_to_live_rows(stage, batch)
-        return self.write(shard.index, batch, input_records(shard, input_filesystem))
+        inputs = input_records(shard, input_filesystem, dict(zip(readable, read, strict=True)))
+        return self.write(shard.index, batch, inputs)
 
     def write(
         self, shard_index: int, batch: pa.Table, inputs: list[dict[str, Any]] | None = None
@@ -281,28 +290,41 @@ def file_digest(filesystem: pafs.FileSystem, path: str) -> str:
     return digest.hexdigest()
 
 
-def input_records(shard: Shard, filesystem: pafs.FileSystem) -> list[dict[str, Any]]:
-    """What the shard was made of, for its done marker: source, size, the reason it was
-    not read, and the content digest (so a copy with new mtimes, as a job's working
-    directory unpacked after a cluster restart, still counts as unchanged). No mtime:
-    the marker is the same bytes on every run; the runner keeps the mtimes apart
-    (``work/inputs.json``) to skip hashing files that were not touched."""
+def input_records(
+    shard: Shard,
+    filesystem: pafs.FileSystem,
+    read: Mapping[FilePiece, ReadInput | None] | None = None,
+) -> list[dict[str, Any]]:
+    """What the shard was made of, for its done marker, one record per file or piece:
+    source, size, the reason it was not read, and the content digest (so a copy with
+    new mtimes, as a job's working directory unpacked after a cluster restart, still
+    counts as unchanged). A whole file's digest is the file's sha256; a piece's is that
+    of the bytes it was read from (``spans``), so a split file is hashed once in all,
+    not once per piece. ``read`` holds what reading hashed; a piece missing there is
+    read again to find its bytes. No mtime: the marker is the same bytes on every run;
+    the runner keeps the mtimes apart (``work/inputs.json``) to skip hashing files
+    that were not touched."""
     records = []
-    for file in shard.files:
-        digest = None
-        if file.problem is None:
-            try:
-                digest = file_digest(filesystem, file.path)
-            except OSError:
-                digest = None  # the reader reports the file's own error row
-        records.append(
-            {
-                "source": file.source,
-                "bytes": file.size_bytes,
-                "problem": file.problem,
-                "sha256": digest,
-            }
-        )
+    for piece in shard.pieces:
+        file = piece.file
+        record: dict[str, Any] = {
+            "source": file.source,
+            "bytes": file.size_bytes,
+            "problem": file.problem,
+            "sha256": None,
+        }
+        if file.problem is None and read is not None and piece in read:
+            found = read[piece]  # None: the file did not open; its error row says so
+            if found is not None:
+                record["sha256"] = found.sha256
+                if piece.part is not None:
+                    record["spans"] = [list(span) for span in found.spans]
+        elif file.problem is None and piece.part is None:
+            with contextlib.suppress(OSError):  # the reader reports the file's own error
+                record["sha256"] = file_digest(filesystem, file.path)
+        if piece.part is not None:
+            record["piece"] = piece.describe()
+        records.append(record)
     return records
 
 
@@ -315,28 +337,47 @@ def input_changes(
     """How the shard's files now differ from those its done marker recorded (empty:
     the marker still holds). A file of the same size whose mtime is not the one
     ``mtimes`` (the last run's) holds is read and compared by digest, so touching or
-    copying a file does not re-run its shard."""
+    copying a file does not re-run its shard; for a piece of a split file only the
+    bytes the piece was read from are compared. A file now cut into other pieces (or
+    no longer cut) changes the shard too."""
     if recorded is None:
         return ["the done marker does not record its input files (an older run)"]
-    before = {record["source"]: record for record in recorded}
-    now = {file.source: file for file in shard.files}
+    before: dict[str, list[dict[str, Any]]] = {}
+    for record in recorded:
+        before.setdefault(record["source"], []).append(record)
+    now: dict[str, list[FilePiece]] = {}
+    for piece in shard.pieces:
+        now.setdefault(piece.file.source, []).append(piece)
     changes = [f"added {source}" for source in sorted(now.keys() - before.keys())]
     changes += [f"removed {source}" for source in sorted(before.keys() - now.keys())]
     for source in sorted(now.keys() & before.keys()):
-        old, new = before[source], now[source]
+        olds, pieces = before[source], now[source]
+        old, new = olds[0], pieces[0].file
         if old["problem"] != new.problem:
             changes.append(f"modified {source} ({old['problem'] or 'readable'} -> "
                            f"{new.problem or 'readable'})")  # fmt: skip
         elif old["bytes"] != new.size_bytes:
             changes.append(f"modified {source} ({old['bytes']} -> {new.size_bytes} bytes)")
-        elif new.problem is None and mtimes.get(source) != new.mtime_ns:
-            try:
-                same = file_digest(filesystem, new.path) == old["sha256"]
-            except OSError:
-                same = False
-            if not same:
-                changes.append(f"modified {source} (same size, other content)")
+        elif [o.get("piece") for o in olds] != [p.describe() for p in pieces]:
+            changes.append(f"modified {source} (read in other pieces)")
+        elif (
+            new.problem is None
+            and mtimes.get(source) != new.mtime_ns
+            and not all(_same_bytes(filesystem, new, o) for o in olds)
+        ):
+            changes.append(f"modified {source} (same size, other content)")
     return changes
+
+
+def _same_bytes(filesystem: pafs.FileSystem, file: InputFile, record: dict[str, Any]) -> bool:
+    """Whether the bytes a marker record was hashed from are still the same."""
+    try:
+        if record.get("spans") is None:
+            return file_digest(filesystem, file.path) == record["sha256"]
+        with filesystem.open_input_file(file.path) as raw:
+            return span_digest(raw, record["spans"]) == record["sha256"]
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)

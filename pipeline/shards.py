@@ -1,8 +1,14 @@
 """Input listing, the shard plan, and idempotent writes.
 
-A shard is a group of input files of about ``shard_input_bytes``. The plan is a pure
-function of the listing (sorted paths), so shard numbers, and with them document
-order and the choice of which duplicate survives, are the same on every run.
+A shard is a group of input files, or pieces of files, of about ``shard_input_bytes``:
+a file larger than that is cut into pieces of about that size where its format allows
+(byte ranges of plain JSON Lines and WARC files and of multi-member WARC gzip files,
+row-group ranges of Parquet files; see ``split_file``), so one big file no longer runs
+on one core. Pieces stay in file order, and a record is read by the piece in which it
+starts and named by its place in the whole file, so the documents, their ids and their
+order do not depend on the cut. The plan is a pure function of the listing (sorted
+paths) and of the files' first bytes and footers, so shard numbers, and with them
+document order and the choice of which duplicate survives, are the same on every run.
 
 Writes follow one rule: write to a temporary name, rename into place, then write the
 marker that says the shard is done. A crash leaves at most a hidden temporary file
@@ -17,20 +23,24 @@ import fnmatch
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
 import stat
 import uuid
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from stages.readers import reader_kind
+from stages.byte_streams import LINE_MAX_BYTES, warc_gzip_layout
+from stages.readers import BYTES, ROW_GROUPS, Part, reader_kind
 
 GLOB_CHARACTERS = set("*?[")
+log = logging.getLogger("pipeline")
 
 
 # Why an entry of an input folder is listed but cannot be read: each becomes one
@@ -56,19 +66,40 @@ class InputFile:
 
 
 @dataclass(frozen=True, slots=True)
+class FilePiece:
+    """A whole input file (``part`` None) or one part of it, as a shard holds it."""
+
+    file: InputFile
+    part: Part | None = None
+    size_bytes: int = 0  # the bytes of the file this piece reads (all of them if whole)
+
+    def describe(self) -> list[Any] | None:
+        """How a done marker records the piece: None for a whole file."""
+        return None if self.part is None else self.part.describe()
+
+
+@dataclass(frozen=True, slots=True)
 class Shard:
     index: int
     input_index: int  # shards never mix inputs, so one filesystem serves a shard
-    files: tuple[InputFile, ...]
+    pieces: tuple[FilePiece, ...]
+
+    @property
+    def files(self) -> tuple[InputFile, ...]:
+        """The shard's input files, each once, in order (a split file's piece counts)."""
+        return tuple({piece.file: None for piece in self.pieces})
 
     @property
     def size_bytes(self) -> int:
-        return sum(f.size_bytes for f in self.files)
+        return sum(piece.size_bytes for piece in self.pieces)
 
     def listing(self) -> list[list[Any]]:
-        """``[source, size, mtime_ns, problem]`` per file: what a done marker records,
-        so a rerun can tell whether the shard's input is still the same."""
-        return [[f.source, f.size_bytes, f.mtime_ns, f.problem] for f in self.files]
+        """``[source, size, mtime_ns, problem, piece]`` per piece: what a done marker
+        records, so a rerun can tell whether the shard's input is still the same."""
+        return [
+            [p.file.source, p.file.size_bytes, p.file.mtime_ns, p.file.problem, p.describe()]
+            for p in self.pieces
+        ]
 
 
 def resolve_filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
@@ -273,22 +304,129 @@ class _LocalWalker:
         return None
 
 
-def plan_shards(inputs: list[list[InputFile]], shard_input_bytes: int) -> list[Shard]:
-    """Greedy grouping of each input's sorted files, inputs in config order; a file larger
-    than the target is a shard alone."""
+def plan_shards(
+    inputs: list[list[InputFile]],
+    shard_input_bytes: int,
+    filesystems: list[pafs.FileSystem] | None = None,
+) -> list[Shard]:
+    """Cut each file larger than the target into pieces (``split_file``), then group
+    each input's pieces greedily, in file order, inputs in config order; a piece larger
+    than the target is a shard alone. ``filesystems`` (one per input; local files when
+    not given) is where the footers and first gzip members are read."""
     shards: list[Shard] = []
     for input_index, files in enumerate(inputs):
-        current: list[InputFile] = []
+        filesystem = filesystems[input_index] if filesystems else pafs.LocalFileSystem()
+        current: list[FilePiece] = []
         current_bytes = 0
         for file in files:
-            if current and current_bytes + file.size_bytes > shard_input_bytes:
-                shards.append(Shard(len(shards), input_index, tuple(current)))
-                current, current_bytes = [], 0
-            current.append(file)
-            current_bytes += file.size_bytes
+            for piece in split_file(file, shard_input_bytes, filesystem):
+                if current and current_bytes + piece.size_bytes > shard_input_bytes:
+                    shards.append(Shard(len(shards), input_index, tuple(current)))
+                    current, current_bytes = [], 0
+                current.append(piece)
+                current_bytes += piece.size_bytes
         if current:
             shards.append(Shard(len(shards), input_index, tuple(current)))
     return shards
+
+
+_WHOLE_BY_NATURE = {
+    "html": "one document per file",
+    "text": "one document per file",
+    "code": "one document per file",
+}
+
+
+def split_file(file: InputFile, target_bytes: int, filesystem: pafs.FileSystem) -> list[FilePiece]:
+    """The pieces of one file, about ``target_bytes`` each, or the whole file.
+
+    Split: plain JSON Lines (and ``.json`` holding lines) and plain WARC by byte range;
+    ``.warc.gz`` by byte range when it is multi-member (one member per record, as Common
+    Crawl writes them: found by inflating the first member only); Parquet by row-group
+    range (sizes from the footer). Whole, with one warning naming the file and why: a
+    single-member gzip or a zstd stream (it can only be inflated from its start), a
+    ``.json`` array (parsed whole), a Parquet file of one row group, one-document
+    formats. Planning reads footers and first members, never whole files."""
+    whole = [FilePiece(file, None, file.size_bytes)]
+    if file.problem is not None or file.size_bytes <= target_bytes:
+        return whole
+    kind = reader_kind(file.path)
+    lower = file.path.lower()
+    try:
+        reason = None
+        if kind in ("jsonl", "warc") and not lower.endswith((".gz", ".zst")):
+            if lower.endswith(".json") and _json_array(filesystem, file.path):
+                reason = "a JSON array is parsed whole (convert it to JSON Lines to split it)"
+            else:
+                return _byte_pieces(file, target_bytes)
+        elif kind == "warc" and lower.endswith(".gz"):
+            with filesystem.open_input_file(file.path) as raw:
+                reason = warc_gzip_layout(raw, file.size_bytes)
+            if reason is None:
+                return _byte_pieces(file, target_bytes)
+        elif kind == "parquet":
+            pieces = _row_group_pieces(file, target_bytes, filesystem)
+            if len(pieces) > 1:
+                return pieces
+            reason = "it has one row group"
+        elif lower.endswith((".gz", ".zst")):
+            reason = "a compressed stream can only be read from its start"
+        else:
+            reason = _WHOLE_BY_NATURE.get(kind or "", "no reader splits this format")
+    except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError)
+        reason = f"it could not be inspected ({type(exc).__name__}: {exc})"
+    log.warning(
+        "input %s (%.1f MB) is not split, one worker reads it whole: %s",
+        file.source, file.size_bytes / 1e6, reason,
+    )  # fmt: skip
+    return whole
+
+
+def _byte_pieces(file: InputFile, target_bytes: int) -> list[FilePiece]:
+    """Equal byte ranges of at most ``target_bytes`` (no small last piece)."""
+    size = file.size_bytes
+    count = -(-size // target_bytes)
+    bounds = [size * number // count for number in range(count + 1)]
+    return [
+        FilePiece(file, Part(BYTES, start, stop), stop - start) for start, stop in pairwise(bounds)
+    ]
+
+
+def _row_group_pieces(
+    file: InputFile, target_bytes: int, filesystem: pafs.FileSystem
+) -> list[FilePiece]:
+    """Consecutive row groups in pieces of about ``target_bytes`` (compressed sizes
+    from the footer); the rows before each piece keep ``row:N`` the file's numbering."""
+    with filesystem.open_input_file(file.path) as raw:
+        metadata = pq.ParquetFile(raw).metadata
+    sizes, rows = [], []
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        sizes.append(sum(group.column(c).total_compressed_size for c in range(group.num_columns)))
+        rows.append(group.num_rows)
+    total = sum(sizes)
+    count = max(1, min(len(sizes), -(-total // target_bytes)))
+    pieces: list[FilePiece] = []
+    start = first_row = done = 0
+    for index, size in enumerate(sizes):
+        done += size
+        last = index == len(sizes) - 1
+        if last or done >= total * (len(pieces) + 1) / count:
+            stop = index + 1
+            piece_bytes = sum(sizes[start:stop])
+            pieces.append(FilePiece(file, Part(ROW_GROUPS, start, stop, first_row), piece_bytes))
+            first_row += sum(rows[start:stop])
+            start = stop
+    if len(pieces) <= 1:
+        return [FilePiece(file, None, file.size_bytes)]
+    return pieces
+
+
+def _json_array(filesystem: pafs.FileSystem, path: str) -> bool:
+    """Whether a ``.json`` file holds one array (the reader's own test: its first
+    non-blank byte within the first line's worth of bytes is ``[``)."""
+    with filesystem.open_input_file(path) as raw:
+        return raw.read(LINE_MAX_BYTES).lstrip()[:1] == b"["
 
 
 def shard_name(index: int) -> str:

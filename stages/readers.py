@@ -10,6 +10,22 @@ Bytes are read by ``stages.byte_streams`` (chunked plain/gzip sources, the buffe
 reader, charset decoding) and WARC records parsed by ``stages.warc``; this module holds
 the config, the entry points, the row building and the JSONL/Parquet/single-file formats.
 Every ``REASON_*`` a read row can carry is importable from here.
+
+A big file may be read in pieces (``Part``, cut by ``pipeline.shards.plan_shards``):
+byte ranges of plain JSON Lines and WARC files and of multi-member WARC gzip files,
+row-group ranges of Parquet files. Every record is read by exactly one piece, the one
+in which it starts, and is named by where it is in the whole file, so the rows (ids,
+records, texts, rejects) of a file are the same whatever its pieces:
+
+- JSON Lines records are named ``offset:N``, the byte offset where the line starts (in
+  the decompressed stream for ``.gz``/``.zst``, which are read whole). A line number
+  would need every byte before a piece counted before the piece could name its first
+  row: a serial read of the whole file at planning (on an object store, a download),
+  where a byte offset is known from the piece itself. WARC records were already named
+  by offset, so one scheme serves both (``tail -c +$((N+1)) FILE | head -1`` shows
+  the line).
+- Parquet rows stay ``row:N`` (the row number in the file): the footer gives each row
+  group's row count, so a piece knows its first row without reading the rows before.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -44,13 +61,16 @@ from stages.byte_streams import (
     GzipSource,
     PlainSource,
     ReadError,
+    TrackedFile,
     ZstdSource,
     declared_charsets,
     decode_bytes,
+    span_digest,
 )
-from stages.warc import REASON_MALFORMED_HTTP, REASON_MALFORMED_WARC, read_warc
+from stages.warc import REASON_MALFORMED_HTTP, REASON_MALFORMED_WARC, read_warc, start_at_record
 
 __all__ = [
+    "BYTES",
     "CODE_LANGUAGES",
     "REASON_BAD_JSON",
     "REASON_BINARY",
@@ -64,12 +84,17 @@ __all__ = [
     "REASON_TOO_LARGE",
     "REASON_TRUNCATED",
     "REASON_UNSUPPORTED",
+    "ROW_GROUPS",
     "STAGE_NAME",
     "TEXT_SUFFIXES",
+    "Part",
+    "ReadInput",
     "ReaderConfig",
     "decode_bytes",
     "document_id",
+    "parquet_row_group_spans",
     "read_file",
+    "read_pieces",
     "read_shard",
     "reader_kind",
 ]
@@ -104,6 +129,37 @@ _JSON_ARRAY_DOCS = 10  # a .json array is read whole: at most this many max_doc_
 
 _PARQUET_BATCH_ROWS = 256
 _ROW_FIELDS = tuple(n for n in DOCUMENT_SCHEMA.names if n not in ("shard", "ordinal"))
+
+
+BYTES = "bytes"
+ROW_GROUPS = "row_groups"
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One piece of a file, read on its own: bytes ``start``..``stop`` (``BYTES``: a
+    line, WARC record or gzip member belongs to the piece in which it starts) or row
+    groups ``start``..``stop`` (``ROW_GROUPS``; ``first_row`` counts the rows of the
+    groups before, so rows keep their number in the file)."""
+
+    unit: str
+    start: int
+    stop: int
+    first_row: int = 0
+
+    def describe(self) -> list[Any]:
+        """``[unit, start, stop]``: how a done marker records the piece."""
+        return [self.unit, self.start, self.stop]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadInput:
+    """The bytes a file's (or piece's) rows came from, for its done marker: ``spans``
+    (``[lo, hi]`` byte ranges) and the sha256 of their bytes in order. A whole file's
+    span is the whole file, so its digest is the file's sha256."""
+
+    spans: tuple[tuple[int, int], ...]
+    sha256: str
 
 
 class ReaderConfig(StageConfig):
@@ -145,49 +201,166 @@ def document_id(source: str, record: str, content: bytes) -> str:
 
 
 def read_shard(
-    paths: Sequence[tuple[str, str]], shard: int, filesystem: pafs.FileSystem, cfg: ReaderConfig
+    paths: Sequence[tuple[str, str] | tuple[str, str, Part | None]],
+    shard: int,
+    filesystem: pafs.FileSystem,
+    cfg: ReaderConfig,
 ) -> pa.Table:
-    """All documents (kept and rejected) of the ``(path, source)`` files, in file order."""
-    rows = [row for path, source in paths for row in read_file(path, source, filesystem, cfg)]
+    """All documents (kept and rejected) of the ``(path, source)`` files (or ``(path,
+    source, part)`` pieces), in order."""
+    return read_pieces(paths, shard, filesystem, cfg)[0]
+
+
+def read_pieces(
+    paths: Sequence[tuple[str, str] | tuple[str, str, Part | None]],
+    shard: int,
+    filesystem: pafs.FileSystem,
+    cfg: ReaderConfig,
+    with_inputs: bool = False,
+) -> tuple[pa.Table, list[ReadInput | None]]:
+    """``read_shard``, and with ``with_inputs`` the ``ReadInput`` of each item (None
+    where the file could not be opened), hashed as the bytes are read."""
+    rows: list[dict[str, Any]] = []
+    inputs: list[ReadInput | None] = []
+    for item in paths:
+        part = item[2] if len(item) > 2 else None  # type: ignore[misc]
+        found = inputs if with_inputs else None
+        rows.extend(read_file(item[0], item[1], filesystem, cfg, part, found))
     columns: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in _ROW_FIELDS}
     columns["shard"] = [shard] * len(rows)
     columns["ordinal"] = list(range(len(rows)))
-    return pa.table({name: columns[name] for name in DOCUMENT_SCHEMA.names}, DOCUMENT_SCHEMA)
+    table = pa.table({name: columns[name] for name in DOCUMENT_SCHEMA.names}, DOCUMENT_SCHEMA)
+    return table, inputs
 
 
 def read_file(
-    path: str, source: str, filesystem: pafs.FileSystem, cfg: ReaderConfig
+    path: str,
+    source: str,
+    filesystem: pafs.FileSystem,
+    cfg: ReaderConfig,
+    part: Part | None = None,
+    inputs: list[ReadInput | None] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Rows for one file; an unexpected exception ends the file with one ``error:`` row
-    after the documents already yielded."""
+    """Rows for one file (or one ``part`` of it); an unexpected exception ends the
+    file with one ``error:`` row after the documents already yielded. With ``inputs``,
+    the ``ReadInput`` of what was read is appended to it once the rows are done."""
     kind = reader_kind(path)
+    opened: list[TrackedFile] = []
     try:
         if kind is None:
             yield _reject(source, "file", REASON_UNSUPPORTED)
         elif kind == "parquet":
-            yield from _read_parquet(path, source, filesystem, cfg)
+            yield from _read_parquet(path, source, filesystem, cfg, part)
         else:
-            with filesystem.open_input_stream(path, compression=None) as raw:
-                chunks: GzipSource | ZstdSource | PlainSource
-                if path.lower().endswith(".gz"):
-                    chunks = GzipSource(raw, cfg.max_doc_bytes, cfg.max_decompressed_ratio)
-                elif path.lower().endswith(".zst"):
-                    chunks = ZstdSource(raw, cfg.max_doc_bytes, cfg.max_decompressed_ratio)
-                else:
-                    chunks = PlainSource(raw)
-                reader = ByteReader(chunks)
-                if kind == "warc":
-                    yield from _read_warc(reader, source, cfg)
-                elif kind == "jsonl":
-                    arrays = path.lower().removesuffix(".gz").removesuffix(".zst").endswith(".json")
-                    yield from _read_jsonl(reader, source, cfg, arrays=arrays)
-                else:
-                    yield _read_single(reader, source, kind, CODE_LANGUAGES.get(_suffix(path)), cfg)
+            with filesystem.open_input_file(path) as raw:
+                yield from _read_stream(raw, path, source, kind, cfg, part, opened)
     except ReadError as err:
         record = "file" if err.offset is None else f"offset:{err.offset}"
         yield _reject(source, record, err.reason, err.score)
     except Exception as exc:  # one unreadable file must not end the shard
         yield _reject(source, "file", f"{ERROR_PREFIX}{type(exc).__name__}")
+    if inputs is not None:
+        inputs.append(_read_input(path, filesystem, part, opened[0] if opened else None))
+
+
+def _read_stream(
+    raw: pa.NativeFile,
+    path: str,
+    source: str,
+    kind: str,
+    cfg: ReaderConfig,
+    part: Part | None,
+    opened: list[TrackedFile],
+) -> Iterator[dict[str, Any]]:
+    """The byte-stream formats; a plain piece is opened one byte before its start (is
+    the start a line start?), a gzip piece at its start (the first member there)."""
+    lower = path.lower()
+    compressed = lower.endswith((".gz", ".zst"))
+    origin = 0 if part is None else max(part.start - (0 if compressed else 1), 0)
+    tracked = TrackedFile(raw, origin)
+    opened.append(tracked)
+    chunks: GzipSource | ZstdSource | PlainSource
+    if lower.endswith(".gz"):
+        stop = None if part is None else part.stop
+        chunks = GzipSource(
+            tracked, cfg.max_doc_bytes, cfg.max_decompressed_ratio,
+            members=kind == "warc", origin=origin, stop=stop,
+        )  # fmt: skip
+    elif lower.endswith(".zst"):
+        chunks = ZstdSource(tracked, cfg.max_doc_bytes, cfg.max_decompressed_ratio)
+    else:
+        chunks = PlainSource(tracked, origin, None if part is None else part.stop)
+    reader = ByteReader(chunks, 0 if compressed else origin)
+    line_stop = None if part is None or compressed else part.stop
+    if part is not None and not compressed and part.start > 0:
+        if kind == "warc":
+            start_at_record(reader, part.start)
+        else:
+            _start_at_line(reader)
+    if kind == "warc":
+        yield from _read_warc(reader, source, cfg, whole=part is None, stop=line_stop)
+    elif kind == "jsonl":
+        arrays = part is None and lower.removesuffix(".gz").removesuffix(".zst").endswith(".json")
+        yield from _read_jsonl(reader, source, cfg, arrays, whole=part is None, stop=line_stop)
+    else:
+        yield _read_single(reader, source, kind, CODE_LANGUAGES.get(_suffix(path)), cfg)
+
+
+def _start_at_line(reader: ByteReader) -> None:
+    """A reader opened one byte before a piece's start: move to the first line that
+    starts at or after it (a line starting before it is the previous piece's)."""
+    if reader.peek(1) == b"\n":
+        reader.skip(1)
+    else:
+        reader.skip_line()
+
+
+def _read_input(
+    path: str, filesystem: pafs.FileSystem, part: Part | None, tracked: TrackedFile | None
+) -> ReadInput | None:
+    """What the rows of ``path`` (or ``part``) came from: the whole file for a whole
+    file, the bytes read for a byte-range piece, the row groups and the footer for a
+    row-group piece. Hashing goes on from where reading stopped when it could hash as it
+    read; otherwise those bytes are read again. None when the file cannot be opened."""
+    try:
+        with filesystem.open_input_file(path) as raw:
+            size = raw.size()
+            if part is None:
+                if tracked is not None and tracked.hasher is not None and tracked.lo == 0:
+                    tracked.drain(raw)
+                    return ReadInput(((0, size),), tracked.hasher.hexdigest())
+                return ReadInput(((0, size),), span_digest(raw, [(0, size)]))
+            if part.unit == ROW_GROUPS:
+                spans = parquet_row_group_spans(raw, part.start, part.stop)
+                return ReadInput(spans, span_digest(raw, spans))
+            if tracked is None:
+                return None
+            spans = ((tracked.lo, tracked.hi),)
+            return ReadInput(spans, tracked.digest() or span_digest(raw, spans))
+    except OSError:
+        return None
+
+
+def parquet_row_group_spans(
+    raw: pa.NativeFile, start: int, stop: int
+) -> tuple[tuple[int, int], ...]:
+    """The bytes row groups ``start``..``stop`` of a Parquet file are decoded from:
+    their column chunks (one span, first chunk to last) and the footer, which says how
+    to decode them. Read from the footer only."""
+    metadata = pq.ParquetFile(raw).metadata
+    lo, hi = raw.size(), 0
+    for index in range(start, stop):
+        group = metadata.row_group(index)
+        for column in range(group.num_columns):
+            chunk = group.column(column)
+            first = chunk.data_page_offset
+            if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+                first = min(first, chunk.dictionary_page_offset)
+            lo, hi = min(lo, first), max(hi, first + chunk.total_compressed_size)
+    size = raw.size()
+    raw.seek(size - 8)
+    footer_bytes = int.from_bytes(raw.read(4), "little")
+    return ((lo, hi), (size - 8 - footer_bytes, size))
 
 
 def _suffix(path: str) -> str:
@@ -269,20 +442,28 @@ def _read_single(
 
 
 def _read_jsonl(
-    reader: ByteReader, source: str, cfg: ReaderConfig, arrays: bool = False
+    reader: ByteReader,
+    source: str,
+    cfg: ReaderConfig,
+    arrays: bool = False,
+    whole: bool = True,
+    stop: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """JSON Lines; with ``arrays`` (a ``.json`` file) also one JSON array of records."""
-    if not reader.peek(1):
+    """JSON Lines, each record named by the offset where its line starts; with
+    ``arrays`` (a whole ``.json`` file) also one JSON array of records. ``stop``: a
+    piece reads the lines that start before it."""
+    if whole and not reader.peek(1):
         yield _reject(source, "file", REASON_EMPTY, format="text")
         return
     if arrays and reader.peek(LINE_MAX_BYTES).lstrip()[:1] == b"[":
         yield from _read_json_array(reader, source, cfg)
         return
     limit = 2 * cfg.max_doc_bytes + LINE_MAX_BYTES  # JSON escapes can double the text
-    number = 0
-    while line := reader.readline(limit):
-        number += 1
-        record = f"line:{number}"
+    while stop is None or reader.tell() < stop:
+        record = f"offset:{reader.tell()}"
+        line = reader.readline(limit)
+        if not line:
+            return
         if len(line) >= limit and not line.endswith(b"\n"):
             size = len(line) + reader.skip_line()
             yield _reject(source, record, REASON_TOO_LARGE, float(size), format="text")
@@ -333,26 +514,31 @@ def _read_json_array(
 
 
 def _read_parquet(
-    path: str, source: str, filesystem: pafs.FileSystem, cfg: ReaderConfig
+    path: str, source: str, filesystem: pafs.FileSystem, cfg: ReaderConfig, part: Part | None
 ) -> Iterator[dict[str, Any]]:
+    """Rows ``row:N`` (N: the row in the file); a ``part`` reads its row groups only."""
     with filesystem.open_input_file(path) as handle:
-        if handle.size() == 0:
+        if part is None and handle.size() == 0:
             yield _reject(source, "file", REASON_EMPTY, format="text")
             return
         parquet = pq.ParquetFile(handle)
-        total = parquet.metadata.num_rows
         names = set(parquet.schema_arrow.names)
-        if total == 0:
+        groups = range(parquet.num_row_groups) if part is None else range(part.start, part.stop)
+        number = 0 if part is None else part.first_row
+        total = sum(parquet.metadata.row_group(group).num_rows for group in groups)
+        if part is None and total == 0:
             yield _reject(source, "file", REASON_EMPTY, format="text")
             return
         if cfg.text_field not in names:  # every row lacks it: still one row per document
-            for number in range(total):
-                yield _reject(source, f"row:{number}", REASON_MISSING_FIELD, format="text")
+            for row in range(number, number + total):
+                yield _reject(source, f"row:{row}", REASON_MISSING_FIELD, format="text")
             return
         wanted = dict.fromkeys(c for c in (cfg.text_field, cfg.id_field, cfg.url_field) if c)
         columns = [c for c in wanted if c in names]
-        number = 0
-        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
+        batches = parquet.iter_batches(
+            batch_size=_PARQUET_BATCH_ROWS, row_groups=list(groups), columns=columns
+        )
+        for batch in batches:
             values = {c: batch.column(c).to_pylist() for c in columns}
             empty = [None] * batch.num_rows
             keys = values.get(cfg.id_field or "", empty)
@@ -364,13 +550,20 @@ def _read_parquet(
                 number += 1
 
 
-def _read_warc(reader: ByteReader, source: str, cfg: ReaderConfig) -> Iterator[dict[str, Any]]:
+def _read_warc(
+    reader: ByteReader, source: str, cfg: ReaderConfig, whole: bool = True, stop: int | None = None
+) -> Iterator[dict[str, Any]]:
     """One row per page, text (WET conversion) or rejected record that
     ``stages.warc.read_warc`` reports."""
-    if not reader.peek(1):
-        yield _reject(source, "file", REASON_EMPTY, format="html")
-        return
-    for warc in read_warc(reader, cfg.max_doc_bytes):
+    if whole:
+        try:
+            empty = not reader.peek(1)
+        except ReadError:
+            empty = False  # a broken first member: read_warc reports it and reads on
+        if empty:
+            yield _reject(source, "file", REASON_EMPTY, format="html")
+            return
+    for warc in read_warc(reader, cfg.max_doc_bytes, stop):
         fields = {"format": warc.media, "url": warc.url and _clean(warc.url), "date": warc.date}
         if warc.reason is not None:
             yield _reject(source, warc.record, warc.reason, warc.score, **fields)

@@ -63,32 +63,60 @@ class WarcRecord:
     """The rejection's measure (the block size for ``too_large``)."""
 
 
-def read_warc(reader: ByteReader, max_doc_bytes: int) -> Iterator[WarcRecord]:
+def read_warc(
+    reader: ByteReader, max_doc_bytes: int, stop: int | None = None
+) -> Iterator[WarcRecord]:
     """Documents are ``response`` records holding an HTTP 200 HTML page and
     ``conversion`` records (plain text); every other record is skipped silently. A broken
-    record costs one rejection and a resync; a broken stream (corrupt or truncated gzip)
-    costs one rejection for the rest of the file."""
-    record: str | None = None
-    try:
-        while True:
-            record, reader.keep_from = None, None
-            start = reader.tell()
-            line = reader.readline(LINE_MAX_BYTES)
-            if not line:
+    record costs one rejection and a resync; a broken stream costs one rejection, then
+    reading goes on where the source can (a WARC gzip source: the next good member) or
+    the file ends there (a plain gzip or zstd stream).
+
+    ``stop`` (a byte-range piece of a plain file): the records whose ``WARC/`` line
+    starts before it; the reader was placed at the first line that starts a record."""
+    while True:
+        record: str | None = None
+        try:
+            while True:
+                record, reader.keep_from = None, None
+                start = reader.tell()
+                if stop is not None and start >= stop:
+                    return
+                line = reader.readline(LINE_MAX_BYTES)
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                record = f"offset:{reader.locate(start)}"
+                reader.keep_from = start
+                parsed = _warc_headers(reader, line)
+                if parsed is None:
+                    yield WarcRecord(record=record, reason=REASON_MALFORMED_WARC)
+                    _resync(reader)
+                    continue
+                yield from _warc_record(reader, parsed[0], parsed[1], record, max_doc_bytes)
+        except ReadError as err:
+            # a broken gzip member is named by its own offset, not by the record that
+            # was being read into it: the same name whichever piece reads it
+            if err.offset is not None:
+                where = f"offset:{err.offset}"
+            else:
+                where = record or f"offset:{reader.tell()}"
+            yield WarcRecord(record=where, reason=err.reason, score=err.score)
+            if not reader.resume():
                 return
-            if not line.strip():
-                continue
-            record = f"offset:{reader.locate(start)}"
-            reader.keep_from = start
-            parsed = _warc_headers(reader, line)
-            if parsed is None:
-                yield WarcRecord(record=record, reason=REASON_MALFORMED_WARC)
-                _resync(reader)
-                continue
-            yield from _warc_record(reader, parsed[0], parsed[1], record, max_doc_bytes)
-    except ReadError as err:
-        where = record or f"offset:{err.offset if err.offset is not None else reader.tell()}"
-        yield WarcRecord(record=where, reason=err.reason, score=err.score)
+
+
+def start_at_record(reader: ByteReader, start: int) -> None:
+    """Place a reader opened one byte before ``start`` (a piece of a plain WARC file) on
+    the first line at or after ``start`` that starts a record: the record whose line
+    starts before ``start`` is the previous piece's, and ``_resync`` is the same rule
+    reading uses after a broken record."""
+    if reader.peek(1) == b"\n":
+        reader.skip(1)
+    else:
+        reader.skip_line()
+    _resync(reader)
 
 
 def _warc_headers(reader: ByteReader, first_line: bytes) -> tuple[dict[str, str], int] | None:

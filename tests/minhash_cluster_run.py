@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
         cluster.wait_for_nodes()
         DataContext.get_current().enable_progress_bars = False
         layout = RunLayout.for_output(output_dir)
-        shards = [Shard(index=i, input_index=0, files=()) for i in range(int(shard_count))]
+        shards = [Shard(index=i, input_index=0, pieces=()) for i in range(int(shard_count))]
         decide_near_duplicates(layout, shards, [], [], fingerprint, cfg)
         drops = pa.concat_tables(
             [

@@ -34,5 +34,5 @@ def write_pass_one(
         stats = {"documents": {"rows": table.num_rows}}
         write_json_atomic(layout.filesystem, layout.work_stats(shard), stats)
         tables.append(table)
-    plan = [Shard(index=i, input_index=0, files=()) for i in range(shards)]
+    plan = [Shard(index=i, input_index=0, pieces=()) for i in range(shards)]
     return layout, plan, pa.concat_tables(tables)

@@ -8,6 +8,7 @@ working directory after a cluster restart) resumes instead of being refused."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -130,3 +131,49 @@ def test_the_fingerprint_still_sees_content_changes(tmp_path):
     config.write_text(config.read_text().replace("path: data", "path: ./data/"))
     # the input spelled differently: its name (and so every document id) changes with it
     assert load_curate_config(config).fingerprint() != first.fingerprint()
+
+
+def _big_jsonl(path: Path, documents: int, marker: str = "") -> None:
+    lines = [
+        json.dumps({"text": f"Document {n}. {marker if n == 7 else ''}" + SENTENCE.format(n=n) * 3})
+        for n in range(documents)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_split_file_reruns_only_the_shards_of_its_changed_pieces(ray_session, tmp_path):
+    """Issue 18: a file cut into pieces is recorded piece by piece (the bytes each piece
+    was read from, hashed as read). Touching it re-runs nothing; changing bytes inside
+    one piece re-runs the shard of that piece only; growing it re-runs every shard
+    holding one of its pieces."""
+    out, data = tmp_path / "out", tmp_path / "job" / "data"
+    data.mkdir(parents=True)
+    big = data / "big.jsonl"
+    _big_jsonl(big, 1_600, marker="AAAA")
+    config = tmp_path / "job" / "curate.yaml"
+    config.write_text(
+        f"inputs:\n  - path: data\noutput_dir: {out}\nshard_input_bytes: 100000\n"
+        "stages: {extract: null, langid: null, heuristics: null, domain: null}\n"
+    )
+    first = run_curate(load_curate_config(config))
+    shards = first.ledger["shards"]
+    assert shards >= 4 and first.shards_run == shards
+    before = _digests(out)
+
+    os.utime(big, ns=(1_000_000_000, 1_000_000_000))
+    touched = run_curate(load_curate_config(config))
+    assert touched.shards_run == 0 and touched.input_changes == []
+    assert _digests(out) == before
+
+    _big_jsonl(big, 1_600, marker="BBBB")  # same size; document 7 lies in the first piece
+    changed = run_curate(load_curate_config(config))
+    assert changed.shards_run == 1
+    assert changed.input_changes[0] == "modified data/big.jsonl (same size, other content)"
+    texts = pq.read_table(out / "docs", columns=["text"]).column(0).to_pylist()
+    assert sum("BBBB" in t for t in texts) == 1 and not any("AAAA" in t for t in texts)
+
+    _big_jsonl(big, 1_700, marker="BBBB")
+    grown = run_curate(load_curate_config(config))
+    assert grown.shards_run == grown.ledger["shards"] > shards - 1
+    assert grown.ledger["totals"]["input"] == 1_700
+    assert _sources(out) == ["data/big.jsonl"] * 1_700

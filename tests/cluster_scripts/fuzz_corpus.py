@@ -7,8 +7,10 @@ MiB of zeros a deflate stream repeats, so ``zero_bomb`` copies bytes instead of
 compressing 64 MiB). Sources are named as the lister names them: ``fuzz/<path>``.
 
 Deliberate limits of the readers, reflected here: after a corrupt or truncated gzip
-member or a bomb, the rest of that file is one reject (a gzip stream cannot be trusted
-past a broken member), so no good record is planted after one.
+member or a bomb, the rest of a gzip stream is one reject (it cannot be trusted past a
+broken member), except in a WARC file, whose reading goes on at the next member that
+validates (one member per record): a good record is planted after a corrupt member
+there, none after a bomb or a truncated member.
 """
 
 from __future__ import annotations
@@ -267,6 +269,7 @@ def _warcs(plan: FuzzPlan, texts: GoodTexts, rng: random.Random) -> None:
     for position in range(30, len(member) - 8, 97):
         member[position] ^= 0x5A
     corrupt.add_raw(bytes(member), "gzip", "flipped bits in a deflate stream")
+    corrupt.add(warc_record(uri("c1"), page("c1")), "good")  # read on at the next member
     corrupt.close()
 
     bomb = WarcWriter(plan, root / "bombs.warc.gz")
@@ -385,12 +388,13 @@ def _jsonl(plan: FuzzPlan, texts: GoodTexts) -> None:
     ]
     path = root / "mixed.jsonl"
     with path.open("wb") as out:
-        for number, (line, expect, what) in enumerate(lines, start=1):
+        for line, expect, what in lines:
+            record = f"offset:{out.tell()}"  # where the line starts
             out.write(line + b"\n")
             if expect == "good":
-                plan.good(path, f"line:{number}")
+                plan.good(path, record)
             elif expect is not None:
-                plan.bad(path, expect, what, record=f"line:{number}")
+                plan.bad(path, expect, what, record=record)
     plan.big_files.append(path)
     (root / "empty.jsonl").write_bytes(b"")
     plan.bad(root / "empty.jsonl", "empty", "empty file")

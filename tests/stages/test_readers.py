@@ -166,7 +166,9 @@ def test_jsonl_rows_and_bad_lines(tmp_path):
     path.write_bytes(gzip.compress("\n".join(lines).encode()))
     rows = _read(path, ReaderConfig(id_field="doc_id"))
     assert _reasons(rows) == [None, REASON_BAD_JSON, REASON_MISSING_FIELD, REASON_EMPTY, None]
-    assert [r["record"] for r in rows] == ["id:A", "line:2", "line:4", "line:5", "line:6"]
+    starts = [sum(len(line) + 1 for line in lines[:n]) for n in range(len(lines))]
+    # a record is named by the byte offset its line starts at (whatever the file's pieces)
+    assert [r["record"] for r in rows] == ["id:A"] + [f"offset:{starts[n]}" for n in (1, 3, 4, 5)]
     assert (rows[0]["text"], rows[0]["url"], rows[0]["format"]) == (
         "first doc",
         "https://u/1",
@@ -247,14 +249,17 @@ def test_missing_file_is_an_error_row(tmp_path):
     assert row[DROP_REASON] == "error:FileNotFoundError"
 
 
-def test_corrupt_member_keeps_earlier_records(tmp_path):
+def test_corrupt_member_costs_itself_only(tmp_path):
+    """A corrupt member of a multi-member WARC file is one rejection; the records before
+    it and after it (from the next member that validates) are kept."""
     path = tmp_path / "c.warc.gz"
     offsets = _write_gz_members(path, [_good_record(1), _good_record(2), _good_record(3)])
     data = bytearray(path.read_bytes())
     data[offsets[1] + 20 : offsets[1] + 40] = b"\xff" * 20  # inside member 2's deflate data
     rows = _shard_rows(tmp_path, path.name, bytes(data))
-    assert _reasons(rows) == [None, REASON_CORRUPT_GZIP]
-    assert rows[1]["record"] == f"offset:{offsets[1]}"
+    assert _reasons(rows) == [None, REASON_CORRUPT_GZIP, None]
+    assert [r["record"] for r in rows] == [f"offset:{offset}" for offset in offsets]
+    assert rows[2]["url"] == "https://ok.example/3"
 
 
 @pytest.mark.parametrize("gzipped", [False, True])

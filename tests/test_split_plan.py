@@ -1,0 +1,232 @@
+"""The planner cuts big inputs into pieces (issue 18): plain JSON Lines and WARC by byte
+range, multi-member WARC gzip by byte range, Parquet by row groups; what cannot be cut
+stays whole with one warning naming the file and why. Reading every shard's pieces in
+shard order gives the rows of reading each file whole, in the same order."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import random
+from itertools import pairwise
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.shards import FilePiece, InputFile, list_input, plan_shards
+from stages.readers import BYTES, ROW_GROUPS, ReaderConfig, read_pieces, read_shard
+
+FS = pafs.LocalFileSystem()
+CFG = ReaderConfig()
+TARGET = 4_000
+
+
+def _noise(number: int) -> bytes:
+    """Hex that gzip cannot squeeze much: compressed files above the target too."""
+    return random.Random(number).randbytes(60).hex().encode()
+
+
+def _record(number: int) -> bytes:
+    body = b"<html><body><p>Page %d, %s.</p></body></html>" % (number, _noise(number))
+    block = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + body
+    head = b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: https://p/%d\r\n" % number
+    head += b"Content-Type: application/http\r\nContent-Length: %d\r\n\r\n" % len(block)
+    return head + block + b"\r\n\r\n"
+
+
+def _folder(tmp_path: Path) -> Path:
+    root = tmp_path / "in"
+    root.mkdir()
+    lines = [json.dumps({"text": f"line {n} " + "word " * (n % 30)}) for n in range(400)]
+    (root / "a-big.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "b-small.jsonl").write_text('{"text": "small file"}\n')
+    (root / "c-crawl.warc.gz").write_bytes(b"".join(gzip.compress(_record(n)) for n in range(200)))
+    (root / "d-one-member.warc.gz").write_bytes(gzip.compress(b"".join(map(_record, range(90)))))
+    noisy = [json.dumps({"text": _noise(n).decode()}) for n in range(200)]
+    (root / "e-lines.jsonl.gz").write_bytes(gzip.compress("\n".join(noisy).encode()))
+    texts = [f"row {n} " + "text " * (n % 50) for n in range(3000)]
+    pq.write_table(pa.table({"text": texts}), root / "f-groups.parquet", row_group_size=300)
+    pq.write_table(pa.table({"text": texts}), root / "g-one-group.parquet")
+    (root / "h-array.json").write_text(json.dumps([{"text": t} for t in texts[:400]]))
+    (root / "i-crawl.warc").write_bytes(b"".join(_record(n) for n in range(60)))
+    return root
+
+
+def test_big_files_are_cut_and_the_rest_stays_whole_with_a_warning(tmp_path, caplog):
+    root = _folder(tmp_path)
+    _, files = list_input(str(root), "in")
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        shards = plan_shards([files], TARGET)
+    pieces: dict[str, list[FilePiece]] = {}
+    for shard in shards:
+        assert shard.size_bytes <= TARGET or len(shard.pieces) == 1
+        for piece in shard.pieces:
+            pieces.setdefault(piece.file.source.split("/", 1)[1], []).append(piece)
+    assert list(pieces) == sorted(pieces)  # file order, pieces of a file together
+    sizes = {f.source.split("/", 1)[1]: f.size_bytes for f in files}
+    for name in ("a-big.jsonl", "c-crawl.warc.gz", "i-crawl.warc"):
+        parts = [p.part for p in pieces[name]]
+        assert len(parts) == -(-sizes[name] // TARGET) > 1, name
+        assert {p.unit for p in parts} == {BYTES}
+        assert parts[0].start == 0 and parts[-1].stop == sizes[name]
+        assert all(a.stop == b.start for a, b in pairwise(parts))
+    groups = [p.part for p in pieces["f-groups.parquet"]]
+    assert len(groups) > 1 and {g.unit for g in groups} == {ROW_GROUPS}
+    assert [g.first_row for g in groups] == [300 * g.start for g in groups]
+    assert groups[-1].stop == pq.ParquetFile(root / "f-groups.parquet").num_row_groups
+    whole = ("b-small.jsonl", "d-one-member.warc.gz", "e-lines.jsonl.gz", "g-one-group.parquet",
+             "h-array.json")  # fmt: skip
+    for name in whole:
+        assert [p.part for p in pieces[name]] == [None], name
+    warned = [r.getMessage() for r in caplog.records if "is not split" in r.getMessage()]
+    assert len(warned) == 4  # b-small is below the target: nothing to say
+    for name, why in (("d-one-member.warc.gz", "single gzip member"),
+                      ("e-lines.jsonl.gz", "compressed stream"),
+                      ("g-one-group.parquet", "one row group"),
+                      ("h-array.json", "JSON array")):  # fmt: skip
+        assert any(name in line and why in line for line in warned), (name, warned)
+
+
+def test_reading_the_shards_gives_the_rows_of_the_whole_files(tmp_path):
+    root = _folder(tmp_path)
+    _, files = list_input(str(root), "in")
+    split = plan_shards([files], TARGET)
+    assert len(split) > len(files)
+    rows = []
+    for shard in split:
+        items = [(p.file.path, p.file.source, p.part) for p in shard.pieces]
+        rows += read_shard(items, 0, FS, CFG).drop_columns(["ordinal"]).to_pylist()
+    whole = read_shard([(f.path, f.source) for f in files], 0, FS, CFG)
+    assert rows == whole.drop_columns(["ordinal"]).to_pylist()
+    assert len({row["id"] for row in rows}) == len(rows)
+
+
+def test_each_piece_is_hashed_from_its_own_bytes(tmp_path):
+    """The done marker's digests cost one read of each split file in all: each piece
+    hashes the span it read, and the spans tile the file (overlapping by a line)."""
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps({"text": f"line {n} " * 9}) + "\n" for n in range(20_000)))
+    big = InputFile(str(path), "in/big.jsonl", path.stat().st_size)
+    pieces = [p for s in plan_shards([[big]], 400_000) for p in s.pieces]
+    assert len(pieces) >= 4
+    _, read = read_pieces([(big.path, big.source, p.part) for p in pieces], 0, FS, CFG, True)
+    spans = [found.spans[0] for found in read]
+    assert [lo for lo, _ in spans] == [max(p.part.start - 1, 0) for p in pieces]
+    assert spans[-1][1] == big.size_bytes
+    hashed = sum(hi - lo for lo, hi in spans)  # past its stop a piece reads 64 KiB chunks
+    assert big.size_bytes <= hashed <= big.size_bytes + len(pieces) * (64 << 10)
+
+
+@pytest.mark.parametrize("target", [300, 1_500, 10**9])
+def test_tiny_and_huge_targets(tmp_path, target):
+    root = _folder(tmp_path)
+    _, files = list_input(str(root), "in")
+    shards = plan_shards([files], target)
+    rows = [
+        row
+        for shard in shards
+        for row in read_shard(
+            [(p.file.path, p.file.source, p.part) for p in shard.pieces], 0, FS, CFG
+        )["id"].to_pylist()
+    ]
+    assert rows == read_shard([(f.path, f.source) for f in files], 0, FS, CFG)["id"].to_pylist()
+
+
+def test_a_file_that_cannot_be_inspected_stays_whole(tmp_path, caplog):
+    gone = InputFile(str(tmp_path / "gone.parquet"), "in/gone.parquet", 10**8)
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        (shard,) = plan_shards([[gone]], TARGET)
+    assert [p.part for p in shard.pieces] == [None]
+    assert "in/gone.parquet" in caplog.text and "could not be inspected" in caplog.text
+
+
+def test_a_run_gives_the_same_outputs_whatever_the_split(ray_session, tmp_path):
+    """End to end: the curated documents (ids, texts, order), the rejects and the ledger
+    of a run that cuts the big files equal those of a run that reads them whole; exact
+    dedup keeps the same first copy when the copies lie in different pieces."""
+    from pipeline.config import CurateConfig
+    from pipeline.runner import run_curate
+
+    root = tmp_path / "in"
+    root.mkdir()
+    sentence = "The {n}th river runs past old stone bridges and quiet farms toward the sea. "
+    lines = [json.dumps({"text": f"Document {n}. " + sentence.format(n=n) * 4}) for n in range(300)]
+    lines[250] = lines[20]  # a copy in a later piece: the first one survives
+    lines[100] = "{broken json"
+    (root / "a.jsonl").write_text("\n".join(lines) + "\n")
+    texts = [f"Row {n}. " + sentence.format(n=n) * 3 for n in range(900)]
+    texts[850] = texts[10]
+    pq.write_table(pa.table({"text": texts}), root / "b.parquet", row_group_size=100)
+
+    def run(name: str, shard_bytes: int) -> tuple[list, list, dict, int]:
+        config = CurateConfig.model_validate(
+            {
+                "inputs": [{"path": str(root), "name": "in"}],
+                "output_dir": str(tmp_path / name),
+                "shard_input_bytes": shard_bytes,
+                "stages": {"extract": None, "langid": None, "heuristics": None, "domain": None},
+            }
+        )
+        result = run_curate(config)
+        docs = pq.read_table(tmp_path / name / "docs", columns=["id", "record", "text"])
+        rejects = pq.read_table(tmp_path / name / "rejects", columns=["id", "stage", "reason"])
+        ledger = {k: result.ledger[k] for k in ("totals", "stages")}
+        rows = sorted(map(str, rejects.to_pylist()))  # the rejects folder's files: by shard
+        return docs.to_pylist(), rows, ledger, result.ledger["shards"]
+
+    whole_docs, whole_rejects, whole_ledger, whole_shards = run("whole", 10**9)
+    split_docs, split_rejects, split_ledger, split_shards = run("split", 20_000)
+    assert whole_shards == 1 and split_shards >= 6
+    assert split_docs == whole_docs
+    assert split_rejects == whole_rejects and split_ledger == whole_ledger
+    dropped = [r for r in whole_rejects if "exact_dedup" in r]
+    assert len(dropped) == 2  # one copy of each pair
+    records = [row["record"] for row in whole_docs]
+    assert "offset:0" in records and "row:10" in records and "row:850" not in records
+
+
+def test_done_markers_compare_each_piece_by_its_own_bytes(tmp_path):
+    """Without Ray: the records of a split JSONL and a split Parquet file, then a same-size
+    change inside one piece of each; only the shards that read the changed bytes see it."""
+    from pipeline.curate import input_changes, input_records
+
+    root = tmp_path / "in"
+    root.mkdir()
+    lines = [json.dumps({"text": f"line {n:05d} " * 8}) for n in range(6_000)]
+    (root / "a.jsonl").write_text("\n".join(lines) + "\n")
+    texts = [f"row {n:05d} " + _noise(n).decode() for n in range(6_000)]
+    pq.write_table(pa.table({"text": texts}), root / "b.parquet", row_group_size=500,
+                   compression="none")  # fmt: skip
+    _, files = list_input(str(root), "in")
+    shards = plan_shards([files], 200_000)
+    assert len(shards) >= 6
+    markers = []
+    for shard in shards:
+        readable = list(shard.pieces)
+        items = [(p.file.path, p.file.source, p.part) for p in readable]
+        _, read = read_pieces(items, shard.index, FS, CFG, True)
+        markers.append(input_records(shard, FS, dict(zip(readable, read, strict=True))))
+    for shard, marker in zip(shards, markers, strict=True):
+        assert all(r["sha256"] for r in marker) and all("spans" in r for r in marker)
+        old_mtimes = {f.source: 0 for f in shard.files}  # every file looks touched
+        assert input_changes(marker, shard, FS, old_mtimes) == []
+
+    def edit(path: Path, old: bytes, new: bytes) -> None:
+        data = path.read_bytes()
+        assert len(old) == len(new) and data.count(old) == 1
+        path.write_bytes(data.replace(old, new))
+
+    edit(root / "a.jsonl", b'{"text": "line 05000', b'{"text": "LINE 05000')
+    edit(root / "b.parquet", b"row 01234", b"ROW 01234")
+    changed = [
+        shard.index
+        for shard, marker in zip(shards, markers, strict=True)
+        if input_changes(marker, shard, FS, {f.source: 0 for f in shard.files})
+    ]
+    assert len(changed) == 2, changed  # one piece of each file read the changed bytes
+    sources = [{p.file.source for p in shards[index].pieces} for index in changed]
+    assert sources == [{"in/a.jsonl"}, {"in/b.parquet"}]
