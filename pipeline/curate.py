@@ -216,17 +216,6 @@ class DocumentPass:
         self.stage_order = [READ_STAGE] + [stage.name for stage in self.stages]
         self.dedup = config.stages.exact_dedup
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """Ray Data entry point: a batch of ``shard`` indices in, one summary row each out."""
-        summaries = [self.run(index) for index in batch.column("shard").to_pylist()]
-        return pa.table(
-            {
-                "shard": [s["shard"] for s in summaries],
-                "documents": [s["documents"] for s in summaries],
-                "read": [s["read"] for s in summaries],
-            }
-        )
-
     def run(self, shard_index: int) -> dict[str, Any]:
         """Read the shard's files and pieces of files in order, run the stages, write.
         Each piece's bytes are hashed as they are read, for the done marker."""

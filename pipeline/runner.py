@@ -77,14 +77,17 @@ class CurateResult:
 
 def plan(config: CurateConfig) -> list[Shard]:
     """List every input and group the files into shards; fails before Ray starts."""
-    listings = []
+    listings, filesystems = [], []
     for index, spec in enumerate(config.inputs):
         try:
-            _, files = list_input(spec.path, spec.name or spec.path, spec.follow_symlinks_outside)
+            filesystem, files = list_input(
+                spec.path, spec.name or spec.path, spec.follow_symlinks_outside
+            )
         except (FileNotFoundError, OSError) as exc:
             raise ConfigError(f"inputs[{index}].path: {exc}") from exc
         listings.append(files)
-    return plan_shards(listings, config.shard_input_bytes)
+        filesystems.append(filesystem)
+    return plan_shards(listings, config.shard_input_bytes, filesystems)
 
 
 def check_requirements(config: CurateConfig) -> None:
@@ -334,7 +337,7 @@ def run_curate(
     pending = [s.index for s in shards if documents_pass_done(layout, s.index) is None]
     log.info(
         "plan: %d input files in %d shards; %d to run, %d already done",
-        sum(len(s.files) for s in shards),
+        len({file.source for shard in shards for file in shard.files}),
         len(shards),
         len(pending),
         len(shards) - len(pending),
