@@ -134,7 +134,7 @@ def _demo(out: Path, seed: int, address: str | None, train_steps: int | None) ->
     The demo's configs are copied next to the corpus: their paths name the run folder."""
     from pipeline.demo import generate_demo_corpus
     from pipeline.flow import DEMO_MIX, stage_demo_configs, train_on_curriculum
-    from pipeline.report import write_report
+    from report.page import write_report
 
     problem = system_folder_problem(str(out))
     if problem is not None:
@@ -226,7 +226,7 @@ def _run_mix(
 
 
 def _report(run_dir: Path, out: Path | None, compare: Path | None = None) -> int:
-    from pipeline.report import write_report
+    from report.page import write_report
 
     for folder in (run_dir, compare):
         if folder is not None and not folder.is_dir():

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import report_training_plots as plots
-from pipeline.report_data import RunData
-from pipeline.report_html import Num, figure, missing, note, para, table
-from pipeline.report_verdict import EXPERT_TARGET_TOLERANCE, GRAD_RATIO_LIMIT, warmup_end
+from report import training_plots as plots
+from report.data import RunData
+from report.markup import Num, figure, missing, note, para, table
+from report.verdict import EXPERT_TARGET_TOLERANCE, GRAD_RATIO_LIMIT, warmup_end
 
 
 def _series(records: list[dict[str, Any]], key: str) -> np.ndarray:
