@@ -132,7 +132,7 @@ def _curate(config_path: Path, address: str | None, overwrite: bool) -> int:
 def _demo(out: Path, seed: int, address: str | None, train_steps: int | None) -> int:
     """The main job on the bundled demo corpus: every step of the flow, then the report.
     The demo's configs are copied next to the corpus: their paths name the run folder."""
-    from pipeline.demo import generate_demo_corpus
+    from demo.corpus import generate_demo_corpus
     from pipeline.flow import DEMO_MIX, stage_demo_configs, train_on_curriculum
     from report.page import write_report
 

@@ -17,8 +17,9 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipeline.demo import (
+from demo.corpus import (
     CLEAN_SCAN_ERRORS,
+    DATA_DIR,
     MIN_BOOK_WORDS,
     NEAR_DUP_JACCARD,
     POOR_SCAN_ERRORS,
@@ -153,8 +154,7 @@ def test_bad_inputs_are_bad(corpus):
 
 def test_small(corpus):
     assert sum(p.stat().st_size for p in corpus.rglob("*") if p.is_file()) < 10_000_000
-    data = Path(__file__).resolve().parent.parent / "pipeline" / "demo_text"
-    assert sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) < 300_000
+    assert sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file()) < 300_000
 
 
 def test_project_reader_keeps_the_rest_of_the_damaged_file(corpus):
