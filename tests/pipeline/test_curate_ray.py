@@ -16,7 +16,7 @@ from pipeline.config import load_curate_config
 from pipeline.runner import run_curate
 from pipeline.train_quality import load_train_config, train_quality
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _digest_tree(root: Path, folder: str) -> dict[str, str]:

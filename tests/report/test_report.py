@@ -1,7 +1,7 @@
 """The run report: every section shows real data, its tables equal the ledger and the
 manifests, and the page renders in a real headless Chromium.
 
-The run folder is built by ``tests/report_run.py``, small and synthetic but in the
+The run folder is built by ``tests/report/report_run.py``, small and synthetic but in the
 real layouts. The browser test saves its screenshot under ``runs/test-artifacts/report/``
 (or ``$REPORT_ARTIFACTS``).
 """
@@ -28,9 +28,9 @@ from pipeline.ledger import stage_changes
 from report.data import stage_order
 from report.page import write_report
 from report.training import THROUGHPUT_ROW, expert_matrix, phase_boundaries
-from tests.report_run import DOMAINS, build_run, entry
+from tests.report.report_run import DOMAINS, build_run, entry
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("REPORT_ARTIFACTS", REPO / "runs" / "test-artifacts" / "report"))
 SECTIONS = ("funnel", "breakdown", "scores", "corpus", "mix", "packing", "training", "experts")
 
@@ -497,7 +497,7 @@ def test_rejects_sink_records_the_language() -> None:
 def test_misleading_details_are_fixed(report) -> None:
     """A cut template line ends in an ellipsis; the packed phases' document counts come
     with the epochs note; the heatmap states its colour scale."""
-    from tests.report_run import LONG_TEMPLATE_LINE
+    from tests.report.report_run import LONG_TEMPLATE_LINE
 
     sections = report[1]
     lines = rows(sections["corpus"], "template-lines")

@@ -34,7 +34,7 @@ KINDS = (
     "spun", "briefs", "scans", "stem_docs", "long_docs", "non_html_records", "bad_files",
 )  # fmt: skip
 SKIPPED = ("non_html", "http_404", "http_301")  # records a reader drops without a row
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _digests(root: Path) -> dict[str, str]:
