@@ -95,7 +95,7 @@ def _flag(value: float | None, bad: bool) -> str:
 
 
 # The one row read from wall times (train/timings.jsonl): the only part of a report that
-# differs between two runs of the same job (tests/test_demo_twice.py leaves it out).
+# differs between two runs of the same job (tests/pipeline/test_demo_twice.py leaves it out).
 THROUGHPUT_ROW = "tokens per second, median step (wall time)"
 
 
