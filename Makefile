@@ -35,7 +35,7 @@ bench: install
 clean:
 	rm -rf runs .pytest_cache
 
-# Headless Chromium for the report's browser test (tests/test_report.py skips without it).
+# Headless Chromium for the report's browser test (tests/report/test_report.py skips without it).
 .PHONY: browser
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && \

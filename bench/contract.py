@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 Row = dict[str, Any]
-ROW_KEYS = ("measure", "ours", "peer", "peer_name", "ratio", "unit")
 
 
 def _number(value: float | int | None) -> float | int | None:

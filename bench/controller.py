@@ -27,6 +27,7 @@ from model_hooks.model import ModelConfig
 from model_hooks.synthetic import progression_documents, write_packed_phase
 from model_hooks.token_stream import TokenStream
 from model_hooks.train import TrainConfig, train
+from strict_config import read_yaml
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "configs" / "demo_model.yaml"
 SYNTHETIC_PHASES = (("pretrain", 1024, 51), ("midtrain_1", 1024, 21), ("midtrain_2", 1024, 20),
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             dirs = synthetic_curriculum(Path(tmp) / "phases", 0.25 if args.quick else 1.0)
         stream = TokenStream([str(d) for d in dirs], batch_size=args.batch_size, seed=0)
-        fields = yaml.safe_load(DEMO_MODEL.read_text())
+        fields = read_yaml(DEMO_MODEL)
         model_cfg = ModelConfig(**fields, vocab_size=max(p.vocab_size for p in stream.phases))
         cfg = TrainConfig(**{"out_dir": str(Path(tmp) / "run"), "steps": stream.num_batches(),
                              "grad_ratio_every": 0, "device": "cpu", **overrides})  # fmt: skip

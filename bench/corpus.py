@@ -10,7 +10,7 @@ Sources, in order of preference:
 * larger real text from Debian packages, fetched with ``apt-get download`` into a cache
   and unpacked with ``dpkg-deb -x``: Python's and SymPy's HTML documentation (web
   pages) and Go's standard library sources (text);
-* without either, the bundled demo corpus generator (``pipeline.demo``), so the command
+* without either, the bundled demo corpus generator (``demo.corpus``), so the command
   still runs end to end (the results' notes say so).
 
 Every item becomes a WARC response record (web pages) or a JSONL line with ``id``,
@@ -252,7 +252,7 @@ def _debian_items(package: str, folder: Path, pool: Pool) -> None:
 
 def _demo_items(cache: Path, pool: Pool) -> None:
     """The bundled demo corpus, read by our own readers (pages re-wrapped, texts as is)."""
-    from pipeline.demo import generate_demo_corpus
+    from demo.corpus import generate_demo_corpus
 
     target = cache / "demo-corpus"
     if not (target / "labels.json").is_file():

@@ -208,7 +208,7 @@ def load_sentences(data: Path, limit: int | None) -> list[Doc]:
 
 def demo_junk(limit: int | None) -> list[Doc]:
     """The demo generator's spam pages, scans and spun text, with its labels."""
-    from pipeline.demo import generate_demo_corpus
+    from demo.corpus import generate_demo_corpus
     from stages.byte_streams import ByteReader, GzipSource
     from stages.warc import read_warc
 

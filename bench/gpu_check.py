@@ -30,19 +30,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import yaml
 
 from bench.contract import add_contract_arguments, row, write_json
 from model_hooks.model import Model, ModelConfig
 from model_hooks.synthetic import SyntheticBatches
 from model_hooks.train import TrainConfig, build_optimizer, train_step
+from strict_config import read_yaml
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "configs" / "demo_model.yaml"
 VOCAB = 4096
 
 
 def demo_model_config(vocab_size: int = VOCAB) -> ModelConfig:
-    return ModelConfig(**yaml.safe_load(DEMO_MODEL.read_text()) | {"vocab_size": vocab_size})
+    return ModelConfig(**read_yaml(DEMO_MODEL) | {"vocab_size": vocab_size})
 
 
 def curriculum(

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from bench.contract import add_contract_arguments, row, write_json
+from strict_config import read_yaml
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "configs" / "demo_model.yaml"
 VOCAB = 4096
@@ -51,7 +51,7 @@ def one_step(seq_len: int) -> dict:
     from model_hooks.train import TrainConfig, build_optimizer, train_step
 
     torch.manual_seed(0)
-    fields = yaml.safe_load(DEMO_MODEL.read_text()) | {"vocab_size": VOCAB}
+    fields = read_yaml(DEMO_MODEL) | {"vocab_size": VOCAB}
     model = Model(ModelConfig(**fields))
     cfg = TrainConfig(out_dir="unused", steps=10, grad_ratio_every=0)
     opt = build_optimizer(model, cfg)

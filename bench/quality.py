@@ -165,7 +165,7 @@ def shared_quality_config(
 
 
 def demo_quality_config(folder: Path) -> TrainQualityConfig:
-    from pipeline.demo import generate_demo_corpus
+    from demo.corpus import generate_demo_corpus
 
     generate_demo_corpus(folder / "corpus", seed=0)
     shutil.copy(REPO / "configs" / "demo_quality.yaml", folder / "demo_quality.yaml")

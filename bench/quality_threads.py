@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from demo.corpus import generate_demo_corpus
 from pipeline import train_quality as trainer
-from pipeline.demo import generate_demo_corpus
 from pipeline.flow import stage_demo_configs
 
 REPO = Path(__file__).resolve().parent.parent

@@ -28,10 +28,11 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from model_hooks.moe import GroupedExperts, MoE, Router, RouterInfo, SwiGLU
+from strict_config import StrictModel
 
 
 class RMSNorm(nn.Module):
@@ -293,11 +294,9 @@ class Block(nn.Module):
         return out_BTD, info
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(StrictModel):
     """Everything that fixes the architecture; saved as ``model_config`` in checkpoints.
     Defaults are a toy that trains on a laptop CPU."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     vocab_size: int = Field(default=256, gt=0)
     d_model: int = Field(default=64, gt=0)

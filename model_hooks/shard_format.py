@@ -222,21 +222,3 @@ def open_shard(path: str | os.PathLike[str]) -> pa.Table:
     """Memory-map one shard: the returned table's buffers point into the page cache."""
     source = pa.memory_map(str(path), "r")
     return pa.ipc.open_file(source).read_all()
-
-
-def row_tokens(table: pa.Table, row: int) -> np.ndarray:
-    """The tokens of one row as a uint16/uint32 numpy view (no copy) into the mapped file."""
-    column = table.column("tokens")
-    chunk_index, offset = _locate(column, row)
-    chunk = column.chunk(chunk_index)
-    start = chunk.offsets[offset].as_py()
-    end = chunk.offsets[offset + 1].as_py()
-    return chunk.values.to_numpy(zero_copy_only=True)[start:end]
-
-
-def _locate(column: pa.ChunkedArray, row: int) -> tuple[int, int]:
-    for index, chunk in enumerate(column.chunks):
-        if row < len(chunk):
-            return index, row
-        row -= len(chunk)
-    raise IndexError("row out of range")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -135,13 +134,6 @@ class SyntheticBatches:
         if state["version"] != self.VERSION or state["seed"] != self.seed:
             raise ValueError(f"data state {state} does not match this source (seed {self.seed})")
         self.step = int(state["step"])
-
-
-def synthetic_batches(
-    batch_size: int, seq_len: int, vocab_size: int, seed: int = 0, **kwargs: Any
-) -> SyntheticBatches:
-    """The synthetic source under the name the trainer's docs use."""
-    return SyntheticBatches(batch_size, seq_len, vocab_size, seed=seed, **kwargs)
 
 
 def progression_documents(

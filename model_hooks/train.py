@@ -30,8 +30,7 @@ from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from model_hooks.model import (
     Model,
@@ -49,6 +48,7 @@ from model_hooks.moe import (
 )
 from model_hooks.synthetic import BATCH_KEYS, SyntheticBatches
 from model_hooks.token_stream import StreamLoader, TokenStream
+from strict_config import StrictModel, read_yaml
 
 CKPT_NAME, METRICS_NAME, TIMINGS_NAME = "ckpt.pt", "metrics.jsonl", "timings.jsonl"
 
@@ -62,10 +62,8 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StrictModel):
     """Optimisation, balancing and run-folder knobs (the architecture is ModelConfig)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     out_dir: str
     """Run folder: ckpt.pt and metrics.jsonl live here."""
@@ -479,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="JSON or YAML file of ModelConfig fields")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
-    fields = yaml.safe_load(Path(args.model).read_text()) if args.model else {}
+    fields = read_yaml(args.model) if args.model else {}
     source: BatchSource
     if args.phases:
         stream = TokenStream(args.phases, batch_size=args.batch_size, seed=args.seed,

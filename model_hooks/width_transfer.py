@@ -37,6 +37,7 @@ import yaml
 
 from model_hooks.model import ModelConfig
 from model_hooks.train import TrainConfig
+from strict_config import ConfigError, validate_yaml
 
 #: Width fields that grow with d_model when ``scale_width`` builds the target (head
 #: dimensions stay: more heads, not wider ones, as between LongCat's sizes).
@@ -140,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the proxy's tuned lr")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        fields = yaml.safe_load(args.proxy.read_text()) or {}
-        if not isinstance(fields, dict):
-            raise ValueError("expected a mapping of ModelConfig fields")
-        proxy = ModelConfig(**fields)
+        proxy = validate_yaml(args.proxy, ModelConfig)
         plan = transfer_width(proxy, scale_width(proxy, args.d_model))
-    except (OSError, yaml.YAMLError, ValueError) as exc:  # pydantic errors are ValueErrors
+    except ConfigError as exc:  # unreadable or invalid: the message names the file and key
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a width the proxy cannot be scaled to
         print(f"error: {args.proxy}: {exc}", file=sys.stderr)
         return 2
     print(render(plan, args.lr))

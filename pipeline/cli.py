@@ -15,6 +15,8 @@ Commands:
   grow --from RUN_DIR --to NEW_RUN_DIR   the twice-deeper model, same training state
   schema curate|tokenize|mix|train|quality   a config file's keys, defaults and meaning
 
+Each command runs one step of the main job (``pipeline/flow.py``, where ``demo`` chains
+them all); this module only parses the arguments and turns a ConfigError into exit 2.
 The Ray address comes from ``--address`` or ``$RAY_ADDRESS``; with neither, an
 embedded local Ray is started. A config error exits with status 2 before Ray starts.
 """
@@ -27,9 +29,9 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_curate_config
+from pipeline import flow
+from pipeline.config import ConfigError
 from pipeline.console import filtered_native_stderr
-from pipeline.safe_paths import system_folder_problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INTERRUPTED = (
@@ -108,125 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _curate(config_path: Path, address: str | None, overwrite: bool) -> int:
-    from pipeline.ledger import render_funnel
-    from pipeline.runner import run_curate
-
-    config = load_curate_config(config_path)
-    try:
-        result = run_curate(config, address=address, overwrite=overwrite)
-    except ConfigError as exc:  # found while planning (paths, output_dir): name the file too
-        raise ConfigError(f"{config_path}: {exc}") from exc
-    print(render_funnel(result.ledger))
-    if result.input_changes:
-        print(f"input changed since the last run ({len(result.input_changes)}), re-run:")
-        print("\n".join(f"  {change}" for change in result.input_changes))
-    print(
-        f"curated {result.ledger['documents_written']} documents in {result.seconds:.1f} s "
-        f"({result.shards_run} shards run, {result.shards_skipped} already done)"
-        f" -> {result.output_dir}"
-    )
-    return 0 if result.ledger["identity_holds"] else 1
-
-
-def _demo(out: Path, seed: int, address: str | None, train_steps: int | None) -> int:
-    """The main job on the bundled demo corpus: every step of the flow, then the report.
-    The demo's configs are copied next to the corpus: their paths name the run folder."""
-    from pipeline.demo import generate_demo_corpus
-    from pipeline.flow import DEMO_MIX, stage_demo_configs, train_on_curriculum
-    from pipeline.report import write_report
-
-    problem = system_folder_problem(str(out))
-    if problem is not None:
-        raise ConfigError(f"--out: {problem}")
-    out = out.resolve()  # a relative --out: the copied configs resolve paths from their folder
-    counts = generate_demo_corpus(out / "corpus", seed=seed)
-    print(f"demo corpus in {out / 'corpus'}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    stage_demo_configs(out)
-    steps = [
-        lambda: _train_quality(out / "demo_quality.yaml"),
-        lambda: _curate(out / "demo_curate.yaml", address, overwrite=True),
-        lambda: _train_tokenizer(out / "demo_tokenize.yaml"),
-        lambda: _tokenize(out / "demo_tokenize.yaml", address),
-        lambda: _run_mix(DEMO_MIX, str(out / "tokenized"), out, 1.0, None, address, False),
-        lambda: train_on_curriculum(out, train_steps, 2, out / "demo_model.yaml"),
-    ]
-    for step in steps:
-        status = step()
-        if status != 0:
-            return status
-    print(f"report: {write_report(out)}")
-    return 0
-
-
-def _train_quality(config_path: Path) -> int:
-    from pipeline.train_quality import load_train_config, render_report, train_quality
-
-    config = load_train_config(config_path)
-    print(render_report(train_quality(config), config.output_dir))
-    return 0
-
-
-def _train_tokenizer(config_path: Path) -> int:
-    from pipeline.tokenizing import load_tokenize_config, train_tokenizer
-
-    result = train_tokenizer(load_tokenize_config(config_path))
-    print(f"trained a {result['vocab_size']}-token BPE -> {result['path']}")
-    return 0
-
-
-def _tokenize(config_path: Path, address: str | None) -> int:
-    from pipeline.token_runner import run_tokenize
-    from pipeline.tokenizing import load_tokenize_config
-
-    result = run_tokenize(load_tokenize_config(config_path), address=address)
-    print(
-        f"tokenized {result.manifest['documents']} documents, {result.manifest['tokens']:,}"
-        f" tokens in {result.seconds:.1f} s ({result.shards_run} shards run,"
-        f" {result.shards_skipped} already done) -> {result.output_dir}"
-    )
-    return 0
-
-
-def _mix(args: argparse.Namespace) -> int:
-    return _run_mix(
-        args.mix, args.tokenized, args.out, args.scale, args.seed, args.address, args.local,
-        args.overwrite,
-    )  # fmt: skip
-
-
-def _run_mix(
-    mix_path: Path,
-    tokenized: str,
-    out: Path,
-    scale: float,
-    seed: int | None,
-    address: str | None,
-    local: bool,
-    overwrite: bool = False,
-) -> int:
-    from pipeline.mix_config import load_mix
-    from pipeline.mixing import claim_mix_out, pack_locally, prepare_mix, render_summary, run_mix
-    from pipeline.token_runner import run_mix_on_ray
-
-    problem = system_folder_problem(str(out))
-    if problem is not None:
-        raise ConfigError(f"--out: {problem}")
-    mix = load_mix(mix_path, scale=scale)
-    claim_mix_out(out, mix, overwrite)
-    prepared = prepare_mix(mix, tokenized)
-    seed = mix.config.seed if seed is None else seed
-    if local:  # same bytes as the Ray path, without Ray's start-up and shuffle costs
-        result = run_mix(mix, prepared, str(out), seed, pack_locally)
-    else:
-        result = run_mix_on_ray(mix, prepared, str(out), seed, address=address)
-    print(render_summary(result))
-    print(f"packed {len(result.manifests)} phase(s) -> {result.out_dir}/packed")
-    return 0
-
-
 def _report(run_dir: Path, out: Path | None, compare: Path | None = None) -> int:
-    from pipeline.report import write_report
+    from report.page import write_report
 
     for folder in (run_dir, compare):
         if folder is not None and not folder.is_dir():
@@ -251,21 +136,28 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "curate":
-            return _curate(args.config, args.address, args.overwrite)
+            return flow.curate(args.config, args.address, args.overwrite)
         if args.command == "schema":
             from pipeline.schema_cmd import schema_command
 
             return schema_command(args.kind)
         if args.command == "demo":
-            return _demo(args.out, args.seed, args.address, args.train_steps)
+            return flow.run_demo(args.out, args.seed, args.address, args.train_steps)
         if args.command == "train-quality":
-            return _train_quality(args.config)
+            flow.train_quality_models(args.config)
+            return 0
         if args.command == "train-tokenizer":
-            return _train_tokenizer(args.config)
+            flow.train_bpe_tokenizer(args.config)
+            return 0
         if args.command == "tokenize":
-            return _tokenize(args.config, args.address)
+            flow.tokenize(args.config, args.address)
+            return 0
         if args.command == "mix":
-            return _mix(args)
+            flow.mix_and_pack(
+                args.mix, args.tokenized, args.out, args.scale, args.seed, args.address,
+                args.local, args.overwrite,
+            )  # fmt: skip
+            return 0
         if args.command == "report":
             return _report(args.run_dir, args.out, args.compare)
         if args.command == "train":

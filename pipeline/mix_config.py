@@ -31,9 +31,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from pipeline.config import ConfigError, _Strict, validate_yaml
-from pipeline.safe_paths import check_safe_name
 from stages.mix import PLAN_VERSION, ComponentConfig, component_targets
+from strict_config import ConfigError, StrictModel, check_safe_name, validate_yaml
 
 LONG_DOCS = "long_docs"
 WEIGHT_TOLERANCE = 1e-6
@@ -61,14 +60,14 @@ def parse_tokens(value: int | float | str) -> int:
     return number
 
 
-class PackingConfig(_Strict):
+class PackingConfig(StrictModel):
     window_sequences: int = Field(default=1024, gt=0, strict=True)
     """A packing window holds about this many rows' worth (x seq_len) of consecutive
     planned documents; BFD packs each window alone (one shard, one Ray task). Larger
     windows pad less and need more memory (window_sequences * seq_len * 4 bytes)."""
 
 
-class PhaseConfig(_Strict):
+class PhaseConfig(StrictModel):
     name: str = Field(min_length=1)
     """Names the phase: its output folder, plan file and manifest; so a safe name
     (letters, digits, '.', '_', '-', starting with a letter or digit)."""
@@ -108,7 +107,7 @@ class PhaseConfig(_Strict):
         return parse_tokens(value)
 
 
-class MixConfig(_Strict):
+class MixConfig(StrictModel):
     schema_version: Literal[1] = 1
     """Version of this schema; bumped when keys change meaning."""
 

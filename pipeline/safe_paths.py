@@ -1,5 +1,6 @@
 """Where the project may write: separate from every input, inside its output root, never
-in a system folder, under names from a safe character set.
+in a system folder (the names a config puts into paths are checked by
+``strict_config.check_safe_name``).
 
 A user's data is sacred. The checks here run at config validation (before Ray starts)
 and again where files are written or deleted, so a path built from a config value (a
@@ -11,21 +12,10 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 from collections.abc import Callable, Iterable
 from pathlib import PurePosixPath
 
 import pyarrow.fs as pafs
-
-SAFE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-"""A name that becomes part of a written path (phase, component): letters, digits,
-``.``, ``_`` and ``-``, starting with a letter or digit, so never ``..``, ``/``, a
-leading dot (hidden) or dash (an option), a space or a control character."""
-SAFE_NAME = re.compile(SAFE_NAME_PATTERN)
-SAFE_NAME_RULE = (
-    "letters, digits, '.', '_' and '-' only, starting with a letter or digit,"
-    " at most 128 characters"
-)
 
 SYSTEM_FOLDERS = (
     "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
@@ -36,13 +26,6 @@ SYSTEM_FOLDERS = (
 unless the config says so explicitly (a job running as root could overwrite them)."""
 
 GLOB_CHARACTERS = frozenset("*?[")
-
-
-def check_safe_name(value: str) -> str:
-    """Pydantic validator body: ``value`` unchanged, or ValueError naming the rule."""
-    if not SAFE_NAME.match(value) or value in (".", ".."):
-        raise ValueError(f"{value!r} is not a safe name ({SAFE_NAME_RULE})")
-    return value
 
 
 def is_uri(path: str) -> bool:

@@ -32,13 +32,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from model_hooks.shard_format import shard_metadata
-from pipeline.config import (
-    ConfigError,
-    RayConfig,
-    _resolve_relative,
-    _Strict,
-    validate_yaml,
-)
+from pipeline.config import RayConfig, resolve_relative
 from pipeline.safe_paths import output_problem
 from pipeline.shards import (
     read_json,
@@ -49,11 +43,12 @@ from pipeline.shards import (
     write_parquet_atomic,
 )
 from stages.tokens import KEPT_COLUMNS, N_TOKENS, Tokenize, TokenizeConfig, train_byte_level_bpe
+from strict_config import ConfigError, StrictModel, validate_yaml
 
 INDEX_COLUMNS = ("shard", "row", *KEPT_COLUMNS, N_TOKENS)
 
 
-class TrainTokenizerConfig(_Strict):
+class TrainTokenizerConfig(StrictModel):
     vocab_size_tokens: int = Field(default=8192, ge=300)
     """Vocabulary size, special tokens included (256 byte symbols are the floor)."""
 
@@ -65,7 +60,7 @@ class TrainTokenizerConfig(_Strict):
     trainer's memory on a large corpus; a sample trains almost the same merges."""
 
 
-class TokenizeRunConfig(_Strict):
+class TokenizeRunConfig(StrictModel):
     curated_dir: str
     """A curated run's output_dir (holds manifest.json and docs/)."""
 
@@ -87,12 +82,12 @@ def load_tokenize_config(path: str | Path) -> TokenizeRunConfig:
     config = validate_yaml(path, TokenizeRunConfig)
     base = path.resolve().parent
     tokenizer = config.tokenizer.model_copy(
-        update={"tokenizer_path": _resolve_relative(config.tokenizer.tokenizer_path, base)}
+        update={"tokenizer_path": resolve_relative(config.tokenizer.tokenizer_path, base)}
     )
     config = config.model_copy(
         update={
-            "curated_dir": _resolve_relative(config.curated_dir, base),
-            "output_dir": _resolve_relative(config.output_dir, base),
+            "curated_dir": resolve_relative(config.curated_dir, base),
+            "output_dir": resolve_relative(config.output_dir, base),
             "tokenizer": tokenizer,
         }
     )

@@ -34,20 +34,15 @@ from pydantic import Field, ValidationError, create_model, model_validator
 from model_hooks.model import ModelConfig
 from model_hooks.shard_format import MANIFEST_NAME, manifest_path, read_manifest
 from model_hooks.train import CKPT_NAME, METRICS_NAME, TrainConfig
-from pipeline.config import (
-    ConfigError,
-    _resolve_relative,
-    _Strict,
-    format_validation_error,
-    read_yaml,
-)
+from pipeline.config import resolve_relative
+from strict_config import ConfigError, StrictModel, format_validation_error, read_yaml
 
 #: TrainConfig keys the TRAIN.yaml sets elsewhere: ``out`` and the top-level ``seed``.
 _SET_ELSEWHERE = ("out_dir", "seed")
 
 TrainSection = create_model(
     "TrainSection",
-    __base__=_Strict,
+    __base__=StrictModel,
     **{
         name: (field.annotation, field)
         for name, field in TrainConfig.model_fields.items()
@@ -58,14 +53,14 @@ TrainSection = create_model(
 TrainSection.__doc__ = "TrainConfig's fields (model_hooks/train.py) but out_dir and seed."
 
 
-class WidthTransferSpec(_Strict):
+class WidthTransferSpec(StrictModel):
     proxy_model: ModelConfig
     """The narrow proxy whose init stds (and ``train.lr``) were tuned: inline fields or
     a YAML file. ``model`` is the target; its init stds and the hidden matrices' LR
     follow from the width ratio (``model_hooks/width_transfer.py``)."""
 
 
-class TrainRunConfig(_Strict):
+class TrainRunConfig(StrictModel):
     out: str
     """Run folder: ckpt.pt and metrics.jsonl."""
     curriculum: str | None = None
@@ -137,7 +132,7 @@ def _inline_model_file(data: dict[str, Any], keys: tuple[str, ...], base: Path) 
             return
     value = parent.get(keys[-1])
     if isinstance(value, str):
-        parent[keys[-1]] = read_yaml(_resolve_relative(value, base))
+        parent[keys[-1]] = read_yaml(resolve_relative(value, base))
 
 
 def _phase_dirs(config: TrainRunConfig, path: Path) -> list[Path]:
@@ -181,11 +176,11 @@ def load_train_run(path: str | Path, overrides: dict[str, Any] | None = None) ->
         config = TrainRunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(path, exc)) from exc
-    resolved: dict[str, Any] = {"out": _resolve_relative(config.out, base)}
+    resolved: dict[str, Any] = {"out": resolve_relative(config.out, base)}
     if config.curriculum is not None:
-        resolved["curriculum"] = _resolve_relative(config.curriculum, base)
+        resolved["curriculum"] = resolve_relative(config.curriculum, base)
     if config.phases is not None:
-        resolved["phases"] = [_resolve_relative(p, base) for p in config.phases]
+        resolved["phases"] = [resolve_relative(p, base) for p in config.phases]
     config = config.model_copy(update=resolved)
     phase_dirs = _phase_dirs(config, path)
     model, hidden_lr_scale = config.model, config.train.hidden_lr_scale

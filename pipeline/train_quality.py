@@ -35,9 +35,8 @@ from typing import Annotated, Any
 
 import numpy as np
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from pipeline.config import ConfigError, validate_yaml
 from pipeline.safe_paths import output_problem
 from pipeline.shards import list_input
 from stages.base import DROP_REASON, apply_to_live_rows
@@ -47,6 +46,7 @@ from stages.ngram_lm import CharNgramLM
 from stages.quality import LABEL_NEGATIVE, LABEL_POSITIVE, model_text, positive_probability
 from stages.readers import ReaderConfig, read_shard
 from stages.word_order import WordOrderModel, median, shuffled_words
+from strict_config import ConfigError, StrictModel, validate_yaml
 
 MODEL_STEM = "quality"
 LM_FILE = "fluency_lm.npz"
@@ -83,11 +83,7 @@ def _zero_filled_allocations() -> Iterator[bool]:
         mallopt(_M_PERTURB, 0)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class SourceSpec(_Strict):
+class SourceSpec(StrictModel):
     path: str
     """File, folder (recursive) or glob of WARC/HTML/JSONL/Parquet/text files; relative
     paths are relative to the config file."""
@@ -97,7 +93,7 @@ class SourceSpec(_Strict):
     """A seeded random sample of at most this many documents (before extraction)."""
 
 
-class FastTextParams(_Strict):
+class FastTextParams(StrictModel):
     """``fasttext.train_supervised`` arguments. The bucket is small on purpose: the
     default 2,000,000 buckets make a 400 MB model for a few thousand examples."""
 
@@ -119,7 +115,7 @@ class FastTextParams(_Strict):
     row; 50 s at 100,000 buckets). A small bucket is the cheaper cut."""
 
 
-class TrainQualityConfig(_Strict):
+class TrainQualityConfig(StrictModel):
     positive: list[SourceSpec] = Field(min_length=1)
     """Reference-quality text (the class the stage keeps)."""
     negative: list[SourceSpec] = Field(min_length=1)

@@ -26,7 +26,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict
+
+from strict_config import StrictModel
 
 DROP_REASON = "drop_reason"
 DROP_SCORE = "drop_score"
@@ -56,11 +57,10 @@ DOCUMENT_SCHEMA = pa.schema(
 )
 
 
-class StageConfig(BaseModel):
-    """Base of every stage's config: unknown keys are errors, values are immutable,
-    and each field's docstring is its documentation."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+class StageConfig(StrictModel):
+    """Base of every stage's config: the project's one strict base (unknown keys are
+    errors, values are immutable, each field's docstring is its documentation), named
+    for what ``Stage.config_class`` holds."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from pipeline.safe_paths import check_safe_name
 from stages.base import StageConfig
+from strict_config import check_safe_name
 
 # Bump when the sampler or the packer would give other output for the same inputs:
 # it is part of every phase's fingerprint, so old shards are not taken for new ones.

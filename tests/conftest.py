@@ -26,7 +26,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> Path:
-    from pipeline.demo import generate_demo_corpus
+    from demo.corpus import generate_demo_corpus
 
     root = tmp_path_factory.mktemp("demo") / "corpus"
     generate_demo_corpus(root, seed=0)

@@ -20,7 +20,10 @@ MARK = "<!-- readme-test -->"
 BLOCK = re.compile(r"^" + re.escape(MARK) + r"\n```(bash|python)\n(.*?)```", re.S | re.M)
 # An ERROR-level line: Ray's native log format, or Python logging's (Ray's and ours).
 ERROR_LINE = re.compile(r"^\[\S+ \S+ E \d+ \d+\].*$|^\d{4}-\d\d-\d\d [\d:,]+\s+ERROR\b.*$", re.M)
-CHECKOUT_PARTS = ("configs", "mixes", "pipeline", "stages", "model_hooks", "bench")
+CHECKOUT_PARTS = (
+    "configs", "mixes", "pipeline", "stages", "model_hooks", "report", "demo", "strict_config",
+    "bench",
+)
 
 
 def readme_blocks() -> list[tuple[str, str]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DEMO_TEXT = Path(__file__).resolve().parents[2] / "pipeline" / "demo_text"
+DEMO_TEXT = Path(__file__).resolve().parents[2] / "demo" / "text"
 INPUT_NAME = "fuzz"
 MAX_DOC_BYTES = 2_000_000  # the fuzz config's cap: every oversized case is well past it
 BIG_PAGE_BYTES = 50 * 1024**2

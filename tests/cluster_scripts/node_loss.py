@@ -12,7 +12,7 @@ autoscaler would:
 * the first replacement as soon as exact dedup is decided (the MinHash step runs).
 
 The summary JSON says when each kill landed and what the run returned. Run by
-``tests/test_node_loss.py``.
+``tests/pipeline/test_node_loss.py``.
 """
 
 from __future__ import annotations

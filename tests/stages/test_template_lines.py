@@ -1,5 +1,5 @@
 """Template-line removal without Ray: which lines count as templates, how text is
-rewritten, and what is rejected (the Ray path is in tests/test_template_lines_ray.py)."""
+rewritten, and what is rejected (the Ray path is in tests/pipeline/test_template_lines_ray.py)."""
 
 import random
 

@@ -1,14 +1,14 @@
 """``python -m pipeline report RUN_DIR``: one self-contained HTML page about a run.
 
-A box of verdicts (``report_verdict.py``), then eight sections, each from the run's own
-files (``report_data.py`` reads them): the funnel (the ledger, with its accounting
+A box of verdicts (``verdict.py``), then eight sections, each from the run's own
+files (``data.py`` reads them): the funnel (the ledger, with its accounting
 identity recomputed, and example documents per reject reason), kept and rejected per
 language, input and host, and every scored rule against its threshold
-(``report_filters.py``), the corpus, the mix and the packing (the phase manifests and
+(``filters.py``), the corpus, the mix and the packing (the phase manifests and
 shards), the training metrics and the FFN experts per token by data domain and layer
-(``report_training.py``). A section whose inputs are missing says so instead of
+(``training.py``). A section whose inputs are missing says so instead of
 drawing an empty plot. ``--compare RUN_B`` sets two runs side by side
-(``report_compare.py``).
+(``compare.py``).
 
 Why numbers sit next to every plot: a reader checks a run against its ledger and
 manifests, so every table cell carries the exact value in ``data-value`` (the shown
@@ -21,13 +21,13 @@ import html
 from pathlib import Path
 
 from model_hooks.shard_format import PhaseManifest
-from pipeline import report_plots as plots
-from pipeline.report_compare import render_compare
-from pipeline.report_data import Corpus, Funnel, RunData, load_run
-from pipeline.report_filters import breakdown_section, reason_examples, scores_section
-from pipeline.report_html import Num, details, figure, missing, note, page, para, table
-from pipeline.report_training import expert_section, training_section
-from pipeline.report_verdict import identity_checks, verdict_box, verdicts
+from report import plots
+from report.compare import render_compare
+from report.data import Corpus, Funnel, RunData, load_run
+from report.filters import breakdown_section, reason_examples, scores_section
+from report.markup import Num, details, figure, missing, note, page, para, table
+from report.training import expert_section, training_section
+from report.verdict import identity_checks, verdict_box, verdicts
 
 REPORT_NAME = "report.html"
 

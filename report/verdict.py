@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.report_data import Funnel, RunData
-from pipeline.report_rejects import NO_LANGUAGE, NOT_RECORDED, sorted_groups
+from report.data import Funnel, RunData
+from report.rejects import NO_LANGUAGE, NOT_RECORDED, sorted_groups
 
 GRAD_RATIO_LIMIT = 0.1
 EXPERT_TARGET_TOLERANCE = 0.05

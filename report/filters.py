@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import html
 
-from pipeline import report_plots as plots
-from pipeline.report_data import RunData
-from pipeline.report_html import Num, Text, details, figure, missing, note, table
-from pipeline.report_rejects import (
+from report import plots
+from report.data import RunData
+from report.markup import Num, Text, details, figure, missing, note, table
+from report.rejects import (
     DIMENSIONS,
     NO_LANGUAGE,
     NOT_RECORDED,
@@ -22,7 +22,7 @@ from pipeline.report_rejects import (
     sorted_groups,
     top_reasons,
 )
-from pipeline.report_scores import RuleScores, ScoredRule
+from report.scores import RuleScores, ScoredRule
 
 SHOWN_GROUPS = 20  # rows of a breakdown table before the rest fold away
 BAR_GROUPS = 15

@@ -11,11 +11,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from demo.corpus import DATA_DIR as DEMO_TEXT
 from pipeline.config import load_curate_config
 from pipeline.runner import run_curate
 from pipeline.train_quality import load_train_config, train_quality
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _digest_tree(root: Path, folder: str) -> dict[str, str]:
@@ -111,7 +112,7 @@ def test_lost_shard_is_redone_identically(demo_run):
 
 def test_template_lines_removed_and_contaminated_documents_rejected(demo_run):
     _, result, out = demo_run
-    sites = json.loads((REPO / "pipeline" / "demo_text" / "sites.json").read_text())
+    sites = json.loads((DEMO_TEXT / "sites.json").read_text())
     docs = pq.read_table(out / "docs")
     texts = docs.column("text").to_pylist()
     # The in-article note of the biggest demo site is on ~100 pages: gone from every one.

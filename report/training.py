@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import report_training_plots as plots
-from pipeline.report_data import RunData
-from pipeline.report_html import Num, figure, missing, note, para, table
-from pipeline.report_verdict import EXPERT_TARGET_TOLERANCE, GRAD_RATIO_LIMIT, warmup_end
+from report import training_plots as plots
+from report.data import RunData
+from report.markup import Num, figure, missing, note, para, table
+from report.verdict import EXPERT_TARGET_TOLERANCE, GRAD_RATIO_LIMIT, warmup_end
 
 
 def _series(records: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -95,7 +95,7 @@ def _flag(value: float | None, bad: bool) -> str:
 
 
 # The one row read from wall times (train/timings.jsonl): the only part of a report that
-# differs between two runs of the same job (tests/test_demo_twice.py leaves it out).
+# differs between two runs of the same job (tests/pipeline/test_demo_twice.py leaves it out).
 THROUGHPUT_ROW = "tokens per second, median step (wall time)"
 
 

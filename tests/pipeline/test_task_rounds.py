@@ -16,7 +16,7 @@ from pipeline.shards import read_parquet
 from pipeline.task_rounds import Survivors, by_shard, shard_groups, split_rows
 from stages.duplicates import DROPS_SCHEMA
 from stages.exact_dedup import DIGEST_COLUMN, find_duplicates_in_memory
-from tests.minhash_corpus import write_pass_one
+from tests.pipeline.minhash_corpus import write_pass_one
 
 SHARDS = 6
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report_training import THROUGHPUT_ROW
+from report.training import THROUGHPUT_ROW
 from tests.cluster_scripts.harness import REPO
 
 TIME_FILES = ("curated/work/inputs.json", "train/timings.jsonl")

@@ -20,7 +20,10 @@ from tests.cluster_scripts.harness import (
 from tests.cluster_scripts.reference import tiny_reference
 
 # What `--working-dir .` uploads from a checkout (.gitignore keeps .venv and runs out).
-PROJECT_PARTS = ("pipeline", "stages", "model_hooks", "configs", "pyproject.toml")
+PROJECT_PARTS = (
+    "pipeline", "stages", "model_hooks", "report", "demo", "strict_config", "configs",
+    "pyproject.toml",
+)
 
 
 def _working_dir(root):

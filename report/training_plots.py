@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.axes import Axes
 
-from pipeline.report_plots import domain_colour, new_figure, to_data_uri
+from report.plots import domain_colour, new_figure, to_data_uri
 
 RAW_ALPHA = 0.25
 LABEL_STEP_POINTS = 11  # how far a phase label moves down to clear the one before it
@@ -143,7 +143,7 @@ def compare_curves(
 ) -> str:
     """Per (title, {run: (x, values)}, (reference, its label, log scale)) panel: both
     runs' curves on one axis."""
-    from pipeline.report_plots import RUN_COLOURS
+    from report.plots import RUN_COLOURS
 
     cols = 2
     rows = (len(panels) + cols - 1) // cols

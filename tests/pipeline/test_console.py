@@ -19,7 +19,7 @@ import yaml
 from pipeline.cli import INTERRUPTED
 from pipeline.schema_cmd import SCHEMAS, schema_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = os.environ | {
     "PYTHONPATH": str(REPO),
     "RAY_USAGE_STATS_ENABLED": "0",

@@ -1,7 +1,7 @@
 """The run report: every section shows real data, its tables equal the ledger and the
 manifests, and the page renders in a real headless Chromium.
 
-The run folder is built by ``tests/report_run.py``, small and synthetic but in the
+The run folder is built by ``tests/report/report_run.py``, small and synthetic but in the
 real layouts. The browser test saves its screenshot under ``runs/test-artifacts/report/``
 (or ``$REPORT_ARTIFACTS``).
 """
@@ -25,12 +25,12 @@ import pytest
 from model_hooks.shard_format import read_manifest
 from pipeline.cli import main as cli_main
 from pipeline.ledger import stage_changes
-from pipeline.report import write_report
-from pipeline.report_data import stage_order
-from pipeline.report_training import THROUGHPUT_ROW, expert_matrix, phase_boundaries
-from tests.report_run import DOMAINS, build_run, entry
+from report.data import stage_order
+from report.page import write_report
+from report.training import THROUGHPUT_ROW, expert_matrix, phase_boundaries
+from tests.report.report_run import DOMAINS, build_run, entry
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("REPORT_ARTIFACTS", REPO / "runs" / "test-artifacts" / "report"))
 SECTIONS = ("funnel", "breakdown", "scores", "corpus", "mix", "packing", "training", "experts")
 
@@ -431,7 +431,7 @@ def test_scores_against_the_run_thresholds(report, run_dir: Path) -> None:
 
 
 def test_scores_verdict_sees_a_threshold_in_the_bulk() -> None:
-    from pipeline.report_scores import RuleScores, ScoredRule, scored_rules
+    from report.scores import RuleScores, ScoredRule, scored_rules
 
     rule = ScoredRule("quality", "quality_below_min", "P", "min_score", 0.5, True, "q")
     inside = RuleScores(rule, np.linspace(0.5, 1.0, 50), np.linspace(0.0, 0.49, 50))
@@ -447,8 +447,8 @@ def test_scores_verdict_sees_a_threshold_in_the_bulk() -> None:
 
 
 def test_verdicts_flag_what_is_out_of_range(report, run_dir: Path, tmp_path: Path) -> None:
-    from pipeline.report_data import load_model_config
-    from pipeline.report_verdict import expert_target_verdict, grad_ratio_verdict
+    from report.data import load_model_config
+    from report.verdict import expert_target_verdict, grad_ratio_verdict
 
     verdicts = {text.split(":")[0].split(" ")[0]: (level, text)
                 for level, text in parse_verdicts(report[0].read_text())}  # fmt: skip
@@ -497,7 +497,7 @@ def test_rejects_sink_records_the_language() -> None:
 def test_misleading_details_are_fixed(report) -> None:
     """A cut template line ends in an ellipsis; the packed phases' document counts come
     with the epochs note; the heatmap states its colour scale."""
-    from tests.report_run import LONG_TEMPLATE_LINE
+    from tests.report.report_run import LONG_TEMPLATE_LINE
 
     sections = report[1]
     lines = rows(sections["corpus"], "template-lines")
@@ -510,8 +510,8 @@ def test_misleading_details_are_fixed(report) -> None:
 
 
 def test_smoothing_skips_gaps_and_phase_labels_do_not_overlap() -> None:
-    from pipeline.report_plots import new_figure
-    from pipeline.report_training_plots import phase_lines, smooth, smoothing_window
+    from report.plots import new_figure
+    from report.training_plots import phase_lines, smooth, smoothing_window
 
     values = np.array([1.0, np.nan, 3.0, 5.0, np.nan])
     assert smooth(values, 3).tolist() == [1.0, 2.0, 4.0, 4.0, 5.0]
@@ -536,7 +536,7 @@ def test_training_table_flags_out_of_range(report) -> None:
 def test_wall_times_from_a_separate_timings_file(tmp_path: Path) -> None:
     """The trainer may move wall-time fields out of metrics.jsonl: they are joined back
     by step, and a field both files hold keeps the metrics' value."""
-    from pipeline.report_data import load_metrics
+    from report.data import load_metrics
 
     (tmp_path / "metrics.jsonl").write_text(
         json.dumps({"step": 1, "tokens": 100}) + "\n" + json.dumps({"step": 2, "tokens": 100})
@@ -637,7 +637,7 @@ def test_compare_runs_that_only_curated(tmp_path: Path, run_dir: Path) -> None:
 def test_source_files_count_as_code_like_the_ledger(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from pipeline.report_rejects import load_drilldown
+    from report.rejects import load_drilldown
 
     (tmp_path / "docs").mkdir()
     docs = pa.table({"source": ["code/a.py", "text/b.jsonl"], "url": [None, None],

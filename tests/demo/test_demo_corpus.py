@@ -17,8 +17,9 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipeline.demo import (
+from demo.corpus import (
     CLEAN_SCAN_ERRORS,
+    DATA_DIR,
     MIN_BOOK_WORDS,
     NEAR_DUP_JACCARD,
     POOR_SCAN_ERRORS,
@@ -33,7 +34,7 @@ KINDS = (
     "spun", "briefs", "scans", "stem_docs", "long_docs", "non_html_records", "bad_files",
 )  # fmt: skip
 SKIPPED = ("non_html", "http_404", "http_301")  # records a reader drops without a row
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -153,8 +154,7 @@ def test_bad_inputs_are_bad(corpus):
 
 def test_small(corpus):
     assert sum(p.stat().st_size for p in corpus.rglob("*") if p.is_file()) < 10_000_000
-    data = Path(__file__).resolve().parent.parent / "pipeline" / "demo_text"
-    assert sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) < 300_000
+    assert sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file()) < 300_000
 
 
 def test_project_reader_keeps_the_rest_of_the_damaged_file(corpus):

@@ -16,7 +16,7 @@ import pytest
 from bench.contract import validate
 from bench.stage_scripts import STAGE_SCRIPTS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

@@ -37,8 +37,8 @@ from model_hooks.shard_format import (
     read_manifest,
 )
 from pipeline.ledger import stage_changes
-from pipeline.report_rejects import Drilldown, load_drilldown, use_ledger_languages
-from pipeline.report_scores import (
+from report.rejects import Drilldown, load_drilldown, use_ledger_languages
+from report.scores import (
     RuleScores,
     ScoredRule,
     read_run_config,

@@ -20,9 +20,9 @@ from pipeline.shards import Shard, read_json, read_parquet
 from stages.duplicates import DROPS_SCHEMA
 from stages.minhash import MinHashConfig
 from stages.minhash_lsh import find_near_duplicates_in_memory
-from tests.minhash_corpus import write_pass_one
+from tests.pipeline.minhash_corpus import write_pass_one
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHARDS = 3
 # Recall-friendly bands keep the small test corpus deterministic in what it finds.
 # Small partitions: several band partitions and several verification partitions.
@@ -109,7 +109,7 @@ def test_two_node_cluster_gives_the_single_node_clusters(decided, tmp_path):
         [
             sys.executable,
             "-m",
-            "tests.minhash_cluster_run",
+            "tests.pipeline.minhash_cluster_run",
             layout.root,
             str(SHARDS),
             "cluster",

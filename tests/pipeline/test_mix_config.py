@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.mix_config import ConfigError, check_against_data, load_mix, parse_tokens
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 GOOD = """
 schema_version: 1

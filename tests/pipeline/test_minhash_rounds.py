@@ -24,7 +24,7 @@ from pipeline.minhash_wiring import (
 from pipeline.task_rounds import shard_groups
 from stages.minhash import MinHashConfig
 from stages.minhash_lsh import find_near_duplicates_in_memory, pair_totals
-from tests.minhash_corpus import write_pass_one
+from tests.pipeline.minhash_corpus import write_pass_one
 
 SHARDS = 5
 

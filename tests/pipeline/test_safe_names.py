@@ -12,7 +12,8 @@ from pipeline import cli
 from pipeline.curate import RunLayout
 from pipeline.mix_config import ConfigError, load_mix
 from pipeline.mixing import phase_dir, plan_path
-from pipeline.safe_paths import check_safe_name, inside
+from pipeline.safe_paths import inside
+from strict_config import check_safe_name
 
 MIX = """\
 phases:

@@ -3,7 +3,7 @@
 Why it exists: the stages need realistic input for end-to-end tests and demos, on any
 machine and without a network, and the real pages in ``../shared/data`` belong to their
 publishers and may not be copied into this repository. So the corpus is built from text
-we may ship: prose written for this project (``pipeline/demo_text/``) and the
+we may ship: prose written for this project (``demo/text/``) and the
 documentation that ships inside the Python interpreter itself (``pydoc_data.topics`` and
 standard library docstrings and sources, PSF licence).
 
@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-DATA_DIR = Path(__file__).with_name("demo_text")
+DATA_DIR = Path(__file__).with_name("text")
 PAGE = string.Template((DATA_DIR / "page.html").read_text("utf-8"))
 LANGUAGES = ("en", "de", "fr", "es", "zh", "ru")
 WARC_FILES = 3
@@ -558,6 +558,8 @@ def _warc_record(kind: str, date: str, block: bytes, fields: list[tuple[str, str
 
 def _write_warc(path: Path, pages: list[Page], start: datetime) -> None:
     date = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # "pipeline.demo" was this module's name before demo/ became a package; the warcinfo
+    # record keeps it so the corpus stays byte-identical to earlier runs (and their ids).
     info = (f"software: pipeline.demo\r\nformat: WARC File Format 1.0\r\nhostname: {path.stem}"
             "\r\nrobots: obey\r\nisPartOf: longcat-demo-crawl\r\n")  # fmt: skip
     fields = [("WARC-Filename", path.name), ("Content-Type", "application/warc-fields")]
@@ -732,7 +734,7 @@ def generate_demo_corpus(out_dir: Path, seed: int = 0) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m demo.corpus", description=__doc__)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

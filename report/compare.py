@@ -4,20 +4,20 @@ Why: a user tuning a filter changes one threshold and reruns; the question is th
 "what did that change?" — which stage keeps more, which language gained, did the mix
 shift, does the loss curve move. Each part draws both runs on the same axes and puts
 their numbers in adjacent columns with the difference, from the same files the single
-report reads (``report_data.load_run``), so the numbers match each run's own report.
+report reads (``data.load_run``), so the numbers match each run's own report.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline import report_plots as plots
-from pipeline import report_training_plots as training_plots
-from pipeline.report_data import RunData
-from pipeline.report_html import Num, figure, missing, note, page, table
-from pipeline.report_rejects import sorted_groups, top_reasons
-from pipeline.report_training import _series, expert_target, tokens_axis
-from pipeline.report_verdict import GRAD_RATIO_LIMIT, verdict_box, verdicts
+from report import plots
+from report import training_plots as training_plots
+from report.data import RunData
+from report.markup import Num, figure, missing, note, page, table
+from report.rejects import sorted_groups, top_reasons
+from report.training import _series, expert_target, tokens_axis
+from report.verdict import GRAD_RATIO_LIMIT, verdict_box, verdicts
 
 
 def _names(a: RunData, b: RunData) -> tuple[str, str]:

@@ -1,7 +1,7 @@
 """Run the ``minhash_dedup`` decision on a multi-node ``ray.cluster_utils.Cluster``.
 
-Used by ``tests/test_minhash_ray.py`` in a subprocess (``python -m
-tests.minhash_cluster_run``): a Cluster is its own Ray session and must not meet the
+Used by ``tests/pipeline/test_minhash_ray.py`` in a subprocess (``python -m
+tests.pipeline.minhash_cluster_run``): a Cluster is its own Ray session and must not meet the
 test session's ``ray_session``. Arguments: the run folder (pass-1
 documents already written), the number of shards, the decision fingerprint, the number
 of nodes, and the config as JSON. Prints one JSON line: the node ids Ray saw and the
