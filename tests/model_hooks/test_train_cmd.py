@@ -110,7 +110,6 @@ def test_steps_override_and_explicit_phases(curriculum: Path) -> None:
         ({"batch_size": 0}, "batch_size: Input should be greater than 0"),
         ({"train": {"balance_groups": 3}}, "train.balance_groups=3 must divide"),
         ({"grow_at_step": 2, "ray_workers": 2}, "grow_at_step runs in this process only"),
-        ({"epochs": 2, "ray_workers": 2}, "epochs and num_workers apply to ray_workers: 0"),
         (
             {"model": {"init_std": 0.01}, "width_transfer": {"proxy_model": {"d_model": 16}}},
             "model.init_std comes from width_transfer.proxy_model",
@@ -159,16 +158,18 @@ def test_ray_workers_go_through_ray_train(
 
     calls = []
 
-    def fake_fit(train_cfg, model_cfg, phase_dirs, batch_size, num_workers, seed):
+    def fake_fit(train_cfg, model_cfg, phase_dirs, batch_size, num_workers, seed, *,
+                 epochs, loader_workers):  # fmt: skip
         calls.append((train_cfg.steps, model_cfg.vocab_size, phase_dirs, batch_size,
-                      num_workers, seed))  # fmt: skip
+                      num_workers, seed, epochs, loader_workers))  # fmt: skip
         return []
 
     monkeypatch.setattr(ray_train, "fit_with_ray_train", fake_fit)
-    run = load_train_run(train_yaml(curriculum.parent / "t.yaml", ray_workers=2))
+    yaml_path = train_yaml(curriculum.parent / "t.yaml", ray_workers=2, epochs=2, num_workers=1)
+    run = load_train_run(yaml_path)
     assert run_train(run, steps=3) == []
     dirs = [str(d) for d in run.phase_dirs]
-    assert calls == [(3, TINY.vocab_size, dirs, 2, 2, 3)]
+    assert calls == [(3, TINY.vocab_size, dirs, 2, 2, 3, 2, 1)]
     assert not (Path(run.config.out) / CKPT_NAME).exists()  # nothing trained in-process
 
 
