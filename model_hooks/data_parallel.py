@@ -25,6 +25,11 @@ launched in the same fixed order on every rank, so the collectives always match,
 each element's sum is the same reduction whatever the timing: the result is
 deterministic and identical on every rank. ``torch.autograd.grad`` (train_step's R_g
 measurement) accumulates nothing and so triggers nothing.
+
+A parameter this rank did not use holds its bucket, and the ones after it, back to the
+end of the backward (torch DDP's ``find_unused_parameters`` walks the graph for those
+instead). In the MoE every parameter is used every step (the experts are three stacked
+weights per layer), so that happens only when no token of a batch picks an FFN expert.
 """
 
 from __future__ import annotations
