@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from model_hooks.train import CKPT_NAME, METRICS_NAME, load_checkpoint
 from pipeline.cli import main as cli_main
@@ -145,6 +146,22 @@ def test_a_run_folder_of_another_model_is_refused(curriculum: Path) -> None:
     scaled = train_yaml(curriculum.parent / "c.yaml", train={"hidden_lr_scale": 0.5})
     with pytest.raises(ConfigError, match=r"train\.hidden_lr_scale: 0\.5, but .* trained with 1"):
         run_train(load_train_run(scaled))
+
+
+def test_a_run_folder_of_an_old_version_is_refused_before_training(curriculum: Path) -> None:
+    path = train_yaml(curriculum.parent / "a.yaml")
+    run_train(load_train_run(path), steps=2)
+    ckpt_path = Path(load_train_run(path).config.out) / CKPT_NAME
+    ckpt = load_checkpoint(ckpt_path)
+    torch.save({**ckpt, "data": {"source": "ray_data", "phase": 0, "batches": 2}}, ckpt_path)
+    with pytest.raises(ConfigError, match=r"a\.yaml: out: .*ckpt\.pt was written by the old Ray"):
+        run_train(load_train_run(path), steps=4)
+    model = dict(ckpt["model"])
+    stacked = model.pop("layers.0.moe.experts.w_up")
+    model |= {f"layers.0.moe.experts.{i}.w_up.weight": w for i, w in enumerate(stacked)}
+    torch.save({**ckpt, "model": model}, ckpt_path)
+    with pytest.raises(ConfigError, match=r"before the FFN experts were stacked"):
+        run_train(load_train_run(path), steps=4)
 
 
 @pytest.mark.skipif(
