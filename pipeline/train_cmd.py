@@ -260,6 +260,12 @@ def run_train(run: TrainRun, steps: int | None = None) -> list[dict]:
     total = steps or config.train.steps or stream.num_batches()
     cfg = train_config(run, total)
     saved = _checkpoint_model(run, cfg)
+    if saved is not None and not (steps or config.train.steps):
+        # Every batch left from the checkpoint's position, at this world size: a run
+        # resumed under another ``ray_workers`` takes N x batch_size rows per step.
+        ckpt = load_checkpoint(Path(cfg.out_dir) / CKPT_NAME)
+        stream.load_state_dict(ckpt["data"])
+        cfg = train_config(run, ckpt["train_state"]["step"] + stream.num_batches())
     if config.ray_workers:
         from model_hooks.ray_train import fit_with_ray_train
 

@@ -190,6 +190,33 @@ def test_ray_workers_go_through_ray_train(
     assert not (Path(run.config.out) / CKPT_NAME).exists()  # nothing trained in-process
 
 
+def test_a_local_run_continues_on_ray_train_with_the_batches_left(
+    curriculum: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """steps: null after a world-size change: the steps done plus every batch left from
+    the checkpoint's stream position at the new world size (not a count from the start)."""
+    import model_hooks.ray_train as ray_train
+    from model_hooks.token_stream import TokenStream
+
+    path = train_yaml(curriculum.parent / "t.yaml", train={"steps": None})
+    run_train(load_train_run(path), steps=3)  # locally, world size 1
+    seen = []
+
+    def fake_fit(train_cfg, *args, **kwargs) -> list[dict]:
+        seen.append(train_cfg.steps)
+        return []
+
+    monkeypatch.setattr(ray_train, "fit_with_ray_train", fake_fit)
+    run = load_train_run(train_yaml(curriculum.parent / "t.yaml", train={"steps": None},
+                                    ray_workers=2))  # fmt: skip
+    run_train(run)
+    stream = TokenStream(run.phase_dirs, batch_size=2, seed=3, world_size=2)
+    stream.load_state_dict(load_checkpoint(Path(run.config.out) / CKPT_NAME)["data"])
+    assert seen == [3 + stream.num_batches()]
+    from_the_start = TokenStream(run.phase_dirs, batch_size=2, seed=3, world_size=2)
+    assert seen[0] != from_the_start.num_batches()  # what the count used to be
+
+
 def test_demo_flow_trains_through_pipeline_train(tmp_path: Path) -> None:
     """The main job's train step: configs/demo_train.yaml copied into the run folder,
     its curriculum.json and demo_model.yaml, through `pipeline train`'s code path."""
