@@ -10,6 +10,12 @@ Data comes from a source with ``state_dict`` / ``load_state_dict``: a ``TokenStr
 over packed phases (phase after phase; each batch brings its phase's RoPE base, and the
 metrics name the phase and count the tokens seen) or synthetic batches.
 
+``run_loop`` is the loop of every run: ``train()`` runs it in this process, and each
+Ray Train worker (``model_hooks/ray_train.py``) runs it on its shard of the stream with
+the data-parallel hooks of ``model_hooks/data_parallel.py`` (``Replicas``). Both write
+the same checkpoint (``data``: the stream's state dict), so either resumes the other's.
+A checkpoint of an older layout is refused before anything loads (``check_resumable``).
+
     python -m model_hooks.train --phases packed/p1 packed/p2 --out runs/x --steps 500
     python -m model_hooks.train --out runs/toy --steps 200      # synthetic batches
 
