@@ -4,8 +4,10 @@
 task per shard file, record batch by record batch) and turns each block into the
 training arrays with the same code as ``TokenStream`` (``RowTable.batch``);
 ``torch_batches(dataset, batch_size)`` iterates it with ``iter_torch_batches`` and
-hands out the trainer's batch dict. ``ray_train.fit_with_ray_train`` is the Ray Train
-entry built on it; in a Ray Train worker of your own::
+hands out the trainer's batch dict. The bundled trainer's Ray Train path
+(``ray_train.fit_with_ray_train``) reads each rank's shard of the ``TokenStream``
+instead, so its checkpoints hold one resumable position; this module is for a Ray Train
+loop of your own that wants Ray Data to do the reading::
 
     shard = ray.train.get_dataset_shard("train")      # from packed_dataset(...)
     for batch in torch_batches(shard, 8, domain_names):
@@ -13,9 +15,8 @@ entry built on it; in a Ray Train worker of your own::
 
 Ray Data owns the order here (file order, or a seeded block shuffle) and the split
 between workers (``streaming_split`` / Ray Train's dataset shards); the exact,
-world-size-independent resume of ``TokenStream`` is not available on this path
-(``fit_with_ray_train`` resumes at the saved phase by skipping the batches trained).
-One phase per dataset (seq_len and RoPE base differ between phases).
+world-size-independent resume of ``TokenStream`` is not available on this path. One
+phase per dataset (seq_len and RoPE base differ between phases).
 """
 
 from __future__ import annotations

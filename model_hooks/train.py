@@ -10,6 +10,12 @@ Data comes from a source with ``state_dict`` / ``load_state_dict``: a ``TokenStr
 over packed phases (phase after phase; each batch brings its phase's RoPE base, and the
 metrics name the phase and count the tokens seen) or synthetic batches.
 
+``run_loop`` is the loop of every run: ``train()`` runs it in this process, and each
+Ray Train worker (``model_hooks/ray_train.py``) runs it on its shard of the stream with
+the data-parallel hooks of ``model_hooks/data_parallel.py`` (``Replicas``). Both write
+the same checkpoint (``data``: the stream's state dict), so either resumes the other's.
+A checkpoint of an older layout is refused before anything loads (``check_resumable``).
+
     python -m model_hooks.train --phases packed/p1 packed/p2 --out runs/x --steps 500
     python -m model_hooks.train --out runs/toy --steps 200      # synthetic batches
 
@@ -25,6 +31,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -45,6 +53,11 @@ from model_hooks.moe import (
     bias_mu,
     router_cosine_similarity,
     routing_stats,
+)
+from model_hooks.old_checkpoints import (
+    OldCheckpointError,
+    old_data_state_problem,
+    stacked_experts_problem,
 )
 from model_hooks.synthetic import BATCH_KEYS, SyntheticBatches
 from model_hooks.token_stream import StreamLoader, TokenStream
@@ -360,6 +373,36 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def check_resumable(ckpt: dict, path: Path, cfg: TrainConfig) -> dict:
+    """``ckpt`` (read from ``path``) when this trainer can resume it; else a ValueError
+    that names it and says what to do, before any tensor is loaded: a layout of an older
+    version (per-expert weights before the stacked experts, the old Ray Data position;
+    ``model_hooks/old_checkpoints.py``) or optimiser groups that are not this
+    config's parameters (names compared group by group, on the meta device)."""
+    problem = stacked_experts_problem(ckpt, path) or old_data_state_problem(ckpt, path)
+    if problem is not None:
+        raise OldCheckpointError(problem)
+    with torch.device("meta"):
+        expected = build_optimizer(Model(ModelConfig(**ckpt["model_config"])), cfg)
+    want = [g["param_names"] for g in expected.state_dict()["param_groups"]]
+    have = [g.get("param_names") for g in ckpt["optimizer"]["param_groups"]]
+    if have != want and None not in have:
+        differ = f"{len(have)} parameter groups, this config has {len(want)}"
+        for i, (h, w) in enumerate(zip(have, want, strict=False)):
+            n = max(len(h), len(w))
+            padded = zip(h + [None] * (n - len(h)), w + [None] * (n - len(w)), strict=True)
+            pairs = [(a, b) for a, b in padded if a != b]
+            if pairs:
+                differ = f"group {i} holds {pairs[0][0]!r} where this model has {pairs[0][1]!r}"
+                break
+        raise OldCheckpointError(
+            f"{path}: its optimiser state is for other parameters than this model and "
+            f"config ({differ}); resume it with the config it was trained with, or start "
+            "a new run folder"
+        )
+    return ckpt
+
+
 def grow_checkpoint(src: Path, dst: Path) -> None:
     """Model growth on disk: the same step, lr schedule and data position, twice the
     layers (layers 1..n then 1..n), Adam moments copied per layer."""
@@ -380,6 +423,88 @@ def _keep_metrics_until(path: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
+class Replicas:
+    """What the loop asks of the data-parallel world around it. This base is one process
+    alone (every hook a no-op); ``model_hooks.data_parallel.DataParallel`` is N ranks
+    over ``torch.distributed`` (the Ray Train workers). The loop calls the collective
+    hooks in the same order on every rank, so the ranks stay in step."""
+
+    rank, world_size = 0, 1
+
+    def prepare(self, model: Model) -> None:
+        """Once the model holds its starting weights (fresh or resumed), before step 1."""
+
+    def all_have_batch(self, has_batch: bool) -> bool:
+        """Whether every rank got a batch: the ranks step together or not at all."""
+        return has_batch
+
+    def begin_step(self, model: Model) -> None:
+        """Before ``train_step`` (a data-parallel run keeps the router biases here)."""
+
+    def end_step(self, model: Model, record: dict) -> dict:
+        """After ``train_step``: the record of the global batch."""
+        return record
+
+    def checked(self, record: dict, model: Model) -> dict:
+        """A checkpointed step's record (data parallel: with the replicas' differences)."""
+        return record
+
+
+class RunLog(Protocol):
+    """Where the loop's records and checkpoints go: ``RunFolder`` (out_dir, as the run
+    goes) or, on Ray Train, the workers' reports (``model_hooks.ray_train``)."""
+
+    def log(self, record: dict, timing: dict) -> None: ...
+    def checkpoint(
+        self, model: Model, opt: torch.optim.Optimizer, data: dict, state: dict, record: dict
+    ) -> None: ...
+
+
+class RunFolder:
+    """``out_dir`` as a local run writes it: ckpt.pt, metrics.jsonl and timings.jsonl
+    (wall times in their own file keep metrics.jsonl reproducible). A resume keeps the
+    log lines up to the checkpoint's step; a fresh run starts fresh logs."""
+
+    def __init__(self, out_dir: Path, resumed_step: int | None) -> None:
+        self.ckpt_path = out_dir / CKPT_NAME
+        logs = (out_dir / METRICS_NAME, out_dir / TIMINGS_NAME)
+        for path in logs:
+            if resumed_step is None:
+                path.unlink(missing_ok=True)
+            else:
+                _keep_metrics_until(path, resumed_step)
+        self._metrics, self._timings = (path.open("a") for path in logs)
+
+    def log(self, record: dict, timing: dict) -> None:
+        for file, line in ((self._metrics, record), (self._timings, timing)):
+            file.write(json.dumps(line) + "\n")
+            file.flush()
+
+    def checkpoint(
+        self, model: Model, opt: torch.optim.Optimizer, data: dict, state: dict, record: dict
+    ) -> None:
+        save_checkpoint(self.ckpt_path, model, opt, data, state)
+
+    def close(self) -> None:
+        self._metrics.close()
+        self._timings.close()
+
+
+@contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms`` (warn-only) for the run, then as before."""
+    if not enabled:
+        yield
+        return
+    was_on = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=warn_only)
+
+
 def train(
     cfg: TrainConfig,
     source: BatchSource,
@@ -391,31 +516,40 @@ def train(
     is given; shapes must match either way. A batch's ``rope_theta`` overrides the RoPE
     base (each curriculum phase brings its own). ``stop_at_step`` pauses earlier with a
     checkpoint, on the schedule of the whole run (e.g. to grow the model there)."""
-    if not cfg.deterministic:
-        return _train(cfg, source, model_cfg, stop_at_step)
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CKPT_NAME
+    ckpt = None
+    if cfg.resume and ckpt_path.exists():
+        ckpt = check_resumable(load_checkpoint(ckpt_path), ckpt_path, cfg)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run_log = RunFolder(out, ckpt["train_state"]["step"] if ckpt is not None else None)
     try:
-        return _train(cfg, source, model_cfg, stop_at_step)
+        with deterministic_mode(cfg.deterministic):
+            return run_loop(cfg, source, model_cfg, ckpt, run_log, Replicas(), device,
+                            stop_at_step)  # fmt: skip
     finally:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        run_log.close()
 
 
-def _train(
+def run_loop(
     cfg: TrainConfig,
     source: BatchSource,
     model_cfg: ModelConfig | None,
-    stop_at_step: int | None,
+    ckpt: dict | None,
+    run_log: RunLog,
+    replicas: Replicas,
+    device: torch.device,
+    stop_at_step: int | None = None,
 ) -> list[dict]:
-    """``train`` without the deterministic-mode wrapping."""
+    """The training loop of every run, local or on Ray Train: build (or resume) the
+    model, optimiser and data position from ``ckpt``, then batch -> ``train_step`` ->
+    record -> checkpoint every ``ckpt_every`` steps and at the end. What a data-parallel
+    run adds comes in through ``replicas``; where records and checkpoints go, through
+    ``run_log``. ``source`` is this rank's share of the data (``TokenStream(rank=...,
+    world_size=...)``); its ``state_dict()`` is the checkpoint's ``data``."""
     last_step = cfg.steps if stop_at_step is None else min(cfg.steps, stop_at_step)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, metrics_path, timings_path = out / CKPT_NAME, out / METRICS_NAME, out / TIMINGS_NAME
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
-    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
     if ckpt is not None:
         model_cfg = model_cfg or ModelConfig(**ckpt["model_config"])
     model = Model(model_cfg or ModelConfig()).to(device)
@@ -429,36 +563,33 @@ def _train(
         source.load_state_dict(ckpt["data"])
         state.update(ckpt["train_state"])
         state["lr_anchor"] = resume_anchor(ckpt["train_state"], cfg)
-        _keep_metrics_until(metrics_path, state["step"])
-        _keep_metrics_until(timings_path, state["step"])
-    else:  # a fresh run starts fresh logs
-        metrics_path.unlink(missing_ok=True)
-        timings_path.unlink(missing_ok=True)
+    replicas.prepare(model)
     records, saved = [], state["step"]
-    with metrics_path.open("a") as log, timings_path.open("a") as timings:
-        while state["step"] < last_step:
-            started = time.perf_counter()
-            batch = next(source, None)
-            if batch is None:
-                break  # the curriculum is done
-            record = train_step(model, opt, batch, cfg, state["step"], state["lr_anchor"])
-            record["phase_start"] = record["phase"] != state["phase"]
-            state = {"step": state["step"] + 1, "phase": record["phase"],
-                     "tokens_seen": state["tokens_seen"] + record["tokens"],
-                     "schedule": schedule_state(cfg), "lr_anchor": state["lr_anchor"]}  # fmt: skip
-            record["tokens_seen"] = state["tokens_seen"]
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            # Wall times differ run to run: their own file keeps metrics.jsonl reproducible.
-            timing = {"step": record["step"], "step_time_s": time.perf_counter() - started}
-            timings.write(json.dumps(timing) + "\n")
-            timings.flush()
-            records.append(record)
-            if state["step"] % cfg.ckpt_every == 0 or state["step"] == cfg.steps:
-                save_checkpoint(ckpt_path, model, opt, source.state_dict(), state)
-                saved = state["step"]
-    if saved != state["step"]:
-        save_checkpoint(ckpt_path, model, opt, source.state_dict(), state)
+    while state["step"] < last_step:
+        started = time.perf_counter()
+        batch = next(source, None)
+        if not replicas.all_have_batch(batch is not None):
+            break  # the curriculum is done
+        replicas.begin_step(model)
+        record = train_step(model, opt, batch, cfg, state["step"], state["lr_anchor"])
+        record = replicas.end_step(model, record)
+        record["phase_start"] = record["phase"] != state["phase"]
+        state = {"step": state["step"] + 1, "phase": record["phase"],
+                 "tokens_seen": state["tokens_seen"] + record["tokens"],
+                 "schedule": schedule_state(cfg), "lr_anchor": state["lr_anchor"]}  # fmt: skip
+        record["tokens_seen"] = state["tokens_seen"]
+        save = state["step"] % cfg.ckpt_every == 0 or state["step"] == cfg.steps
+        if save:
+            record = replicas.checked(record, model)
+        timing = {"step": record["step"], "step_time_s": time.perf_counter() - started}
+        run_log.log(record, timing)
+        records.append(record)
+        if save:
+            run_log.checkpoint(model, opt, source.state_dict(), state, record)
+            saved = state["step"]
+    if saved != state["step"]:  # paused (stop_at_step) or the data ended
+        record = replicas.checked(records[-1], model)
+        run_log.checkpoint(model, opt, source.state_dict(), state, record)
     return records
 
 

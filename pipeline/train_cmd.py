@@ -82,7 +82,8 @@ class TrainRunConfig(StrictModel):
     """Model growth: train ``model`` to this step, then continue with twice its layers
     (1..n, 1..n) and the same optimiser moments, schedule and data position."""
     ray_workers: int = Field(default=0, ge=0)
-    """0: train in this process; N > 0: Ray Train with N data-parallel workers."""
+    """0: train in this process; N > 0: Ray Train with N data-parallel workers (the same
+    loop and checkpoint format: a run folder resumes under either)."""
     width_transfer: WidthTransferSpec | None = None
 
     @model_validator(mode="after")
@@ -96,11 +97,6 @@ class TrainRunConfig(StrictModel):
             )
         if self.grow_at_step is not None and self.ray_workers:
             raise ValueError("grow_at_step runs in this process only (ray_workers: 0)")
-        if self.ray_workers and (self.epochs != 1 or self.num_workers):
-            raise ValueError(
-                "epochs and num_workers apply to ray_workers: 0 only (Ray Data reads "
-                "each phase once and owns its readers)"
-            )
         if self.width_transfer is not None:
             tuned_here = {"init_std", "embed_init_std"} & self.model.model_fields_set
             if tuned_here:
@@ -213,12 +209,16 @@ _MAY_DIFFER = {"n_layers", "rope_theta"}
 def _checkpoint_model(run: TrainRun, cfg: TrainConfig) -> ModelConfig | None:
     """The checkpoint's architecture when ``out`` holds one, after checking that it is
     this config's model (or that model grown) and was trained with the same LR groups."""
+    from model_hooks.old_checkpoints import old_data_state_problem, stacked_experts_problem
     from model_hooks.train import load_checkpoint
 
     ckpt_path = Path(cfg.out_dir) / CKPT_NAME
     if not ckpt_path.exists():
         return None
     ckpt = load_checkpoint(ckpt_path)
+    problem = stacked_experts_problem(ckpt, ckpt_path) or old_data_state_problem(ckpt, ckpt_path)
+    if problem is not None:
+        raise ConfigError(f"{run.path}: out: {problem}")
     saved = ModelConfig(**ckpt["model_config"])
     want = run.model
     for field in ModelConfig.model_fields:
@@ -255,11 +255,19 @@ def run_train(run: TrainRun, steps: int | None = None) -> list[dict]:
     total = steps or config.train.steps or stream.num_batches()
     cfg = train_config(run, total)
     saved = _checkpoint_model(run, cfg)
+    if saved is not None and not (steps or config.train.steps):
+        # Every batch left from the checkpoint's position, at this world size: a run
+        # resumed under another ``ray_workers`` takes N x batch_size rows per step.
+        ckpt = load_checkpoint(Path(cfg.out_dir) / CKPT_NAME)
+        stream.load_state_dict(ckpt["data"])
+        cfg = train_config(run, ckpt["train_state"]["step"] + stream.num_batches())
     if config.ray_workers:
         from model_hooks.ray_train import fit_with_ray_train
 
-        return fit_with_ray_train(cfg, run.model, [str(d) for d in run.phase_dirs],
-                                  config.batch_size, config.ray_workers, config.seed)  # fmt: skip
+        dirs = [str(d) for d in run.phase_dirs]
+        return fit_with_ray_train(cfg, run.model, dirs, config.batch_size, config.ray_workers,
+                                  config.seed, epochs=config.epochs,
+                                  loader_workers=config.num_workers)  # fmt: skip
     source = StreamLoader(stream, config.num_workers) if config.num_workers else stream
     ckpt_path = Path(cfg.out_dir) / CKPT_NAME
     records: list[dict] = []

@@ -10,6 +10,8 @@ import torch
 
 from model_hooks.model import Model
 from model_hooks.moe import balance_loss
+from model_hooks.old_checkpoints import OldCheckpointError
+from model_hooks.old_checkpoints import main as convert_main
 from model_hooks.synthetic import SyntheticBatches
 from model_hooks.train import (
     CKPT_NAME,
@@ -208,3 +210,71 @@ def test_two_runs_write_byte_identical_outputs(tmp_path: Path) -> None:
     assert [t["step"] for t in timings] == [1, 2, 3, 4]
     assert all(t["step_time_s"] > 0 for t in timings)
     assert "step_time_s" not in (tmp_path / "a" / METRICS_NAME).read_text()
+
+
+def _per_expert_layout(ckpt: dict) -> dict:
+    """``ckpt`` as the trainer wrote it before the experts were stacked: one
+    ``experts.{i}.{w}.weight`` per expert in the model and in the optimiser (names,
+    indices and AdamW moments), in the old module order."""
+    model = {}
+    for key, value in ckpt["model"].items():
+        prefix, _, name = key.rpartition(".")
+        if prefix.endswith(".experts"):
+            model |= {f"{prefix}.{i}.{name}.weight": value[i].clone() for i in range(len(value))}
+        else:
+            model[key] = value
+    state, groups, index = {}, [], 0
+    for group in ckpt["optimizer"]["param_groups"]:
+        names, params, expert_runs = [], [], {}
+        for name, pid in zip(group["param_names"], group["params"], strict=True):
+            prefix, _, w = name.rpartition(".")
+            if prefix.endswith(".experts"):
+                expert_runs.setdefault(prefix, []).append((w, pid))
+                if len(expert_runs[prefix]) < 3:
+                    continue
+                n = len(ckpt["model"][name])
+                for i in range(n):
+                    for w_name, w_pid in expert_runs[prefix]:
+                        names.append(f"{prefix}.{i}.{w_name}.weight")
+                        old = ckpt["optimizer"]["state"][w_pid]
+                        state[index] = {k: v if k == "step" else v[i].clone()
+                                        for k, v in old.items()}  # fmt: skip
+                        params.append(index)
+                        index += 1
+                continue
+            names.append(name)
+            state[index] = ckpt["optimizer"]["state"][pid]
+            params.append(index)
+            index += 1
+        groups.append({**group, "param_names": names, "params": params})
+    return {**ckpt, "model": model, "optimizer": {"state": state, "param_groups": groups}}
+
+
+def test_a_checkpoint_from_before_the_stacked_experts_is_refused_then_converted(
+    tmp_path: Path,
+) -> None:
+    old_run, new_run = tmp_path / "old", tmp_path / "new"
+    train(_cfg(old_run, steps=3, bias_mu_decay_steps=50), _source(), TINY)
+    reference = train(_cfg(old_run, steps=6, bias_mu_decay_steps=50), _source(), None)
+    train(_cfg(new_run, steps=3, bias_mu_decay_steps=50), _source(), TINY)
+    ckpt_path = new_run / CKPT_NAME
+    old = _per_expert_layout(load_checkpoint(ckpt_path))
+    assert "layers.0.moe.experts.3.w_down.weight" in old["model"]
+    torch.save(old, ckpt_path)
+
+    with pytest.raises(OldCheckpointError) as refused:  # not a tensor-shape error
+        train(_cfg(new_run, steps=6, bias_mu_decay_steps=50), _source(), None)
+    message = str(refused.value)
+    assert str(ckpt_path) in message and "before the FFN experts were stacked" in message
+    assert f"python -m model_hooks.old_checkpoints {ckpt_path}" in message
+    assert load_checkpoint(ckpt_path)["model"].keys() == old["model"].keys()  # untouched
+
+    assert convert_main([str(new_run)]) == 0
+    resumed = train(_cfg(new_run, steps=6, bias_mu_decay_steps=50), _source(), None)
+    assert [r["lm_loss"] for r in resumed] == [r["lm_loss"] for r in reference]
+
+
+def test_a_checkpoint_of_other_parameters_is_refused_by_name(tmp_path: Path) -> None:
+    train(_cfg(tmp_path, steps=2), _source(), TINY)
+    with pytest.raises(ValueError, match=r"optimiser state is for other parameters.*group 0"):
+        train(_cfg(tmp_path, steps=4, hidden_lr_scale=0.5), _source(), None)

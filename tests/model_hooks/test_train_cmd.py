@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from model_hooks.train import CKPT_NAME, METRICS_NAME, load_checkpoint
 from pipeline.cli import main as cli_main
@@ -110,7 +111,6 @@ def test_steps_override_and_explicit_phases(curriculum: Path) -> None:
         ({"batch_size": 0}, "batch_size: Input should be greater than 0"),
         ({"train": {"balance_groups": 3}}, "train.balance_groups=3 must divide"),
         ({"grow_at_step": 2, "ray_workers": 2}, "grow_at_step runs in this process only"),
-        ({"epochs": 2, "ray_workers": 2}, "epochs and num_workers apply to ray_workers: 0"),
         (
             {"model": {"init_std": 0.01}, "width_transfer": {"proxy_model": {"d_model": 16}}},
             "model.init_std comes from width_transfer.proxy_model",
@@ -148,6 +148,22 @@ def test_a_run_folder_of_another_model_is_refused(curriculum: Path) -> None:
         run_train(load_train_run(scaled))
 
 
+def test_a_run_folder_of_an_old_version_is_refused_before_training(curriculum: Path) -> None:
+    path = train_yaml(curriculum.parent / "a.yaml")
+    run_train(load_train_run(path), steps=2)
+    ckpt_path = Path(load_train_run(path).config.out) / CKPT_NAME
+    ckpt = load_checkpoint(ckpt_path)
+    torch.save({**ckpt, "data": {"source": "ray_data", "phase": 0, "batches": 2}}, ckpt_path)
+    with pytest.raises(ConfigError, match=r"a\.yaml: out: .*ckpt\.pt was written by the old Ray"):
+        run_train(load_train_run(path), steps=4)
+    model = dict(ckpt["model"])
+    stacked = model.pop("layers.0.moe.experts.w_up")
+    model |= {f"layers.0.moe.experts.{i}.w_up.weight": w for i, w in enumerate(stacked)}
+    torch.save({**ckpt, "model": model}, ckpt_path)
+    with pytest.raises(ConfigError, match=r"before the FFN experts were stacked"):
+        run_train(load_train_run(path), steps=4)
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("model_hooks.ray_train") is None,
     reason="model_hooks/ray_train.py (Ray Train path) is not in this checkout",
@@ -159,17 +175,46 @@ def test_ray_workers_go_through_ray_train(
 
     calls = []
 
-    def fake_fit(train_cfg, model_cfg, phase_dirs, batch_size, num_workers, seed):
+    def fake_fit(train_cfg, model_cfg, phase_dirs, batch_size, num_workers, seed, *,
+                 epochs, loader_workers):  # fmt: skip
         calls.append((train_cfg.steps, model_cfg.vocab_size, phase_dirs, batch_size,
-                      num_workers, seed))  # fmt: skip
+                      num_workers, seed, epochs, loader_workers))  # fmt: skip
         return []
 
     monkeypatch.setattr(ray_train, "fit_with_ray_train", fake_fit)
-    run = load_train_run(train_yaml(curriculum.parent / "t.yaml", ray_workers=2))
+    yaml_path = train_yaml(curriculum.parent / "t.yaml", ray_workers=2, epochs=2, num_workers=1)
+    run = load_train_run(yaml_path)
     assert run_train(run, steps=3) == []
     dirs = [str(d) for d in run.phase_dirs]
-    assert calls == [(3, TINY.vocab_size, dirs, 2, 2, 3)]
+    assert calls == [(3, TINY.vocab_size, dirs, 2, 2, 3, 2, 1)]
     assert not (Path(run.config.out) / CKPT_NAME).exists()  # nothing trained in-process
+
+
+def test_a_local_run_continues_on_ray_train_with_the_batches_left(
+    curriculum: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """steps: null after a world-size change: the steps done plus every batch left from
+    the checkpoint's stream position at the new world size (not a count from the start)."""
+    import model_hooks.ray_train as ray_train
+    from model_hooks.token_stream import TokenStream
+
+    path = train_yaml(curriculum.parent / "t.yaml", train={"steps": None})
+    run_train(load_train_run(path), steps=3)  # locally, world size 1
+    seen = []
+
+    def fake_fit(train_cfg, *args, **kwargs) -> list[dict]:
+        seen.append(train_cfg.steps)
+        return []
+
+    monkeypatch.setattr(ray_train, "fit_with_ray_train", fake_fit)
+    run = load_train_run(train_yaml(curriculum.parent / "t.yaml", train={"steps": None},
+                                    ray_workers=2))  # fmt: skip
+    run_train(run)
+    stream = TokenStream(run.phase_dirs, batch_size=2, seed=3, world_size=2)
+    stream.load_state_dict(load_checkpoint(Path(run.config.out) / CKPT_NAME)["data"])
+    assert seen == [3 + stream.num_batches()]
+    from_the_start = TokenStream(run.phase_dirs, batch_size=2, seed=3, world_size=2)
+    assert seen[0] != from_the_start.num_batches()  # what the count used to be
 
 
 def test_demo_flow_trains_through_pipeline_train(tmp_path: Path) -> None:
