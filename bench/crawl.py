@@ -439,52 +439,59 @@ def run_ours(config: Path, documents: int, timeout: float) -> dict[str, Any]:
 # ---------------------------------------------------------------- datatrove
 
 DATATROVE_SCRIPT = r"""
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 
+# At import, so that the worker processes (which import this file again) use our model
+# file too instead of downloading theirs.
 import datatrove.utils.lid as lid
-args = json.loads(sys.argv[1])
-lid.cached_asset_path_or_download = lambda *a, **k: args["lid_model"]  # our shipped model
+lid.cached_asset_path_or_download = lambda *a, **k: os.environ["BENCH_LID_MODEL"]
 
-from datatrove.executor import LocalPipelineExecutor
-from datatrove.pipeline.dedup import (ExactDedupConfig, ExactDedupFilter,
-    ExactDedupSignature, ExactFindDedups)
-from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets,
-    MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature)
-from datatrove.pipeline.extractors import Trafilatura
-from datatrove.pipeline.filters import (GopherQualityFilter, GopherRepetitionFilter,
-    LanguageFilter)
-from datatrove.pipeline.readers import JsonlReader, WarcReader
-from datatrove.pipeline.writers import JsonlWriter
 
-work, tasks = Path(args["work"]), args["tasks"]
-def writer(name):
-    return JsonlWriter(str(work / name), compression=None)
-def run(pipeline, tasks=tasks):
-    LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=tasks,
-                          logging_dir=str(work / "logs" / str(time.time()))).run()
+def main(args):
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (ExactDedupConfig, ExactDedupFilter,
+        ExactDedupSignature, ExactFindDedups)
+    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets,
+        MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.filters import (GopherQualityFilter, GopherRepetitionFilter,
+        LanguageFilter)
+    from datatrove.pipeline.readers import JsonlReader, WarcReader
+    from datatrove.pipeline.writers import JsonlWriter
 
-exact = ExactDedupConfig(content_getter=lambda doc: doc.text)
-minhash = MinhashConfig()
-run([WarcReader(args["warc_dir"], glob_pattern="*.warc.gz"),
-     Trafilatura(favour_precision=True, timeout=5.0, deduplicate=False),
-     LanguageFilter(languages=args["languages"], language_threshold=args["min_score"]),
-     GopherRepetitionFilter(), GopherQualityFilter(),
-     writer("filtered"),
-     ExactDedupSignature(str(work / "exact_sigs"), config=exact)])
-run([ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), config=exact)], 1)
-run([JsonlReader(str(work / "filtered")),
-     ExactDedupFilter(str(work / "exact_dups"), config=exact),
-     writer("exact"),
-     MinhashDedupSignature(str(work / "signatures"), config=minhash)])
-run([MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=minhash)],
-    minhash.num_buckets)
-run([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=minhash)], 1)
-run([JsonlReader(str(work / "exact")),
-     MinhashDedupFilter(str(work / "remove")),
-     writer("deduped")])
-kept = sum(1 for p in (work / "deduped").glob("*.jsonl") for _ in open(p))
-print(json.dumps({"kept": kept}))
+    work, cpus = Path(args["work"]), args["tasks"]
+    def writer(name):
+        return JsonlWriter(str(work / name), compression=None)
+    def run(pipeline, tasks=cpus):  # never more worker processes than the CPUs asked for
+        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(tasks, cpus),
+                              logging_dir=str(work / "logs" / str(time.time()))).run()
+
+    exact = ExactDedupConfig(content_getter=lambda doc: doc.text)
+    minhash = MinhashConfig()
+    run([WarcReader(args["warc_dir"], glob_pattern="*.warc.gz"),
+         Trafilatura(favour_precision=True, timeout=5.0, deduplicate=False),
+         LanguageFilter(languages=args["languages"], language_threshold=args["min_score"]),
+         GopherRepetitionFilter(), GopherQualityFilter(),
+         writer("filtered"),
+         ExactDedupSignature(str(work / "exact_sigs"), config=exact)])
+    run([ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), config=exact)], 1)
+    run([JsonlReader(str(work / "filtered")),
+         ExactDedupFilter(str(work / "exact_dups"), config=exact),
+         writer("exact"),
+         MinhashDedupSignature(str(work / "signatures"), config=minhash)])
+    run([MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=minhash)],
+        minhash.num_buckets)
+    run([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=minhash)], 1)
+    run([JsonlReader(str(work / "exact")),
+         MinhashDedupFilter(str(work / "remove")),
+         writer("deduped")])
+    kept = sum(1 for p in (work / "deduped").glob("*.jsonl") for _ in open(p))
+    print(json.dumps({"kept": kept}))
+
+
+if __name__ == "__main__":  # datatrove's worker processes import this file again
+    main(json.loads(sys.argv[1]))
 """
 
 
@@ -495,10 +502,10 @@ def run_datatrove(crawl: Crawl, work: Path, python: Path, tasks: int, timeout: f
     script = work / "datatrove_crawl.py"
     script.write_text(DATATROVE_SCRIPT)
     args = {"work": str(work), "warc_dir": str(crawl.warc_dir), "tasks": tasks,
-            "lid_model": str(LID_MODEL), "languages": LANGUAGES,
-            "min_score": MIN_LANGUAGE_SCORE}  # fmt: skip
+            "languages": LANGUAGES, "min_score": MIN_LANGUAGE_SCORE}  # fmt: skip
     output = work / "stdout.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DATATROVE_COLORIZE_LOGS": "0"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DATATROVE_COLORIZE_LOGS": "0",
+           "BENCH_LID_MODEL": str(LID_MODEL)}  # fmt: skip
     env.pop("PYTHONPATH", None)
     measured = run_measured([str(python), str(script), json.dumps(args)], env, timeout, output)
     lines = output.read_text().strip().splitlines() if output.is_file() else []
@@ -675,7 +682,8 @@ def run_crawl(
         notes.append(f"datatrove: {peer_status}")
     else:
         notes.append(
-            "datatrove: LocalPipelineExecutor with tasks = workers; WarcReader, Trafilatura"
+            "datatrove: LocalPipelineExecutor, tasks = workers = 1 or 2 (the bucket pass: one"
+            " task per bucket on 1 or 2 workers); WarcReader, Trafilatura"
             " (favour_precision, timeout 5 s), LanguageFilter, Gopher repetition and quality,"
             " exact dedup (signature, find, filter), MinHash (signature, buckets, cluster,"
             " filter); each pass a run of the executor"
