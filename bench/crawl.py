@@ -1,9 +1,11 @@
 """The crawl benchmark of issue 18: one process drives every row on the same input.
 
 Input: N real web pages (default 3,000) as 30 WARC files, built from ``../shared/data``
-and Debian's documentation packages by ``bench.corpus`` (pages only) and cached under
-the bench cache (``~/.cache/longcat-bench/crawl/``); without either source, the demo
-generator's pages (the notes say so). Rows, each a subprocess measured from outside:
+and Debian's documentation packages by ``bench.corpus`` (pages only), plus the shared
+DAniEL news pages and the Debian handbook's 26 locales so that 3,000 pages are all
+distinct, round-robin over the kinds; cached under the bench cache
+(``~/.cache/longcat-bench/crawl/``). Without either source, the demo generator's pages
+(the notes say so). Rows, each a subprocess measured from outside:
 
 * **floor**: the bare libraries in one loop in one process: our WARC reader,
   ``trafilatura.extract`` with the extract stage's options (no time limit), lid.176 via
@@ -31,6 +33,7 @@ times and speed-ups mean little.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -46,7 +49,15 @@ from typing import Any
 import yaml
 
 from bench.contract import Row, add_contract_arguments, row, write_json
-from bench.corpus import DEFAULT_DATA, Pool, _response, build_pool
+from bench.corpus import (
+    DEFAULT_DATA,
+    MAX_TEXT_BYTES,
+    MIN_TEXT_BYTES,
+    Item,
+    Pool,
+    _response,
+    build_pool,
+)
 from bench.e2e import LANGUAGES, LID_MODEL, MIN_LANGUAGE_SCORE, _private_kib
 from bench.peers import cache_dir, find_datatrove
 
@@ -96,6 +107,31 @@ def page_pool(pool: Pool) -> Pool:
             if item.is_page:
                 pages.add(item)
     return pages
+
+
+def add_more_pages(pool: Pool, data: Path | None, debian: bool) -> None:
+    """More real pages than ``bench.corpus`` takes, so that 3,000 pages need no copies:
+    the DAniEL news articles of the shared data (five languages) and, with ``debian``,
+    the Debian Administrator's Handbook in its 26 locales (``apt-get download``, as
+    ``bench.filter_recall``). Both are added only where they already are or can be had."""
+    daniel = data / "web" / "daniel-dev" / "html" if data is not None else None
+    if daniel is not None and daniel.is_dir():
+        for path in sorted(daniel.glob("*.html.gz")):
+            _date, host, key = path.name.removesuffix(".html.gz").split("_", 2)
+            body = gzip.decompress(path.read_bytes())
+            pool.add(Item("web/daniel-dev", f"https://{host}/{key}", body))
+    if not debian:
+        return
+    from bench.filter_recall import ensure_handbook
+
+    handbook = ensure_handbook()
+    if handbook is None:
+        pool.notes.append("debian-handbook not available: its pages are not in the crawl")
+        return
+    for path in sorted(handbook.rglob("*.html")):
+        if MIN_TEXT_BYTES <= path.stat().st_size <= MAX_TEXT_BYTES:
+            url = f"https://debian-handbook.info/browse/{path.relative_to(handbook)}"
+            pool.add(Item("debian/handbook", url, path.read_bytes()))
 
 
 def build_crawl(pool: Pool, pages: int, folder: Path) -> Crawl:
@@ -642,6 +678,8 @@ def run_crawl(
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     log(f"crawl: load average at start {load}")
     pool = page_pool(build_pool(data, cache, debian))
+    if not pool.origin.endswith("demo"):  # real pages: as many kinds as can be had
+        add_more_pages(pool, data, debian)
     folder = cache / "crawl" / f"pages-{pages}-{pool.origin.replace('+', '-')}"
     crawl = build_crawl(pool, pages, folder)
     log(f"crawl: {crawl.describe()}")
@@ -664,6 +702,7 @@ def run_crawl(
     notes = [
         f"crawl: {crawl.describe()}; {len(pool)} distinct pages available"
         + (" (the crawl repeats pages as #copy URLs)" if len(pool) < pages else ""),
+        *pool.notes,
         f"load average at start (1, 5, 15 min): {load}, on {os.cpu_count()} cores",
         f"ours: `python -m pipeline curate` (embedded Ray), shard_input_bytes {shard_bytes:,}"
         " (about one WARC file per shard); extract (favor precision, 5 s limit), langid"

@@ -163,3 +163,20 @@ def test_crawl_quick_runs_every_row_without_shared_data(tmp_path: Path) -> None:
     # ours (both CPU counts) and the floor keep the same number of pages: same settings
     kept = [line.split("; ")[-1] for line in payload["notes"] if line.startswith("ours_")]
     assert len(kept) == 2 and kept[0] == kept[1] and kept[0].endswith("documents kept")
+
+
+def test_daniel_pages_join_the_crawl_with_their_host(tmp_path: Path) -> None:
+    import gzip
+
+    from bench.crawl import add_more_pages
+
+    folder = tmp_path / "web" / "daniel-dev" / "html"
+    folder.mkdir(parents=True)
+    page = b"<html><body><p>Nachrichten.</p></body></html>"
+    (folder / "20111103_www.example.gr_00ab12.html.gz").write_bytes(gzip.compress(page))
+    pool = Pool(origin="shared")
+    add_more_pages(pool, tmp_path, debian=False)  # no Debian: nothing is downloaded
+    (item,) = pool.kinds["web/daniel-dev"]
+    assert item.url == "https://www.example.gr/00ab12" and item.body == page
+    add_more_pages(pool, None, debian=False)  # no shared data: nothing added, no error
+    assert len(pool) == 1
