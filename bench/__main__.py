@@ -8,7 +8,7 @@
 4. the per-stage scripts (``bench.stage_scripts``), each a subprocess with ``--json``;
 5. the crawl run of issue 18 (``bench.crawl``): 3,000 real pages in 30 WARC files, the
    bare-library floor, ours at 1 and 2 CPUs and datatrove at 1 and 2 tasks, and one large
-   JSONL file at 1 and 2 CPUs (about 15 minutes more; ``--crawl-pages`` makes it smaller);
+   JSONL file at 1 and 2 CPUs (about 17 minutes more; ``--crawl-pages`` makes it smaller);
 
 then writes ``RESULTS.md`` and ``results.json`` (``runs/bench/`` by default, so a run
 never overwrites the tracked ``bench/RESULTS.md``; ``make bench`` passes ``--out bench``
