@@ -33,11 +33,13 @@ times and speed-ups mean little.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -278,15 +280,22 @@ class Measured:
     peak_mib: float
     processes: int
     orphans: int
+    killed: int  # descendants still alive ORPHAN_GRACE_SECONDS after the command
     started_at: float  # time.time() at start, to compare with output files' mtimes
     stderr_tail: str
 
 
 def run_measured(
-    command: list[str], env: dict[str, str], timeout: float, stdout: Path | None = None
+    command: list[str],
+    env: dict[str, str],
+    timeout: float,
+    stdout: Path | None = None,
+    grace_s: float = ORPHAN_GRACE_SECONDS,
 ) -> Measured:
     """Run ``command`` and measure its whole process tree until it and every process it
-    started have exited (or ORPHAN_GRACE_SECONDS after the command itself)."""
+    started have exited; what is still alive ``grace_s`` after the command itself (a
+    worker pool a failed run left behind) is killed, so that no run leaks into the
+    next one's measurements."""
     import subprocess
 
     with tempfile.TemporaryFile("w+") as errors, open(stdout or os.devnull, "w") as out:
@@ -312,16 +321,20 @@ def run_measured(
         sampler.sample()  # the last look at the tree before it is forgotten
         orphans = len(sampler.followed)
         sampler.root_exited()
-        grace = time.perf_counter() + ORPHAN_GRACE_SECONDS
+        grace = time.perf_counter() + grace_s
         while sampler.followed and time.perf_counter() < grace:
             time.sleep(SAMPLE_SECONDS)
         sampler.stop()
+        leftovers = sorted(sampler.followed)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         errors.seek(0)
         tail = errors.read()[-3000:]
     sampled = sampler.cpu_seconds
     used = (rusage.ru_utime + rusage.ru_stime) if rusage is not None else 0.0
     return Measured(status, wall, max(sampled, used), sampled, used, sampler.peak_mib,
-                    sampler.processes_seen, orphans, started_at, tail)  # fmt: skip
+                    sampler.processes_seen, orphans, len(leftovers), started_at, tail)  # fmt: skip
 
 
 def _measured_fields(measured: Measured, documents: int) -> dict[str, Any]:
@@ -333,6 +346,7 @@ def _measured_fields(measured: Measured, documents: int) -> dict[str, Any]:
         "peak_mib": measured.peak_mib,
         "processes": measured.processes,
         "orphans": measured.orphans,
+        "killed": measured.killed,
         "documents": documents,
         "docs_per_cpu_s": documents / measured.cpu_s if measured.cpu_s else None,
     }
@@ -654,6 +668,8 @@ def _run_note(name: str, run: dict[str, Any] | None) -> str:
     parts.append(f"peak {run['peak_mib']:.0f} MiB over {run['processes']} processes")
     if run.get("orphans"):
         parts.append(f"{run['orphans']} outlived the command and were followed")
+    if run.get("killed"):
+        parts.append(f"{run['killed']} still alive {ORPHAN_GRACE_SECONDS:.0f} s later, killed")
     if run.get("first_document_s") is not None:
         parts.append(f"first document out at {run['first_document_s']:.1f} s")
     if run.get("kept") is not None:

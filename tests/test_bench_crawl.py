@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -82,6 +84,31 @@ def test_sampler_counts_a_descendant_that_outlives_the_command(
     assert measured.cpu_sampled_s > measured.cpu_rusage_s
     assert measured.cpu_s == measured.cpu_sampled_s
     assert measured.peak_mib > 0
+
+
+def test_descendants_left_alive_after_the_grace_are_killed() -> None:
+    script = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "print(child.pid)\n"
+    )
+    with tempfile.NamedTemporaryFile("r") as out:
+        command = [sys.executable, "-c", script]
+        measured = run_measured(command, dict(os.environ), 60, Path(out.name), grace_s=0.5)
+        leftover = int(Path(out.name).read_text())
+    assert measured.status == 0 and measured.orphans == 1 and measured.killed == 1
+    for _ in range(50):  # killed; reaped by init shortly after
+        if not Path(f"/proc/{leftover}").exists() or "Z" in _state(leftover):
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{leftover}").exists() or "Z" in _state(leftover)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def test_sampler_reports_failure_and_kills_on_timeout(tmp_path: Path) -> None:
