@@ -6,6 +6,9 @@
    agreement of the two on heuristic survivors and near-duplicate clusters;
 3. scaling: ours with 1 and 2 workers, and peak memory as the corpus grows 1x, 4x, 16x;
 4. the per-stage scripts (``bench.stage_scripts``), each a subprocess with ``--json``;
+5. the crawl run of issue 18 (``bench.crawl``): 3,000 real pages in 30 WARC files, the
+   bare-library floor, ours at 1 and 2 CPUs and datatrove at 1 and 2 tasks, and one large
+   JSONL file at 1 and 2 CPUs (about 17 minutes more; ``--crawl-pages`` makes it smaller);
 
 then writes ``RESULTS.md`` and ``results.json`` (``runs/bench/`` by default, so a run
 never overwrites the tracked ``bench/RESULTS.md``; ``make bench`` passes ``--out bench``
@@ -25,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import e2e
+from bench import crawl, e2e
 from bench.contract import Row, row
 from bench.corpus import DEFAULT_DATA, Pool, build_pool, write_corpus
 from bench.peers import Peer, cache_dir, find_datatrove, peer_versions
@@ -37,7 +40,7 @@ DEFAULT_OUT = BENCH_DIR.parent / "runs" / "bench"  # untracked: the tracked tabl
 DEFAULT_DOCS = 300
 QUICK_DOCS = 24
 SCALES = (1, 4, 16)
-SECTIONS = ("e2e", "scaling", "stages")
+SECTIONS = ("e2e", "scaling", "stages", "crawl")
 
 
 def log(message: str) -> None:
@@ -255,6 +258,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--stage-timeout", type=float, default=None,
                      help="seconds per per-stage script (default 150, --quick 90)")  # fmt: skip
     run.add_argument("--work", type=Path, default=None, help="scratch folder (kept)")
+    run.add_argument("--crawl-pages", type=int, default=None,
+                     help=f"pages of the crawl section (default {crawl.DEFAULT_PAGES},"
+                     f" --quick {crawl.QUICK_PAGES})")  # fmt: skip
+    run.add_argument("--crawl-large-mb", type=float, default=None,
+                     help="the crawl section's one-file case in MB (default"
+                     f" {crawl.DEFAULT_LARGE_MB:.0f}, --quick"
+                     f" {crawl.QUICK_LARGE_MB:.0f})")  # fmt: skip
     return parser
 
 
@@ -289,6 +299,18 @@ def run_all(args: argparse.Namespace) -> int:
         results_sections += run_stage_scripts(
             quick=args.quick, data=args.data, timeout=timeout,
             datatrove_python=peer.python, log=log,
+        )  # fmt: skip
+    if "crawl" in sections:
+        pages = args.crawl_pages or (crawl.QUICK_PAGES if args.quick else crawl.DEFAULT_PAGES)
+        large_mb = args.crawl_large_mb or (
+            crawl.QUICK_LARGE_MB if args.quick else crawl.DEFAULT_LARGE_MB
+        )
+        results_sections.append(
+            crawl.run_crawl(
+                args.data, cache, work / "crawl", pages, large_mb,
+                debian=not (args.quick or args.no_debian),
+                datatrove_python=peer.python, peer_status=peer.status,
+            )
         )  # fmt: skip
     results = {
         "quick": args.quick,

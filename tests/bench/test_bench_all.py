@@ -1,7 +1,7 @@
 """``python -m bench all --quick`` runs to the end without the shared data, the network
 or datatrove, and writes RESULTS.md and results.json with a section for every part:
-the end-to-end comparison (peer rows say "peer not installed"), scaling, and each
-per-stage script (with its rows, or why it has none)."""
+the end-to-end comparison (peer rows say "peer not installed"), scaling, each
+per-stage script (with its rows, or why it has none), and the crawl run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import crawl
 from bench.contract import validate
 from bench.stage_scripts import STAGE_SCRIPTS
 
@@ -40,7 +41,7 @@ def test_bench_all_quick_writes_every_section(tmp_path: Path) -> None:
     assert results["machine"]["cores"] and results["machine"]["python"]
     assert any("demo" in note for note in results["corpus_notes"])
     sections = {s["name"]: s for s in results["sections"]}
-    expected = {"End-to-end curation", "Scaling"}
+    expected = {"End-to-end curation", "Scaling", crawl.SECTION_NAME}
     expected |= {f"Per stage: {script.name}" for script in STAGE_SCRIPTS}
     assert set(sections) == expected
     for name, section in sections.items():
@@ -62,6 +63,12 @@ def test_bench_all_quick_writes_every_section(tmp_path: Path) -> None:
     assert len(memory) == 3  # 1x, 4x, 16x; --quick measures only the run it already has
     measured = [r["ours"] for r in memory if r["ours"] is not None]
     assert measured and all(mib > 0 for mib in measured)
+
+    crawl_section = sections[crawl.SECTION_NAME]
+    assert crawl_section["status"] == "ok", crawl_section["status"]
+    crawl_rows = {r["measure"]: r for r in crawl_section["rows"]}
+    assert crawl_rows["ours, 1 CPU, against the floor"]["ratio"] > 0
+    assert crawl_rows["ours, 1 CPU, against datatrove 1 task"]["peer"] is None
 
     # without the shared data, the data-reading scripts say they skipped; none crashed
     for script in STAGE_SCRIPTS:
