@@ -673,6 +673,13 @@ def report(result: Comparison, command: str, scenario: str) -> list[str]:
     traf = result.extract_cpu
     dropped_at = ", ".join(f"{stage} {count}" for stage, count in sorted(fates.items())
                            if stage != "kept")  # fmt: skip
+    timeouts = sum("timeout" in (p.full_fate or "") for p in pages)
+    spent: dict[str, float] = defaultdict(float)
+    for page in pages:
+        if not page.kept:
+            spent[(page.full_fate or "").split(":")[0]] += page.extract_cpu
+    ceiling = ", ".join(f"{stage} {_pct(cpu, traf)}" for stage, cpu in sorted(spent.items()))
+    ceiling += f"; all {_pct(sum(spent.values()), traf)}"
     families = ", ".join(f"{name} {1000 * cpu / n:.2f}" for name, cpu in
                          sorted(result.family_cpu.items(), key=lambda kv: -kv[1]))  # fmt: skip
     lines = [
@@ -688,7 +695,10 @@ def report(result: Comparison, command: str, scenario: str) -> list[str]:
         f"- CPU per page of each rule family on the fast text, ms (each family alone; fineweb"
         f" includes C4's cleaning): {families}",
         f"- extraction outcomes: {result.measured} measured in this run, {result.cached} from"
-        " the cache (CPU times as measured when cached)",
+        f" the cache (CPU times as measured when cached); {timeouts} page(s) over the extract"
+        " stage's wall-clock limit (a load-dependent verdict, issue 18)",
+        f"- ceiling: trafilatura CPU spent on pages the full pipeline drops, by the stage that"
+        f" drops them (no prefilter can save more): {ceiling}",
         "",
         "Each candidate rule on the fast text, as published (s = 1) and at the least"
         " strictness s with no verdict change on these pages (a `min_*` rule drops below"

@@ -60,6 +60,8 @@ def test_compare_accounting_on_synthetic_pages() -> None:
     assert by_key["repeated"].full_fate is not None
     assert by_key["empty"].fast_text.strip() == "" or len(by_key["empty"].fast_text) < 50
     kept = {p.key for p in pages if p.kept}
+    assert "extract:no_extractable_text" in result.candidates
+    assert "langid:language_score_below_min" in result.candidates
     for name, rows in result.candidates.items():
         assert [c.strictness for c in rows] == list(STRICTNESS)
         for candidate in rows:
