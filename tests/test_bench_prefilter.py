@@ -3,6 +3,8 @@ prefilter drop, and every count adds up (synthetic pages made here; no ../shared
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.prefilter import (
@@ -118,3 +120,12 @@ def test_a_kept_page_is_a_verdict_change_never_a_safe_drop() -> None:
     # A rule that drops a kept page at every strictness is never chosen.
     pages.append(_judged("empty-kept", kept=True, value=0.0))
     assert choose(pages, [name]) == {}
+
+
+def test_command_without_the_shared_data_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.prefilter import main
+
+    assert main(["--data", str(tmp_path), "--pages", "5"]) == 0
+    assert "skipped: ../shared/data with web/ not found" in capsys.readouterr().out
