@@ -89,6 +89,7 @@ class Page:
     lang: str | None = None  # gold or locale language, where the corpus says
     gold: str | None = None  # the article's own text, where the corpus has it
     genuine: bool = False  # a page every filter should keep (curated article sets)
+    locale: str | None = None  # handbook pages: the locale folder's language
     # full pipeline
     full_fate: str | None = None  # None: kept; else "stage:reason"
     full_text: str | None = None  # the extracted text (before C4's line removal)
@@ -188,10 +189,9 @@ def _load_debian(cache: Path, kinds: dict[str, list[Page]]) -> None:
         for locale in sorted(p for p in handbook.iterdir() if p.is_dir()):
             code = {"nb": "no"}.get(locale.name.split("-")[0].lower(), locale.name[:2])
             for path in sorted(locale.glob("*.html")):
+                # lang stays None: set by agreement with lid.176 (untranslated pages exist)
                 page = Page("handbook", f"{locale.name}/{path.stem}", _decode(path.read_bytes()),
-                            genuine=True)  # fmt: skip
-                page.lang = None  # set by agreement with lid.176 (untranslated pages exist)
-                page.locale = code  # type: ignore[attr-defined]
+                            genuine=True, locale=code)  # fmt: skip
                 kinds[f"handbook/{locale.name}"].append(page)
     for package, (kind, inside, prefix) in DEBIAN_PACKAGES.items():
         base = cache / "debian" / package / inside
@@ -638,9 +638,8 @@ def label_languages(pages: list[Page]) -> None:
     """Handbook pages take their locale's language where lid.176 agrees on the full
     text (a locale folder also holds untranslated pages, labelled by lid.176)."""
     for page in pages:
-        locale = getattr(page, "locale", None)
-        if page.lang is None and locale is not None and page.full_lang == locale:
-            page.lang = locale
+        if page.lang is None and page.locale is not None and page.full_lang == page.locale:
+            page.lang = page.locale
 
 
 # --------------------------------------------------------------------------- report
