@@ -29,7 +29,7 @@ from bench.crawl import (
 )
 from stages.readers import ReaderConfig, read_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pool(pages: int) -> Pool:
