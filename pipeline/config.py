@@ -109,6 +109,10 @@ class CurateConfig(StrictModel):
     """Input files are grouped into shards of about this many (compressed) bytes; a shard
     is the unit of parallelism, of retry and of resume."""
 
+    min_piece_bytes: int = Field(default=1024**2, gt=0, strict=True)
+    """A file larger than ``shard_input_bytes`` is cut into pieces of at least this many
+    bytes: a small target then groups whole files instead of cutting them to crumbs."""
+
     allow_system_output_dir: bool = False
     """An output_dir in a system folder (/etc, /usr, /bin, /boot, /proc, /sys, /dev, ...)
     or ``/`` itself is refused unless this is ``true``."""

@@ -252,9 +252,11 @@ def map_items(
                 running[remote.remote(*shared, items[next_position])] = next_position
             progress.advance(results[position], len(running))
     finally:
+        # Tasks still running are left to finish or to die with the session: cancelling
+        # them here raced their completion in Ray 2.60's core worker (a fatal
+        # "Tried to complete task that was not pending" on Ctrl-C), and every task's
+        # output is idempotent, so a retried pass may safely meet one still running.
         progress.close()
-        for ref in running:  # interrupted: stop what is still queued or running
-            ray.cancel(ref, force=True)
     return results  # type: ignore[return-value]
 
 

@@ -87,7 +87,9 @@ def plan(config: CurateConfig) -> list[Shard]:
             raise ConfigError(f"inputs[{index}].path: {exc}") from exc
         listings.append(files)
         filesystems.append(filesystem)
-    return plan_shards(listings, config.shard_input_bytes, filesystems)
+    return plan_shards(
+        listings, config.shard_input_bytes, filesystems, config.min_piece_bytes
+    )
 
 
 def check_requirements(config: CurateConfig) -> None:

@@ -308,18 +308,21 @@ def plan_shards(
     inputs: list[list[InputFile]],
     shard_input_bytes: int,
     filesystems: list[pafs.FileSystem] | None = None,
+    min_piece_bytes: int = 1,
 ) -> list[Shard]:
     """Cut each file larger than the target into pieces (``split_file``), then group
     each input's pieces greedily, in file order, inputs in config order; a piece larger
     than the target is a shard alone. ``filesystems`` (one per input; local files when
-    not given) is where the footers and first gzip members are read."""
+    not given) is where the footers and first gzip members are read. Pieces are at least
+    ``min_piece_bytes`` (the curate config's ``min_piece_bytes``, 1 MiB by default)."""
     shards: list[Shard] = []
     for input_index, files in enumerate(inputs):
         filesystem = filesystems[input_index] if filesystems else pafs.LocalFileSystem()
         current: list[FilePiece] = []
         current_bytes = 0
         for file in files:
-            for piece in split_file(file, shard_input_bytes, filesystem):
+            piece_bytes = max(shard_input_bytes, min_piece_bytes)
+            for piece in split_file(file, piece_bytes, filesystem):
                 if current and current_bytes + piece.size_bytes > shard_input_bytes:
                     shards.append(Shard(len(shards), input_index, tuple(current)))
                     current, current_bytes = [], 0

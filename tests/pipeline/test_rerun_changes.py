@@ -153,6 +153,7 @@ def test_a_split_file_reruns_only_the_shards_of_its_changed_pieces(ray_session, 
     config = tmp_path / "job" / "curate.yaml"
     config.write_text(
         f"inputs:\n  - path: data\noutput_dir: {out}\nshard_input_bytes: 100000\n"
+        "min_piece_bytes: 1\n"
         "stages: {extract: null, langid: null, heuristics: null, domain: null}\n"
     )
     first = run_curate(load_curate_config(config))

@@ -168,6 +168,7 @@ def test_a_run_gives_the_same_outputs_whatever_the_split(ray_session, tmp_path):
                 "inputs": [{"path": str(root), "name": "in"}],
                 "output_dir": str(tmp_path / name),
                 "shard_input_bytes": shard_bytes,
+                "min_piece_bytes": 1,
                 "stages": {"extract": None, "langid": None, "heuristics": None, "domain": None},
             }
         )
@@ -230,3 +231,22 @@ def test_done_markers_compare_each_piece_by_its_own_bytes(tmp_path):
     assert len(changed) == 2, changed  # one piece of each file read the changed bytes
     sources = [{p.file.source for p in shards[index].pieces} for index in changed]
     assert sources == [{"in/a.jsonl"}, {"in/b.parquet"}]
+
+
+def test_a_tiny_target_groups_whole_files_instead_of_crumbs(tmp_path):
+    """``shard_input_bytes: 1`` (one shard per file, as some tests and users ask) must
+    not cut files into one-byte pieces: pieces are at least ``min_piece_bytes``."""
+    from pipeline.config import CurateConfig
+    from pipeline.runner import plan
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for number in range(3):
+        (root / f"{number}.jsonl").write_text('{"text": "x"}\n' * 2000)  # 28 kB each
+    config = CurateConfig.model_validate(
+        {"inputs": [{"path": str(root)}], "output_dir": str(tmp_path / "o"), "shard_input_bytes": 1}
+    )
+    shards = plan(config)
+    assert [[p.part for p in s.pieces] for s in shards] == [[None]] * 3
+    small = config.model_copy(update={"min_piece_bytes": 10_000})
+    assert len(plan(small)) == 9  # 28 kB in pieces of at least 10 kB: three each
