@@ -6,7 +6,7 @@ Commands:
                        pack, train, report
   train-quality CONFIG.yaml     train the quality classifier and the fluency LM
   train-tokenizer CONFIG.yaml   train a byte-level BPE on curated documents
-  tokenize CONFIG.yaml          curated shards -> tokenized shards (actor pool)
+  tokenize CONFIG.yaml          curated shards -> tokenized shards (Ray tasks)
   mix MIX.yaml --tokenized DIR --out DIR [--scale F] [--seed N]
                        plan and pack every phase of a curriculum into token shards
   report RUN_DIR [--out FILE] [--compare RUN_B]   one self-contained HTML page of the

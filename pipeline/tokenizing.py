@@ -3,8 +3,8 @@
 ``python -m pipeline train-tokenizer CONFIG`` trains a byte-level BPE on the curated
 documents (on the driver: the ``tokenizers`` trainer is multi-threaded itself) and
 writes it to ``tokenizer.tokenizer_path``. ``python -m pipeline tokenize CONFIG`` turns
-every curated shard into one tokenized shard of the same number, through an actor pool
-(``pipeline/token_runner.py``) whose actors each load the tokenizer once:
+every curated shard into one tokenized shard of the same number, as Ray tasks
+(``pipeline/token_runner.py``) whose worker processes each load the tokenizer once:
 
     OUTPUT_DIR/
       tokenizer.json          a copy of the tokenizer used (the shards' ids mean nothing without it)
@@ -181,8 +181,8 @@ def shard_number(entry: dict[str, Any]) -> str:
 class TokenizeShards:
     """Per curated shard: read, tokenize, write the tokenized shard and its stats.
 
-    A callable class so that Ray runs it as an actor pool: ``__init__`` loads the
-    tokenizer once per actor; each call handles a batch of shard numbers."""
+    Built once per worker process (``token_runner.tokenize_worker``): ``__init__`` loads
+    the tokenizer; ``tokenize_shard`` handles one shard number."""
 
     def __init__(self, config: TokenizeRunConfig, entries: list[dict[str, Any]], checksum: str):
         self.config = config
@@ -191,12 +191,6 @@ class TokenizeShards:
         self.stage = Tokenize(config.tokenizer)
         name = posixpath.basename(config.tokenizer.tokenizer_path)
         self.metadata = shard_metadata(name, checksum, self.stage.vocab_size)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        done = [self.tokenize_shard(number) for number in batch.column("shard").to_pylist()]
-        return pa.table(
-            {"shard": [d["shard"] for d in done], "tokens": [d["tokens"] for d in done]}
-        )
 
     def tokenize_shard(self, number: int) -> dict[str, Any]:
         entry = self.entries[number]
