@@ -28,7 +28,7 @@ import os
 import posixpath
 import stat
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from stages.byte_streams import LINE_MAX_BYTES, warc_gzip_layout
-from stages.readers import BYTES, ROW_GROUPS, Part, reader_kind
+from stages.readers import BYTES, ROW_GROUPS, Part, count_line_starts, reader_kind
 
 GLOB_CHARACTERS = set("*?[")
 log = logging.getLogger("pipeline")
@@ -360,6 +360,8 @@ def split_file(file: InputFile, target_bytes: int, filesystem: pafs.FileSystem) 
         if kind in ("jsonl", "warc") and not lower.endswith((".gz", ".zst")):
             if lower.endswith(".json") and _json_array(filesystem, file.path):
                 reason = "a JSON array is parsed whole (convert it to JSON Lines to split it)"
+            elif kind == "jsonl":
+                return _numbered_lines(_byte_pieces(file, target_bytes), filesystem)
             else:
                 return _byte_pieces(file, target_bytes)
         elif kind == "warc" and lower.endswith(".gz"):
@@ -392,6 +394,17 @@ def _byte_pieces(file: InputFile, target_bytes: int) -> list[FilePiece]:
     bounds = [size * number // count for number in range(count + 1)]
     return [
         FilePiece(file, Part(BYTES, start, stop), stop - start) for start, stop in pairwise(bounds)
+    ]
+
+
+def _numbered_lines(pieces: list[FilePiece], filesystem: pafs.FileSystem) -> list[FilePiece]:
+    """JSON Lines pieces with the number of lines that start before each, so a piece
+    names its records ``line:N`` as the whole file would (one sequential read)."""
+    with filesystem.open_input_stream(pieces[0].file.path, compression=None) as stream:
+        before = count_line_starts(stream, [piece.part.start for piece in pieces])
+    return [
+        replace(piece, part=replace(piece.part, first_row=lines))
+        for piece, lines in zip(pieces, before, strict=True)
     ]
 
 

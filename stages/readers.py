@@ -17,13 +17,12 @@ row-group ranges of Parquet files. Every record is read by exactly one piece, th
 in which it starts, and is named by where it is in the whole file, so the rows (ids,
 records, texts, rejects) of a file are the same whatever its pieces:
 
-- JSON Lines records are named ``offset:N``, the byte offset where the line starts (in
-  the decompressed stream for ``.gz``/``.zst``, which are read whole). A line number
-  would need every byte before a piece counted before the piece could name its first
-  row: a serial read of the whole file at planning (on an object store, a download),
-  where a byte offset is known from the piece itself. WARC records were already named
-  by offset, so one scheme serves both (``tail -c +$((N+1)) FILE | head -1`` shows
-  the line).
+- JSON Lines records are named ``line:N``, the line's number in the whole file. A
+  piece of a plain JSONL file carries the number of lines that start before it
+  (``Part.first_row``), counted by the planner in one sequential pass over the file
+  (``count_line_starts``, at memchr speed: about 0.1 s for 150 MB on local disk; on an
+  object store that pass is a download of the file). WARC records are named by their
+  byte offset (``offset:N``), which a piece knows by itself.
 - Parquet rows stay ``row:N`` (the row number in the file): the footer gives each row
   group's row count, so a piece knows its first row without reading the rows before.
 """
@@ -90,6 +89,7 @@ __all__ = [
     "Part",
     "ReadInput",
     "ReaderConfig",
+    "count_line_starts",
     "decode_bytes",
     "document_id",
     "parquet_row_group_spans",
@@ -139,8 +139,9 @@ ROW_GROUPS = "row_groups"
 class Part:
     """One piece of a file, read on its own: bytes ``start``..``stop`` (``BYTES``: a
     line, WARC record or gzip member belongs to the piece in which it starts) or row
-    groups ``start``..``stop`` (``ROW_GROUPS``; ``first_row`` counts the rows of the
-    groups before, so rows keep their number in the file)."""
+    groups ``start``..``stop`` (``ROW_GROUPS``). ``first_row`` counts what comes before
+    the piece, so records keep their number in the file: the rows of the groups before
+    (Parquet), the lines that start before ``start`` (JSON Lines)."""
 
     unit: str
     start: int
@@ -301,7 +302,10 @@ def _read_stream(
         yield from _read_warc(reader, source, cfg, whole=part is None, stop=line_stop)
     elif kind == "jsonl":
         arrays = part is None and lower.removesuffix(".gz").removesuffix(".zst").endswith(".json")
-        yield from _read_jsonl(reader, source, cfg, arrays, whole=part is None, stop=line_stop)
+        first_line = 1 if part is None else part.first_row + 1
+        yield from _read_jsonl(
+            reader, source, cfg, arrays, whole=part is None, stop=line_stop, first_line=first_line
+        )
     else:
         yield _read_single(reader, source, kind, CODE_LANGUAGES.get(_suffix(path)), cfg)
 
@@ -441,6 +445,35 @@ def _read_single(
     )
 
 
+LINE_COUNT_CHUNK_BYTES = 8 * 1024**2
+
+
+def count_line_starts(stream: Any, starts: Sequence[int]) -> list[int]:
+    """For each byte position in ``starts`` (ascending), how many lines start before it:
+    the line at 0 and one after each newline. One sequential read of ``stream`` (a
+    binary file object), up to the last position."""
+    counts: list[int] = []
+    pending = sorted(starts)
+    seen = newlines = 0  # bytes read, newlines among them
+    while pending:
+        target = pending[0]
+        if target == 0:
+            counts.append(0)
+            pending.pop(0)
+            continue
+        # line starts before target: 1 + newlines in bytes [0, target - 1)
+        if seen < target - 1:
+            chunk = stream.read(min(LINE_COUNT_CHUNK_BYTES, target - 1 - seen))
+            if not chunk:
+                raise ValueError(f"file ends at byte {seen}, before position {target}")
+            seen += len(chunk)
+            newlines += chunk.count(b"\n")
+            continue
+        counts.append(1 + newlines)
+        pending.pop(0)
+    return counts
+
+
 def _read_jsonl(
     reader: ByteReader,
     source: str,
@@ -448,10 +481,11 @@ def _read_jsonl(
     arrays: bool = False,
     whole: bool = True,
     stop: int | None = None,
+    first_line: int = 1,
 ) -> Iterator[dict[str, Any]]:
-    """JSON Lines, each record named by the offset where its line starts; with
-    ``arrays`` (a whole ``.json`` file) also one JSON array of records. ``stop``: a
-    piece reads the lines that start before it."""
+    """JSON Lines, each record named by its line number in the file (``first_line``: the
+    number of the piece's first line); with ``arrays`` (a whole ``.json`` file) also one
+    JSON array of records. ``stop``: a piece reads the lines that start before it."""
     if whole and not reader.peek(1):
         yield _reject(source, "file", REASON_EMPTY, format="text")
         return
@@ -459,8 +493,10 @@ def _read_jsonl(
         yield from _read_json_array(reader, source, cfg)
         return
     limit = 2 * cfg.max_doc_bytes + LINE_MAX_BYTES  # JSON escapes can double the text
+    number = first_line - 1
     while stop is None or reader.tell() < stop:
-        record = f"offset:{reader.tell()}"
+        number += 1
+        record = f"line:{number}"
         line = reader.readline(limit)
         if not line:
             return

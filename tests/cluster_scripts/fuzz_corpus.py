@@ -388,8 +388,8 @@ def _jsonl(plan: FuzzPlan, texts: GoodTexts) -> None:
     ]
     path = root / "mixed.jsonl"
     with path.open("wb") as out:
-        for line, expect, what in lines:
-            record = f"offset:{out.tell()}"  # where the line starts
+        for number, (line, expect, what) in enumerate(lines, start=1):
+            record = f"line:{number}"
             out.write(line + b"\n")
             if expect == "good":
                 plan.good(path, record)

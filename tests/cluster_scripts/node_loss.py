@@ -8,7 +8,7 @@ shutdown (their processes get SIGKILL) and adds a replacement after each kill, a
 autoscaler would:
 
 * worker A as soon as the first shard's documents pass is complete;
-* worker B a second after the last one is (the exact-dedup groupby is running);
+* worker B as soon as the last one is (the exact-dedup rounds are starting);
 * the first replacement as soon as exact dedup is decided (the MinHash step runs).
 
 The summary JSON says when each kill landed and what the run returned. Run by
@@ -40,7 +40,7 @@ os.environ.setdefault("PIPELINE_PROGRESS", "0")
 
 NODE = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "object_store_memory": 200 * 1024**2}
 POLL_S = 0.05
-DEDUP_KILL_DELAY_S = 1.0
+DEDUP_KILL_DELAY_S = 0.0  # the global rounds run on warm workers: seconds, not more
 
 
 def _markers(output_dir: Path) -> int:

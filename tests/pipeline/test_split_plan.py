@@ -187,7 +187,7 @@ def test_a_run_gives_the_same_outputs_whatever_the_split(ray_session, tmp_path):
     dropped = [r for r in whole_rejects if "exact_dedup" in r]
     assert len(dropped) == 2  # one copy of each pair
     records = [row["record"] for row in whole_docs]
-    assert "offset:0" in records and "row:10" in records and "row:850" not in records
+    assert "line:1" in records and "row:10" in records and "row:850" not in records
 
 
 def test_done_markers_compare_each_piece_by_its_own_bytes(tmp_path):

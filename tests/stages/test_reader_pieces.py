@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import random
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from stages.readers import (
     ROW_GROUPS,
     Part,
     ReaderConfig,
+    count_line_starts,
     read_file,
     read_pieces,
 )
@@ -40,6 +42,10 @@ DROP = "drop_reason"
 def _rows(path: Path, parts: list[Part] | None = None) -> list[dict]:
     if parts is None:
         return list(read_file(str(path), path.name, FS, CFG))
+    if path.suffix in (".jsonl", ".json"):  # the planner numbers a JSONL piece's lines
+        with path.open("rb") as stream:
+            before = count_line_starts(stream, [part.start for part in parts])
+        parts = [replace(part, first_row=n) for part, n in zip(parts, before, strict=True)]
     return [row for part in parts for row in read_file(str(path), path.name, FS, CFG, part)]
 
 
@@ -95,9 +101,7 @@ def test_jsonl_rows_are_the_same_whatever_the_split(tmp_path, suffix):
     path.write_bytes(b"\n".join(lines))
     starts = [sum(len(line) + 1 for line in lines[:n]) for n in range(len(lines))]
     whole = _assert_same_whatever_the_split(path, starts)
-    assert [row["record"] for row in whole] == [
-        f"offset:{starts[n]}" for n in (0, 1, 3, 4, 5, 6, 7)
-    ]
+    assert [row["record"] for row in whole] == [f"line:{n + 1}" for n in (0, 1, 3, 4, 5, 6, 7)]
     reasons = [row[DROP] for row in whole]
     assert reasons == [None, REASON_BAD_JSON, REASON_MISSING_FIELD, None, REASON_TOO_LARGE,
                        None, None]  # fmt: skip
@@ -261,3 +265,13 @@ def test_planning_tells_multi_member_warc_gzip_from_the_rest():
     assert "does not inflate" in layout(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"\xff" * 50)
     big = gzip.compress(_warc(b"https://big/", random.Random(1).randbytes(300_000)))
     assert "longer than" in layout(big + members, probe_bytes=100_000)
+
+
+def test_line_starts_are_counted_in_one_pass():
+    import io
+
+    data = b"a\nbb\n\nccc\nd"
+    starts = [0, 1, 2, 3, 5, 6, 7, 10, 11]  # lines start at 0, 2, 5, 6 and 10
+    line_starts = [0] + [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
+    expected = [sum(start < p for start in line_starts) for p in starts]
+    assert count_line_starts(io.BytesIO(data), starts) == expected == [0, 1, 1, 2, 2, 3, 4, 4, 5]
