@@ -454,21 +454,26 @@ class Candidate:
     changed_keys: list[str] = field(default_factory=list)
 
 
+def _tally(result: Candidate, page: Page) -> None:
+    """Count one page the prefilter drops: CPU saved, and a verdict change or a safe drop."""
+    result.dropped += 1
+    result.saved_cpu += page.extract_cpu
+    if page.kept:
+        result.changed += 1
+        result.changed_genuine += page.genuine
+        result.changed_keys.append(f"{page.source}/{page.key}")
+    else:
+        result.safe += 1
+
+
 def evaluate(pages: list[Page], name: str, strictness: float) -> Candidate:
     result = Candidate(name, strictness)
     for page in pages:
         check = page.checks.get(name)
         if check is None or not drops(check, strictness, name):
             continue
-        result.dropped += 1
-        result.saved_cpu += page.extract_cpu
-        if page.kept:
-            result.changed += 1
-            result.changed_genuine += page.genuine
-            result.changed_keys.append(f"{page.source}/{page.key}")
-        else:
-            result.safe += 1
-            result.same_reason += page.full_fate == name
+        _tally(result, page)
+        result.same_reason += not page.kept and page.full_fate == name
     return result
 
 
@@ -478,14 +483,7 @@ def evaluate_set(pages: list[Page], chosen: dict[str, float]) -> Candidate:
     for page in pages:
         if not any(n in page.checks and drops(page.checks[n], s, n) for n, s in chosen.items()):
             continue
-        result.dropped += 1
-        result.saved_cpu += page.extract_cpu
-        if page.kept:
-            result.changed += 1
-            result.changed_genuine += page.genuine
-            result.changed_keys.append(f"{page.source}/{page.key}")
-        else:
-            result.safe += 1
+        _tally(result, page)
     return result
 
 
