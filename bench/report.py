@@ -153,10 +153,45 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+KEPT_NOTE = "*Kept from an earlier run of this file: not measured in the run above.*"
+
+
+def _sections(markdown: str) -> tuple[str, list[tuple[str, str]]]:
+    """(text before the first ``## `` heading, [(heading, whole section)])."""
+    parts = markdown.split("\n## ")
+    head, sections = parts[0], []
+    for part in parts[1:]:
+        title = part.split("\n", 1)[0].strip()
+        sections.append((title, "## " + part.rstrip("\n") + "\n"))
+    return head, sections
+
+
+def merge_markdown(previous: str, current: str) -> str:
+    """``current``, followed by the sections of ``previous`` it does not have (a run of
+    some sections, or a section written by another script, must not erase the rest of
+    the tracked RESULTS.md), each marked as kept. Machine and corpus notes are the
+    current run's."""
+    head, sections = _sections(current)
+    titles = {title for title, _ in sections}
+    kept = []
+    for title, text in _sections(previous)[1]:
+        if title in titles or title in ("Machine", "Corpus"):
+            continue
+        if KEPT_NOTE not in text:
+            heading, _, body = text.partition("\n")
+            text = f"{heading}\n\n{KEPT_NOTE}\n{body}"
+        kept.append(text)
+    return "\n".join([head.rstrip("\n") + "\n", *(text for _, text in sections), *kept])
+
+
 def write_results(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """``out/RESULTS.md`` and ``out/results.json``."""
+    """``out/RESULTS.md`` (merged with the sections an earlier file there has and this
+    run does not: ``merge_markdown``) and ``out/results.json``."""
     out.mkdir(parents=True, exist_ok=True)
     markdown, data = out / "RESULTS.md", out / "results.json"
-    markdown.write_text(render_markdown(results))
+    rendered = render_markdown(results)
+    if markdown.exists():
+        rendered = merge_markdown(markdown.read_text(), rendered)
+    markdown.write_text(rendered)
     data.write_text(json.dumps(results, indent=1, allow_nan=False, default=str) + "\n")
     return markdown, data
