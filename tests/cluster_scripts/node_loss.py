@@ -60,13 +60,24 @@ def _wait(condition, stop) -> bool:
 
 
 def _watch(cluster, workers, output_dir: Path, shards: int, events: list, stop) -> None:
-    """Kill a node per phase (see the module docstring), adding a replacement each time."""
+    """Kill a node per phase (see the module docstring), adding a replacement each time.
+    A replacement starts on a thread of its own: starting a node takes seconds, longer
+    than the global rounds on warm workers, and the next kill must not wait for it."""
+    replacements: list[threading.Thread] = []
 
     def kill(node, name: str) -> None:
         state = {step: _decided(output_dir, step) for step in ("exact_dedup", "minhash_dedup")}
         cluster.remove_node(node, allow_graceful=False)
         events.append({"killed": name, "pass_markers": _markers(output_dir), "decided": state})
-        workers.append(cluster.add_node(**NODE))
+        previous = replacements[-1] if replacements else None
+
+        def replace() -> None:
+            if previous is not None:
+                previous.join()  # nodes are added one at a time, in kill order
+            workers.append(cluster.add_node(**NODE))
+
+        replacements.append(threading.Thread(target=replace, daemon=True))
+        replacements[-1].start()
 
     try:
         if not _wait(lambda: _markers(output_dir) >= 1, stop):
@@ -76,9 +87,11 @@ def _watch(cluster, workers, output_dir: Path, shards: int, events: list, stop) 
             return
         time.sleep(DEDUP_KILL_DELAY_S)
         kill(workers[1], "worker-b")
-        if not _wait(lambda: _decided(output_dir, "exact_dedup"), stop):
+        if not _wait(lambda: _decided(output_dir, "exact_dedup") and len(workers) > 2, stop):
             return
         kill(workers[2], "replacement-1")
+        for thread in replacements:
+            thread.join()
     except Exception:
         events.append({"watcher_error": traceback.format_exc()})
 

@@ -1,5 +1,5 @@
 """Worker nodes killed in the middle of curation (the documents pass, the exact-dedup
-groupby, the MinHash step) do not change the result: the outputs are byte-identical to
+rounds, the MinHash step) do not change the result: the outputs are byte-identical to
 an undisturbed run and the accounting identity holds."""
 
 from __future__ import annotations
