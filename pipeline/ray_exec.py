@@ -94,7 +94,7 @@ def init_ray(
     ray.init(
         address="local",
         num_cpus=num_cpus,
-        object_store_memory=object_store_memory_bytes or _embedded_object_store_bytes(),
+        object_store_memory=object_store_memory_bytes or EMBEDDED_OBJECT_STORE_BYTES,
         include_dashboard=False,
         _node_ip_address=LOOPBACK,
         logging_level=ray_level,
@@ -103,14 +103,10 @@ def init_ray(
 
 
 EMBEDDED_OBJECT_STORE_BYTES = 512 * 1024**2
-
-
-def _embedded_object_store_bytes() -> int:
-    """The object store of an embedded run holds shard summaries and the global rounds'
-    small tables (digests, signatures, drops), never documents: 512 MiB, where Ray's
-    default takes 30% of the machine's memory (7 GiB here) of /dev/shm. Spilling to disk
-    covers a larger exchange; ``ray.object_store_memory_bytes`` sets it."""
-    return EMBEDDED_OBJECT_STORE_BYTES
+"""The object store of an embedded run holds shard summaries and the global rounds'
+small tables (digests, signatures, drops), never documents: 512 MiB, where Ray's
+default takes 30% of the machine's memory (7 GiB here) of /dev/shm. Spilling to disk
+covers a larger exchange; ``ray.object_store_memory_bytes`` sets it."""
 
 
 def cluster_cpus() -> int:
@@ -161,8 +157,8 @@ def _call_worker(key: str, factory: Callable[[], Callable[[Any], dict]], item: A
     return worker(item)
 
 
-def _call_plain(function: Callable[..., dict], args: tuple, item: Any) -> dict:
-    return function(*args, item)
+def _call_plain(function: Callable[[Any], dict], item: Any) -> dict:
+    return function(item)
 
 
 class Progress:
@@ -208,19 +204,19 @@ def map_items(
     items: Sequence[Any],
     *,
     factory: Callable[[], Callable[[Any], dict]] | None = None,
-    function: Callable[..., dict] | None = None,
-    args: tuple = (),
+    function: Callable[[Any], dict] | None = None,
     cpus: float = 1.0,
     memory: int | None = None,
     sizes: Sequence[int] | None = None,
     count_key: str | None = None,
     count_label: str | None = None,
 ) -> list[dict]:
-    """Run ``factory()(item)`` (a worker built once per process) or ``function(*args,
-    item)`` for every item, as Ray tasks of ``cpus`` each; returns the results in item
-    order. At most as many tasks are in flight as the cluster has slots, taken largest
-    ``sizes`` first, so no long item starts last. ``args`` and the factory go to the
-    object store once. ``memory`` (bytes) reserves Ray's memory resource per task."""
+    """Run ``factory()(item)`` (a worker built once per process) or ``function(item)``
+    for every item, as Ray tasks of ``cpus`` each; returns the results in item order. At
+    most as many tasks are in flight as the cluster has slots, taken largest ``sizes``
+    first, so no long item starts last. The factory or function (a ``functools.partial``
+    carries its other arguments) goes to the object store once. ``memory`` (bytes)
+    reserves Ray's memory resource per task."""
     import ray
 
     if not items:
@@ -230,7 +226,7 @@ def map_items(
     if factory is not None:
         body, shared = _call_worker, (uuid.uuid4().hex, ray.put(factory))
     else:
-        body, shared = _call_plain, (function, ray.put(args))
+        body, shared = _call_plain, (ray.put(function),)
     remote = _remote_function(body, cpus, 1, memory)
     order = sorted(range(len(items)), key=lambda i: -(sizes[i] if sizes else 0))
     slots = max(1, int(cluster_cpus() // cpus))

@@ -87,9 +87,7 @@ def plan(config: CurateConfig) -> list[Shard]:
             raise ConfigError(f"inputs[{index}].path: {exc}") from exc
         listings.append(files)
         filesystems.append(filesystem)
-    return plan_shards(
-        listings, config.shard_input_bytes, filesystems, config.min_piece_bytes
-    )
+    return plan_shards(listings, config.shard_input_bytes, filesystems, config.min_piece_bytes)
 
 
 def check_requirements(config: CurateConfig) -> None:
@@ -191,18 +189,6 @@ def _global_steps(
 FINALIZE_CPUS = 1.0  # a whole CPU: the documents pass's worker processes take it, none new
 
 
-def finalize_shard_at(
-    layout: RunLayout,
-    steps: list[GlobalStep],
-    fingerprints: list[str],
-    run_fingerprint: str,
-    shard_index: int,
-) -> dict[str, Any]:
-    """``finalize_shard`` with the shard last, as ``map_items`` calls it."""
-    finalize_shard(layout, shard_index, steps, fingerprints, run_fingerprint)
-    return {"shard": shard_index}
-
-
 def _finalize_pass(
     layout: RunLayout,
     pending: list[int],
@@ -211,13 +197,11 @@ def _finalize_pass(
     run_fingerprint: str,
 ) -> None:
     """Pass 3 on the worker processes the documents pass started (same task pool)."""
-    map_items(
-        "finalize",
-        pending,
-        function=finalize_shard_at,
-        args=(layout, steps, fingerprints, run_fingerprint),
-        cpus=FINALIZE_CPUS,
-    )
+    finalize = functools.partial(
+        finalize_shard, layout, steps=steps, fingerprints=fingerprints,
+        run_fingerprint=run_fingerprint,
+    )  # fmt: skip
+    map_items("finalize", pending, function=finalize, cpus=FINALIZE_CPUS)
 
 
 def _finalized(layout: RunLayout, shard: int, fingerprint: str | None) -> bool:

@@ -316,12 +316,12 @@ def plan_shards(
     not given) is where the footers and first gzip members are read. Pieces are at least
     ``min_piece_bytes`` (the curate config's ``min_piece_bytes``, 1 MiB by default)."""
     shards: list[Shard] = []
+    piece_bytes = max(shard_input_bytes, min_piece_bytes)
     for input_index, files in enumerate(inputs):
         filesystem = filesystems[input_index] if filesystems else pafs.LocalFileSystem()
         current: list[FilePiece] = []
         current_bytes = 0
         for file in files:
-            piece_bytes = max(shard_input_bytes, min_piece_bytes)
             for piece in split_file(file, piece_bytes, filesystem):
                 if current and current_bytes + piece.size_bytes > shard_input_bytes:
                     shards.append(Shard(len(shards), input_index, tuple(current)))

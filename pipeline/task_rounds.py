@@ -106,30 +106,26 @@ def split_rows(table: pa.Table, destination: np.ndarray, count: int) -> list[pa.
 
 def by_shard(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
     """(shard, its rows) for each shard in ``table``'s ``shard`` column, ascending; rows
-    keep their order within a shard. One stable sort, then slices."""
-    if table.num_rows == 0:
-        return
-    shards = table.column("shard").to_numpy()
-    order = np.argsort(shards, kind="stable")
-    ordered, sorted_shards = table.take(pa.array(order, pa.int64())), shards[order]
-    starts = np.flatnonzero(np.diff(sorted_shards, prepend=np.iinfo(np.int64).min) != 0)
-    ends = np.append(starts[1:], len(order))
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        yield int(sorted_shards[start]), ordered.slice(start, end - start)
+    keep their order within a shard."""
+    for (shard,), rows in by_key(table, ["shard"]):
+        yield int(shard), rows
 
 
 def by_key(table: pa.Table, columns: list[str]) -> Iterator[tuple[tuple, pa.Table]]:
-    """(key, its rows) for each distinct value of ``columns``, keys ascending: one sort,
-    then slices."""
+    """(key, its rows) for each distinct value of ``columns``, keys ascending, rows in
+    their order within a key: one stable sort, then slices."""
     if table.num_rows == 0:
         return
     ordered = table.take(pc.sort_indices(table, [(c, "ascending") for c in columns]))
-    keys = list(zip(*(ordered.column(c).to_pylist() for c in columns), strict=True))
-    start = 0
-    for end in range(1, len(keys) + 1):
-        if end == len(keys) or keys[end] != keys[start]:
-            yield keys[start], ordered.slice(start, end - start)
-            start = end
+    count = ordered.num_rows
+    changes = np.zeros(count - 1, dtype=bool)
+    for name in columns:
+        column = ordered.column(name)
+        changes |= pc.not_equal(column.slice(1), column.slice(0, count - 1)).to_numpy()
+    starts = np.concatenate([[0], np.flatnonzero(changes) + 1]).tolist()
+    for start, end in zip(starts, [*starts[1:], count], strict=True):
+        rows = ordered.slice(start, end - start)
+        yield tuple(rows.column(name)[0].as_py() for name in columns), rows
 
 
 def shard_groups(documents: Sequence[int], groups: int) -> list[list[int]]:

@@ -453,24 +453,17 @@ def count_line_starts(stream: Any, starts: Sequence[int]) -> list[int]:
     the line at 0 and one after each newline. One sequential read of ``stream`` (a
     binary file object), up to the last position."""
     counts: list[int] = []
-    pending = sorted(starts)
     seen = newlines = 0  # bytes read, newlines among them
-    while pending:
-        target = pending[0]
-        if target == 0:
-            counts.append(0)
-            pending.pop(0)
-            continue
-        # line starts before target: 1 + newlines in bytes [0, target - 1)
-        if seen < target - 1:
+    for target in sorted(starts):
+        # lines that start before ``target``: the one at 0, one after each newline in
+        # bytes [0, target - 1)
+        while seen < target - 1:
             chunk = stream.read(min(LINE_COUNT_CHUNK_BYTES, target - 1 - seen))
             if not chunk:
                 raise ValueError(f"file ends at byte {seen}, before position {target}")
             seen += len(chunk)
             newlines += chunk.count(b"\n")
-            continue
-        counts.append(1 + newlines)
-        pending.pop(0)
+        counts.append(0 if target == 0 else 1 + newlines)
     return counts
 
 
