@@ -90,8 +90,15 @@ class RayConfig(StrictModel):
     """CPUs for an embedded local Ray (ignored when joining a cluster); None = all."""
 
     object_store_memory_bytes: int | None = Field(default=None, ge=75 * 1024**2, strict=True)
-    """Object store size for an embedded local Ray (Ray's minimum: 75 MiB); None lets Ray
-    choose (30% of RAM)."""
+    """Object store size for an embedded local Ray (Ray's minimum: 75 MiB); None: 512 MiB
+    (``pipeline.ray_exec.EMBEDDED_OBJECT_STORE_BYTES``), room for the global rounds' small
+    tables, never documents."""
+
+
+RUN_SETTINGS = frozenset({"ray", "max_error_share"})
+"""CurateConfig keys that change how a run executes, never its outputs (the outputs are
+byte-identical whatever the CPUs: tests/pipeline/test_determinism.py): left out of the
+fingerprint, so changing them between a run and its rerun resumes instead of refusing."""
 
 
 class CurateConfig(StrictModel):
@@ -112,6 +119,13 @@ class CurateConfig(StrictModel):
     min_piece_bytes: int = Field(default=1024**2, gt=0, strict=True)
     """A file larger than ``shard_input_bytes`` is cut into pieces of at least this many
     bytes: a small target then groups whole files instead of cutting them to crumbs."""
+
+    max_error_share: float = Field(default=0.01, ge=0, le=1)
+    """The share of input documents that may fail in a stage (``error:`` reasons: an
+    exception, an extraction time-out, an unreadable file) before ``curate`` exits with
+    status 3. The outputs are written either way; the failed documents are in rejects/
+    with their reason. A real crawl has a few pages no extractor finishes, so 0 is
+    strict; many failures mean a bug or broken input, which a scheduler should see."""
 
     allow_system_output_dir: bool = False
     """An output_dir in a system folder (/etc, /usr, /bin, /boot, /proc, /sys, /dev, ...)
@@ -145,11 +159,17 @@ class CurateConfig(StrictModel):
         the Ray session and changes when the cluster restarts."""
         return _relative_paths(self.model_dump(mode="json"), self._config_dir)
 
+    def output_settings(self) -> dict[str, Any]:
+        """The portable dump without the settings that change how a run executes but not
+        what it writes (``RUN_SETTINGS``): what two runs into one folder must share."""
+        return {k: v for k, v in self.portable_dump().items() if k not in RUN_SETTINGS}
+
     def fingerprint(self) -> str:
         """Names this exact configuration: a rerun into the same folder must match it.
         Made of the config's content (paths relative to the config file, model and eval
-        file digests), never of where the checkout or Ray runs."""
-        canonical = json.dumps(self.portable_dump(), sort_keys=True)
+        file digests), never of where the checkout or Ray runs, nor of ``RUN_SETTINGS``:
+        a run killed on 2 CPUs resumes on 16."""
+        canonical = json.dumps(self.output_settings(), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -19,6 +19,7 @@ pipeline schema`` or a config error must not pay for importing Ray and torch.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError
@@ -49,8 +50,9 @@ def run_demo(out: Path, seed: int, address: str | None, train_steps: int | None)
     stage_demo_configs(out)
 
     train_quality_models(out / "demo_quality.yaml")
-    if curate(out / "demo_curate.yaml", address, overwrite=True) != 0:
-        return 1
+    status = curate(out / "demo_curate.yaml", address, overwrite=True)
+    if status != 0:
+        return status
     train_bpe_tokenizer(out / "demo_tokenize.yaml")
     tokenize(out / "demo_tokenize.yaml", address)
     mix_and_pack(DEMO_MIX, str(out / "tokenized"), out, address=address)
@@ -105,7 +107,32 @@ def curate(config_path: Path, address: str | None, overwrite: bool) -> int:
         f"({result.shards_run} shards run, {result.shards_skipped} already done)"
         f" -> {result.output_dir}"
     )
-    return 0 if result.ledger["identity_holds"] else 1
+    if not result.ledger["identity_holds"]:
+        return 1
+    too_many = failed_documents_problem(result.ledger, config.max_error_share)
+    if too_many:
+        print(f"error: {too_many}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def failed_documents_problem(ledger: dict, max_share: float) -> str | None:
+    """What to tell the user when more documents failed in a stage (``error:`` reasons)
+    than ``max_error_share`` allows, naming the commonest failures; None when within."""
+    totals = ledger["totals"]
+    if totals["errors"] <= max_share * totals["input"]:
+        return None
+    reasons: dict[str, int] = {}
+    for stage, entry in ledger["stages"].items():
+        for reason, count in entry["errors"].items():
+            reasons[f"{stage}: {reason}"] = reasons.get(f"{stage}: {reason}", 0) + count
+    commonest = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:3]
+    return (
+        f"{totals['errors']:,} of {totals['input']:,} documents failed in a stage "
+        f"({totals['errors'] / max(totals['input'], 1):.2%}, above max_error_share "
+        f"{max_share:.2%}): " + ", ".join(f"{reason} ({count:,})" for reason, count in commonest)
+        + "; the outputs are written and each failed document is in rejects/ with its reason"
+    )
 
 
 def train_bpe_tokenizer(config_path: Path) -> None:

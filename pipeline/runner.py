@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from pipeline import ray_exec
-from pipeline.config import ConfigError, CurateConfig
+from pipeline.config import RUN_SETTINGS, ConfigError, CurateConfig
 from pipeline.curate import (
     DocumentPass,
     GlobalStep,
@@ -235,7 +235,10 @@ def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) 
     fingerprint = config.fingerprint()
     if previous is not None and previous.get("config_fingerprint") != fingerprint:
         if not overwrite:
-            differences = config_differences(previous.get("config"), config.model_dump(mode="json"))
+            old_settings = {
+                k: v for k, v in (previous.get("config") or {}).items() if k not in RUN_SETTINGS
+            }
+            differences = config_differences(old_settings, config.output_settings())
             shown = ", ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
             which = f" (differs in {shown})" if differences else " (an input it names changed)"
             raise ConfigError(
