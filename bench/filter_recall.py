@@ -295,6 +295,7 @@ def variants() -> list[Variant]:
             table_cells=False,
             cjk_languages=[],
             skip_lines_c4_removes=False,
+            c4_sentence_languages=None,
             overrides={
                 "c4": {"require_terminal_punctuation": True, "reject_curly_bracket": True},
                 "fineweb": {"max_dup_line_char_fraction": 0.01},

@@ -168,6 +168,15 @@ class HeuristicsConfig(StageConfig):
     applies to; without that column, or for a null language, it applies to every
     document. None applies it everywhere."""
 
+    c4_sentence_languages: list[str] | None = Field(default_factory=lambda: ["en"])
+    """Languages (the ``language`` column) C4's minimum of five sentences applies to;
+    without that column, or for a null language, it applies to every document. None
+    applies it everywhere. C4 and FineWeb are English corpora; FineWeb-2, their
+    multilingual successor, runs no C4 rule on other languages, because a sentence
+    count is not comparable across them (a Chinese news sentence strings clauses with
+    commas, so a complete brief has three). C4's line filter still runs for every
+    language."""
+
     language_overrides: dict[str, dict[str, dict[str, Threshold]]] = Field(
         default_factory=lambda: dict(DEFAULT_LANGUAGE_OVERRIDES)
     )
@@ -285,6 +294,9 @@ class Heuristics(Stage):
         self.stop_languages = (
             None if cfg.stop_word_languages is None else frozenset(cfg.stop_word_languages)
         )
+        self.sentence_languages = (
+            None if cfg.c4_sentence_languages is None else frozenset(cfg.c4_sentence_languages)
+        )
 
     def _build_steps(self, language: str | None) -> list[list[_Rule] | dict[str, Threshold]]:
         """One step per preset: a list of bound rules, or C4's parameters for c4_clean."""
@@ -343,6 +355,11 @@ class Heuristics(Stage):
         check_stop_words = (
             self.stop_languages is None or language is None or language in self.stop_languages
         )
+        count_sentences = (
+            self.sentence_languages is None
+            or language is None
+            or language in self.sentence_languages
+        )
         words = "cjk" if language in self.cjk else "whitespace"
         current = text or ""  # the text as the user gets it: tables stay rows
         view = rule_view if self.cfg.table_cells else str
@@ -351,7 +368,8 @@ class Heuristics(Stage):
         doc = DocView(view(current), words, min_line_words)  # the text as the rules see it
         for step in steps:
             if isinstance(step, dict):
-                cleaned, reason, score = c4_clean(current, step, words == "cjk")
+                params = step if count_sentences else {**step, "min_sentences": None}
+                cleaned, reason, score = c4_clean(current, params, words == "cjk")
                 if reason is not None:
                     return reason, score, None
                 if cleaned != current:
