@@ -14,8 +14,9 @@ configurations:
 
 * ``defaults``: the stage configs' defaults as they are now;
 * ``previous``: the defaults before the multilingual fixes (tables judged as pipe
-  lines, C4's end-of-line punctuation rule, whitespace words for Chinese and Japanese,
-  one language-id threshold and one minimum length for every script);
+  lines, C4's end-of-line punctuation rule and five-sentence minimum for every
+  language, Gopher's line rules over every line, whitespace words for Chinese and
+  Japanese, one language-id threshold and one minimum length for every script);
 * ``datatrove``: datatrove's Trafilatura, LanguageFilter and its Gopher, C4 and FineWeb
   filters with their defaults (FineWeb's C4 setting), in datatrove's own venv.
 
