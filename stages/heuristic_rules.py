@@ -20,9 +20,15 @@ of its own, as character-level models of those languages treat them, and the run
 other letters between them are words as before. Every ratio then has a meaningful
 denominator ("#" per word is "#" per character), and the n-gram repetition rules work on
 character n-grams (two characters for each word of the rule's n), so a passage
-repeated on one line is caught. Thresholds that count
-words or word lengths describe English words and stay off for these languages
-(``stages/heuristics.py`` says which).
+repeated on one line is caught; C4's words per line count the characters at two to a
+word too (``line_words``). Thresholds on word lengths describe English words and stay
+off for these languages (``stages/heuristics.py`` says which).
+
+Lines C4 removes. C4's line filter drops lines of fewer than three words (menus, bylines,
+link lists) from the text that is kept, so Gopher's line rules, which run before it in
+FineWeb's order, count only the lines of at least that many words
+(``DocView(min_line_words=...)``): a menu repeated under an article is not the article's
+repetition.
 
 Tables. trafilatura writes a table row as one line, ``| cell | cell |``. Line rules were
 written for lines of running text, so the rules see each non-empty cell as a line of
