@@ -14,8 +14,9 @@ configurations:
 
 * ``defaults``: the stage configs' defaults as they are now;
 * ``previous``: the defaults before the multilingual fixes (tables judged as pipe
-  lines, C4's end-of-line punctuation rule, whitespace words for Chinese and Japanese,
-  one language-id threshold and one minimum length for every script);
+  lines, C4's end-of-line punctuation rule and five-sentence minimum for every
+  language, Gopher's line rules over every line, whitespace words for Chinese and
+  Japanese, one language-id threshold and one minimum length for every script);
 * ``datatrove``: datatrove's Trafilatura, LanguageFilter and its Gopher, C4 and FineWeb
   filters with their defaults (FineWeb's C4 setting), in datatrove's own venv.
 
@@ -23,6 +24,11 @@ It prints, per source and language, the share of genuine documents kept and the 
 of the drops; per junk kind, the share rejected.
 
     python -m bench.filter_recall [--data DIR] [--quick] [--json PATH] [--no-peer]
+        [--extract-settings]
+
+``--extract-settings`` also extracts the DAniEL pages under other trafilatura settings
+(balanced, favor_recall, no tables) and prints per language the token F1 against the
+gold text and the share the default filters keep.
 """
 
 from __future__ import annotations
@@ -294,6 +300,8 @@ def variants() -> list[Variant]:
         HeuristicsConfig(
             table_cells=False,
             cjk_languages=[],
+            skip_lines_c4_removes=False,
+            c4_sentence_languages=None,
             overrides={
                 "c4": {"require_terminal_punctuation": True, "reject_curly_bracket": True},
                 "fineweb": {"max_dup_line_char_fraction": 0.01},
@@ -312,11 +320,11 @@ def _extract_cache(docs: list[Doc], options: dict[str, Any]) -> Path:
     return cache_dir() / "filter_recall" / f"extracted-{digest.hexdigest()[:16]}.json"
 
 
-def extract_all(docs: list[Doc]) -> None:
+def extract_all(docs: list[Doc], cfg: ExtractConfig | None = None) -> None:
     """Each page's text as the extract stage gives it (no length limit: that is judged
     per variant), cached by options and pages, since trafilatura dominates the run."""
     pages = [d for d in docs if d.html is not None]
-    cfg = ExtractConfig(min_text_chars=0)
+    cfg = (cfg or ExtractConfig()).model_copy(update={"min_text_chars": 0})
     cache = _extract_cache(pages, cfg.trafilatura_options())
     if cache.exists():
         texts = json.loads(cache.read_text())
@@ -384,6 +392,45 @@ def run_variant(variant: Variant, docs: list[Doc]) -> None:
             strict=True,
         ):
             doc.fates[variant.name] = None if reason is None else f"{stage_name}:{reason}"
+
+
+# --------------------------------------------------------------------------- extraction
+# trafilatura settings compared on the pages with a gold text (issue 14: do the extract
+# stage's settings lose articles, say on old table-layout sites?).
+EXTRACT_SETTINGS = {
+    "favor_precision (default)": ExtractConfig(),
+    "balanced": ExtractConfig(favor_precision=False),
+    "favor_recall": ExtractConfig(favor_precision=False, favor_recall=True),
+    "favor_precision, no tables": ExtractConfig(include_tables=False),
+}
+
+
+def compare_extract_settings(docs: list[Doc]) -> tuple[list[Row], list[str]]:
+    """Per extract setting and language of the DAniEL pages: mean token F1 against the
+    gold text, the pages whose article survived extraction (F1 >= 0.5), and the share
+    kept by the default filters after that extraction."""
+    daniel = [d for d in docs if d.source == "daniel" and d.gold is not None]
+    defaults = next(v for v in variants() if v.name == "defaults")
+    lines = ["", "Extraction settings on the DAniEL pages (token F1 against gold; kept by the"
+             " default filters):", "", "| setting | lang | n | mean F1 | F1 >= 0.5 | kept |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    rows: list[Row] = []
+    for name, cfg in EXTRACT_SETTINGS.items():
+        copies = [Doc(d.source, d.key, d.lang, d.kind, html=d.html, gold=d.gold) for d in daniel]
+        extract_all(copies, cfg)
+        run_variant(defaults, copies)
+        by_lang: dict[str, list[Doc]] = defaultdict(list)
+        for doc in copies:
+            by_lang[doc.lang or "?"].append(doc)
+        for lang, group in sorted(by_lang.items()):
+            f1 = [token_f1(d.extracted or "", d.gold or "") for d in group]  # type: ignore[attr-defined]
+            kept = sum(d.fates["defaults"] is None for d in group) / len(group)
+            good = sum(f >= WELL_EXTRACTED_F1 for f in f1)
+            lines.append(f"| {name} | {lang} | {len(group)} | {sum(f1) / len(f1):.3f} | "
+                         f"{good} | {kept:.1%} |")  # fmt: skip
+            rows.append(row(f"extraction token F1, {name}, daniel/{lang}", sum(f1) / len(f1),
+                            unit="mean token F1"))  # fmt: skip
+    return rows, lines
 
 
 # --------------------------------------------------------------------------- datatrove
@@ -547,6 +594,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--no-peer", action="store_true", help="skip datatrove")
     parser.add_argument("--show", default=None, help="print the fates of one source/lang")
+    parser.add_argument("--extract-settings", action="store_true",
+                        help="also compare trafilatura settings on the DAniEL pages")  # fmt: skip
     add_contract_arguments(parser)
     args = parser.parse_args(list(argv) if argv is not None else None)
     if not (args.data / "web" / "daniel-dev").exists():
@@ -577,6 +626,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         else:
             print(f"datatrove: {peer.status}", file=sys.stderr)
     rows, notes = summarise(docs, names)
+    if args.extract_settings:
+        extract_rows, extract_notes = compare_extract_settings(docs)
+        rows += extract_rows
+        notes += extract_notes
     print("\n".join(notes))
     if args.show:
         for doc in docs:

@@ -20,9 +20,15 @@ of its own, as character-level models of those languages treat them, and the run
 other letters between them are words as before. Every ratio then has a meaningful
 denominator ("#" per word is "#" per character), and the n-gram repetition rules work on
 character n-grams (two characters for each word of the rule's n), so a passage
-repeated on one line is caught. Thresholds that count
-words or word lengths describe English words and stay off for these languages
-(``stages/heuristics.py`` says which).
+repeated on one line is caught; C4's words per line count the characters at two to a
+word too (``line_words``). Thresholds on word lengths describe English words and stay
+off for these languages (``stages/heuristics.py`` says which).
+
+Lines C4 removes. C4's line filter drops lines of fewer than three words (menus, bylines,
+link lists) from the text that is kept, so Gopher's line rules, which run before it in
+FineWeb's order, count only the lines of at least that many words
+(``DocView(min_line_words=...)``): a menu repeated under an article is not the article's
+repetition.
 
 Tables. trafilatura writes a table row as one line, ``| cell | cell |``. Line rules were
 written for lines of running text, so the rules see each non-empty cell as a line of
@@ -99,6 +105,11 @@ _WORD = re.compile(r"[^\W_](?:\S*[^\W_])?")  # a token's core: first to last let
 CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
 # One Han or kana character, or a word of other letters that stops at the next one.
 _CJK_WORD = re.compile(rf"[{CJK_CHARS}]|[^\W_{CJK_CHARS}](?:[^\s{CJK_CHARS}]*[^\W_{CJK_CHARS}])?")
+_ONE_CJK_CHAR = re.compile(f"[{CJK_CHARS}]")
+# An n-gram or line rule counts words; a Chinese word is about two characters (a
+# one-character scale dropped a third of real Chinese news articles as "duplicated
+# 5-grams", bench/filter_recall.py).
+CJK_CHARS_PER_WORD = 2
 _NO_WORD_CHAR = re.compile(r"[\W_]+")
 _LETTER = re.compile(r"[^\W\d_]")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -123,24 +134,35 @@ class DocView:
     tokens, words, n-gram hashes), each computed on first use: most documents fail or
     pass long before the costly n-gram measures are needed."""
 
-    def __init__(self, text: str, words: str = "whitespace") -> None:
+    def __init__(
+        self, text: str, words: str = "whitespace", min_line_words: int | None = None
+    ) -> None:
         self.text = text
+        # Lines (and paragraphs) of fewer words than this are not judged by the line
+        # rules: C4's line filter removes them from the text that is kept.
+        self.min_line_words = min_line_words
         self.chars = max(len(text), 1)  # denominator of every character fraction
         self.cjk = words == "cjk"
-        # An n-gram rule counts n words; a Chinese word is about two characters (a
-        # one-character n-gram scale dropped a third of real Chinese news articles as
-        # "duplicated 5-grams", bench/filter_recall.py), so it spans 2n characters.
-        self.ngram_words = 2 if self.cjk else 1
+        # An n-gram of n words spans CJK_CHARS_PER_WORD * n Han or kana characters.
+        self.ngram_words = CJK_CHARS_PER_WORD if self.cjk else 1
         self._ngrams: dict[int, np.ndarray] = {}
 
     @cached_property
     def lines(self) -> list[str]:
         """Non-blank lines, stripped: indentation and blank separators are layout."""
-        return [line for line in map(str.strip, self.text.splitlines()) if line]
+        lines = [line for line in map(str.strip, self.text.splitlines()) if line]
+        return self._long_enough(lines)
 
     @cached_property
     def paragraphs(self) -> list[str]:
-        return [p for p in map(str.strip, _PARAGRAPH_BREAK.split(self.text)) if p]
+        return self._long_enough(
+            [p for p in map(str.strip, _PARAGRAPH_BREAK.split(self.text)) if p]
+        )
+
+    def _long_enough(self, items: list[str]) -> list[str]:
+        if not self.min_line_words:
+            return items
+        return [item for item in items if line_words(item, self.cjk) >= self.min_line_words]
 
     @cached_property
     def token_count(self) -> int:
@@ -231,6 +253,18 @@ def rule_view(text: str) -> str:
         else:
             out.extend(cells)
     return "\n".join(out)
+
+
+def line_words(line: str, cjk: bool = False) -> float:
+    """Words on a line as C4 counts them: whitespace tokens; for Chinese and Japanese
+    (``cjk``), the words between the Han and kana characters plus those characters at
+    ``CJK_CHARS_PER_WORD`` to a word, so that C4's three-word minimum removes the same
+    menus and bylines ("新华网首页") as in spaced languages."""
+    if not cjk:
+        return len(line.split())
+    words = _CJK_WORD.findall(line)
+    characters = sum(1 for word in words if _ONE_CJK_CHAR.fullmatch(word))
+    return len(words) - characters + characters / CJK_CHARS_PER_WORD
 
 
 def _duplicates(items: Iterable[str]) -> tuple[int, int]:
@@ -455,14 +489,15 @@ FINEWEB_RULES = (
 
 
 # --- C4: a line filter that rewrites the text, then three document rules ----------------
-def c4_clean(text: str, params: Params) -> tuple[str, str | None, float | None]:
+def c4_clean(text: str, params: Params, cjk: bool = False) -> tuple[str, str | None, float | None]:
     """Keep the lines C4 keeps and join them; or name why the whole page goes.
 
     Returns ``(kept_text, reason, score)``. Checks run per stripped line in TFDS's
     order, so "lorem ipsum" or "{" on a line already removed (say, one without terminal
     punctuation) does not reject the page: that is C4's behaviour, kept on purpose.
     A table row is judged cell by cell, each cell as a line (``rule_view``), and kept
-    whole, as it was written, when any of its cells is kept.
+    whole, as it was written, when any of its cells is kept. ``cjk`` counts a line's
+    words as ``line_words`` does for Chinese and Japanese.
     """
     kept: list[str] = []
     sentences = 0
@@ -473,7 +508,7 @@ def c4_clean(text: str, params: Params) -> tuple[str, str | None, float | None]:
                 kept.append("")
             continue
         cells = table_cells(line) if params.get("table_cells", True) else None
-        verdicts = [_c4_line(piece, params) for piece in ([line] if cells is None else cells)]
+        verdicts = [_c4_line(piece, params, cjk) for piece in ([line] if cells is None else cells)]
         for verdict in verdicts:
             if isinstance(verdict, tuple):  # the whole page goes
                 return text, *verdict
@@ -499,7 +534,7 @@ def sentence_count(line: str) -> int:
     return max(1, count)
 
 
-def _c4_line(line: str, params: Params) -> str | tuple[str, float] | None:
+def _c4_line(line: str, params: Params, cjk: bool = False) -> str | tuple[str, float] | None:
     """One stripped line under C4's line rules: the line to keep (citations removed),
     None to drop it, or ``(reason, score)`` when it rejects the whole page."""
     max_word_chars = params["max_word_chars"]
@@ -517,7 +552,10 @@ def _c4_line(line: str, params: Params) -> str | tuple[str, float] | None:
         not line.endswith(FINEWEB_END_PUNCTUATION) or line.endswith("...")
     ):
         return None
-    if min_line_words is not None and len(words) < min_line_words:
+    if (
+        min_line_words is not None
+        and (len(words) if not cjk else line_words(line, cjk=True)) < min_line_words
+    ):
         return None
     lowered = line.lower()
     if params["reject_lorem_ipsum"] and "lorem ipsum" in lowered:

@@ -7,7 +7,8 @@ threshold; a document fails on the first rule it breaks, and that rule's reason 
 measured value become ``drop_reason`` and ``drop_score``. C4 also removes lines
 (navigation, cookie notices, lines without terminal punctuation), so the kept documents
 leave this stage with C4's cleaned text, and the presets after C4 judge that text, as in
-datatrove's FineWeb pipeline. Dropped documents keep the text they arrived with.
+datatrove's FineWeb pipeline; the line rules before C4 judge only the lines C4 will keep
+(``skip_lines_c4_removes``). Dropped documents keep the text they arrived with.
 
 Code documents pass untouched: these rules describe prose.
 """
@@ -116,8 +117,6 @@ _CJK_OVERRIDES: dict[str, dict[str, Threshold]] = {
     # A character is not an English word: 50 characters is a short paragraph (kept as
     # the minimum), but a mean word length of 3-10 characters can never hold.
     "gopher_quality": {"min_mean_word_chars": None, "max_mean_word_chars": None},
-    # C4 splits lines on whitespace: a Chinese line is one "word".
-    "c4": {"min_line_words": None},
     # FineWeb's short line is 30 characters: about ten Chinese characters.
     "fineweb": {"short_line_max_chars": 10},
 }
@@ -169,6 +168,15 @@ class HeuristicsConfig(StageConfig):
     applies to; without that column, or for a null language, it applies to every
     document. None applies it everywhere."""
 
+    c4_sentence_languages: list[str] | None = Field(default_factory=lambda: ["en"])
+    """Languages (the ``language`` column) C4's minimum of five sentences applies to;
+    without that column, or for a null language, it applies to every document. None
+    applies it everywhere. C4 and FineWeb are English corpora; FineWeb-2, their
+    multilingual successor, runs no C4 rule on other languages, because a sentence
+    count is not comparable across them (a Chinese news sentence strings clauses with
+    commas, so a complete brief has three). C4's line filter still runs for every
+    language."""
+
     language_overrides: dict[str, dict[str, dict[str, Threshold]]] = Field(
         default_factory=lambda: dict(DEFAULT_LANGUAGE_OVERRIDES)
     )
@@ -189,6 +197,13 @@ class HeuristicsConfig(StageConfig):
     """Languages whose Han and kana characters are each one word for every rule (ratios
     per character, character n-grams for repetition), instead of whitespace tokens that
     make a whole Chinese clause one "word"."""
+
+    skip_lines_c4_removes: bool = True
+    """Gopher's line rules (duplicate lines and paragraphs, bullet and ellipsis lines)
+    count only the lines C4's word minimum keeps (``c4.min_line_words``, when the c4
+    preset runs): a menu of one- and two-word link lines that extraction left around an
+    article, and that C4 then removes from the kept text, no longer drops the article
+    as "duplicated lines". False judges every line, as Gopher published."""
 
     @field_validator("presets")
     @classmethod
@@ -270,10 +285,17 @@ class Heuristics(Stage):
         self.cfg: HeuristicsConfig = cfg
         self.steps = self._build_steps(None)
         self.steps_by_language = {lang: self._build_steps(lang) for lang in cfg.language_overrides}
+        self.line_min_words = self._line_min_words(self.steps)
+        self.line_min_words_by_language = {
+            lang: self._line_min_words(steps) for lang, steps in self.steps_by_language.items()
+        }
         self.formats = frozenset(cfg.apply_to_formats)
         self.cjk = frozenset(cfg.cjk_languages)
         self.stop_languages = (
             None if cfg.stop_word_languages is None else frozenset(cfg.stop_word_languages)
+        )
+        self.sentence_languages = (
+            None if cfg.c4_sentence_languages is None else frozenset(cfg.c4_sentence_languages)
         )
 
     def _build_steps(self, language: str | None) -> list[list[_Rule] | dict[str, Threshold]]:
@@ -287,6 +309,14 @@ class Heuristics(Stage):
                 specs = [s for s in _RULES[preset] if params[s.threshold] is not None]
                 steps.append([_Rule(spec, params) for spec in specs])
         return steps
+
+    def _line_min_words(self, steps: list[list[_Rule] | dict[str, Threshold]]) -> int | None:
+        """The words a line needs to be judged by the line rules: C4's line minimum when
+        the c4 step runs (and skip_lines_c4_removes is on), else None (every line)."""
+        if not self.cfg.skip_lines_c4_removes:
+            return None
+        minimum = next((step["min_line_words"] for step in steps if isinstance(step, dict)), None)
+        return None if minimum is None else int(minimum)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -325,18 +355,26 @@ class Heuristics(Stage):
         check_stop_words = (
             self.stop_languages is None or language is None or language in self.stop_languages
         )
+        count_sentences = (
+            self.sentence_languages is None
+            or language is None
+            or language in self.sentence_languages
+        )
         words = "cjk" if language in self.cjk else "whitespace"
         current = text or ""  # the text as the user gets it: tables stay rows
         view = rule_view if self.cfg.table_cells else str
-        doc = DocView(view(current), words)  # the text as the rules see it
-        for step in self.steps_by_language.get(language, self.steps):
+        steps = self.steps_by_language.get(language, self.steps)
+        min_line_words = self.line_min_words_by_language.get(language, self.line_min_words)
+        doc = DocView(view(current), words, min_line_words)  # the text as the rules see it
+        for step in steps:
             if isinstance(step, dict):
-                cleaned, reason, score = c4_clean(current, step)
+                params = step if count_sentences else {**step, "min_sentences": None}
+                cleaned, reason, score = c4_clean(current, params, words == "cjk")
                 if reason is not None:
                     return reason, score, None
                 if cleaned != current:
                     current = cleaned
-                    doc = DocView(view(current), words)
+                    doc = DocView(view(current), words, min_line_words)
                 continue
             for rule in step:
                 if rule.stop_words and not check_stop_words:

@@ -169,7 +169,7 @@ def test_table_cells_are_the_rule_view():
 def test_paragraphs_broken_mid_sentence_are_kept():
     assert verdicts([BROKEN_LINES], ["ru"]) == [None]
     published_c4 = {"c4": {"require_terminal_punctuation": True}}
-    assert verdicts([BROKEN_LINES], ["ru"], overrides=published_c4) == [
+    assert verdicts([BROKEN_LINES], ["ru"], overrides=published_c4, c4_sentence_languages=None) == [
         hr.REASON_C4_TOO_FEW_SENTENCES
     ]
 
