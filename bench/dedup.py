@@ -308,7 +308,8 @@ def run_ours(
     and 300 MiB a worker) is not its cost."""
     import ray
 
-    from pipeline.minhash_wiring import STEP, decide_near_duplicates
+    from pipeline.minhash_rounds import MINHASH_DEDUP, STEP
+    from pipeline.round_driver import decide
     from pipeline.shards import read_json, read_parquet
     from stages.duplicates import DROPS_SCHEMA
 
@@ -321,11 +322,11 @@ def run_ours(
         warm_layout, warm_shards = write_shards(
             corpus[: 20 * WARM_UP_SHARDS], f"{root}/warm-up", per_shard=20
         )
-        decide_near_duplicates(warm_layout, warm_shards, [], [], "warm-up", cfg)
+        decide(MINHASH_DEDUP, warm_layout, warm_shards, [], [], "warm-up", cfg)
     try:
         with ProcessWatch() as watch:
             started = time.perf_counter()
-            decide_near_duplicates(layout, shards, [], [], "bench", cfg)
+            decide(MINHASH_DEDUP, layout, shards, [], [], "bench", cfg)
             seconds = time.perf_counter() - started
     finally:
         if fresh_ray:

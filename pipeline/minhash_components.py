@@ -1,16 +1,18 @@
-"""Distributed connected components for ``minhash_dedup``: the path above
-``union_find_max_edges``, where the edge list must not meet in one process.
+"""Connected components for ``minhash_dedup``: the edges become clusters and drops.
 
-Alternating large-star and small-star rounds (Kiveris et al., "Connected Components in
-MapReduce and Beyond", SoCC 2014): each step is one Ray Data ``groupby`` on a partition
-of a node, and each partition runs the step for all its nodes with numpy
-(``stages/minhash_lsh.py``). The edge set converges to stars whose centers are the
-component minima, which is exactly what driver union-find returns. A large-star step
-also counts the nodes that still break the star shape; zero ends the loop.
+Up to ``union_find_max_edges`` edges they meet in the driver for union-find. Above
+it, where the edge list must not meet in one process, alternating large-star and
+small-star rounds (Kiveris et al., "Connected Components in MapReduce and Beyond",
+SoCC 2014) run as task rounds of the driver (``pipeline/round_driver.py``), each task
+one partition of the nodes, with numpy (``stages/minhash_lsh.py``). The edge set
+converges to stars whose centers are the component minima, which is exactly what
+union-find returns. A large-star round also counts the nodes that still break the
+star shape; zero ends the loop. Two more rounds name each document: by node (join the
+component to the id, ``prefer_column`` value and best similarity the edges carried)
+and by component (pick the representative, emit the drops).
 
-Then two more groupbys name each document: by node (join the component to the id,
-``prefer_column`` value and best similarity the edges carried) and by component (pick
-the representative, emit the drops).
+Either way each cluster's size rides on its first drop row (``cluster_size``), so the
+write can report the histogram without another exchange.
 """
 
 from __future__ import annotations
@@ -19,113 +21,116 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stages.duplicates import DROPS_SCHEMA
+from pipeline.round_driver import Exchange, Plan, StepInputs, StepRun, to_partition, to_shard_run
 from stages.minhash_lsh import (
     cluster_drops,
     large_star,
-    merge_histograms,
-    partition_of,
-    size_histogram,
+    node_similarity,
     small_star,
+    union_find,
 )
 
 MAX_ROUNDS = 100  # the rounds grow as log^2 of the component size: never reached
-MAP_CPUS = 0.5
 
-STAR_SCHEMA = pa.schema(
-    [("part", pa.int32()), ("u", pa.int64()), ("v", pa.int64()), ("violations", pa.int64())]
-)
+STAR_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64())])
 NODE_SCHEMA = pa.schema(
     [
-        ("part", pa.int32()),
         ("node", pa.int64()),
-        ("comp", pa.int64()),
         ("id", pa.string()),
         ("score", pa.float64()),
         ("similarity", pa.float64()),
     ]
 )
+COMPONENT_SCHEMA = pa.schema([*NODE_SCHEMA, ("comp", pa.int64())])
 
 
-def _star_table(u: np.ndarray, v: np.ndarray, partitions: int, violations: int = 0) -> pa.Table:
-    """Edge rows keyed by ``u``'s partition; a violation count rides on a marker row."""
-    marker = np.array([-1] if violations else [], dtype=np.int64)
-    return pa.table(
-        {
-            "part": np.concatenate([partition_of(u, partitions), [0] * len(marker)]).astype(
-                np.int32
-            ),
-            "u": np.concatenate([u, marker]),
-            "v": np.concatenate([v, marker]),
-            "violations": np.array([0] * len(u) + [violations] * len(marker), dtype=np.int64),
-        },
-        schema=STAR_SCHEMA,
-    )
-
-
-def _edges_of(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    real = batch.filter(pc.greater_equal(batch.column("u"), 0))
-    return real.column("u").to_numpy(), real.column("v").to_numpy()
-
-
-def both_directions(batch: pa.Table, partitions: int) -> pa.Table:
-    """Large-star needs every neighbour of a node in its group."""
-    u, v = _edges_of(batch)
-    return _star_table(np.concatenate([u, v]), np.concatenate([v, u]), partitions)
-
-
-def large_star_group(group: pa.Table, partitions: int) -> pa.Table:
-    u, v = _edges_of(group)
-    leaves, centers, violations = large_star(u, v)
-    return _star_table(leaves, centers, partitions, violations)
-
-
-def small_star_group(group: pa.Table, partitions: int) -> pa.Table:
-    u, v = _edges_of(group)
-    leaves, centers = small_star(u, v)
-    return _star_table(leaves, centers, partitions)
-
-
-def star_forest(edges, partitions: int):
-    """(leaf, center) rows: every node of an edge but the component minima, each with
-    its component's smallest node."""
-    current = edges.map_batches(
-        lambda b: pa.table({"u": b.column("dst"), "v": b.column("src")}),
-        batch_format="pyarrow",
-        num_cpus=MAP_CPUS,
-    )
+def components(run: StepRun, edges: Exchange) -> Exchange:
+    """The MinHash step's ``finish``: the verified edges (keyed by their second
+    document) to drops routed by shard, on the driver or in star rounds."""
+    final = run.stats.get("verify") or run.stats.get("merge") or []
+    if sum(entry["edges"] for entry in final) <= run.inputs.settings.union_find_max_edges:
+        return run.scatter(driver_drops(run.gather(edges)), to_shard_run("shard"))
+    stars = run.round("star edges", both_directions, [edges], to_partition("u"))
     for _ in range(MAX_ROUNDS):
-        large = (
-            current.map_batches(
-                both_directions,
-                fn_kwargs={"partitions": partitions},
-                batch_format="pyarrow",
-                num_cpus=MAP_CPUS,
-            )
-            .groupby("part", num_partitions=partitions)
-            .map_groups(
-                large_star_group, fn_kwargs={"partitions": partitions}, batch_format="pyarrow"
-            )
-            .materialize()
-        )
-        if not (large.sum("violations") or 0):
-            return large
-        # Consumed once, by the next large-star step: no need to materialise it.
-        current = large.groupby("part", num_partitions=partitions).map_groups(
-            small_star_group, fn_kwargs={"partitions": partitions}, batch_format="pyarrow"
-        )
-    raise RuntimeError(f"connected components did not converge in {MAX_ROUNDS} rounds")
+        stars = run.round("large star", large_star_round, [stars], to_partition("u"))
+        if not sum(entry["violations"] for entry in run.stats["large star"]):
+            break
+        stars = run.round("small star", small_star_round, [stars], to_partition("u"))
+    else:
+        raise RuntimeError(f"connected components did not converge in {MAX_ROUNDS} rounds")
+    nodes = run.round("node rows", node_rows, [edges], to_partition("node"))
+    named = run.round("nodes", node_components, [nodes, stars], to_partition("comp"))
+    return run.round("clusters", cluster_round, [named], to_shard_run("shard"))
 
 
-def _node_rows(edges: pa.Table, partitions: int) -> pa.Table:
+def driver_drops(edges: pa.Table) -> pa.Table:
+    """Union-find in this process (at most ``union_find_max_edges`` edges): the drops,
+    each cluster's size on its first row."""
+    src, dst = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
+    similarity = edges.column("similarity").to_numpy(zero_copy_only=False)
+    nodes, comps = union_find(src, dst)
+    ends = np.concatenate([src, dst])
+    ids = pa.concat_arrays(
+        [edges.column("src_id").combine_chunks(), edges.column("dst_id").combine_chunks()]
+    )
+    scores = pa.concat_arrays(
+        [edges.column("src_score").combine_chunks(), edges.column("dst_score").combine_chunks()]
+    )
+    first = np.unique(ends, return_index=True)[1]  # nodes are sorted, like np.unique
+    node_ids = ids.take(pa.array(first, pa.int64())).to_pylist()
+    node_scores = scores.take(pa.array(first, pa.int64())).to_numpy(zero_copy_only=False)
+    best = node_similarity(src, dst, similarity, nodes)
+    return clusters(nodes, comps, node_ids, node_scores, best)
+
+
+def clusters(
+    nodes: np.ndarray, comps: np.ndarray, ids: list[str], scores: np.ndarray, best: np.ndarray
+) -> pa.Table:
+    """Whole components in: their drops (``DROPS_SCHEMA``), and each component's size
+    on its first drop row (``cluster_size``, 0 on the others)."""
+    drops = cluster_drops(nodes, comps, ids, None if np.isnan(scores).all() else scores, best)
+    sizes = dict(zip(*[a.tolist() for a in np.unique(comps, return_counts=True)], strict=True))
+    comp_of_id = dict(zip(ids, comps.tolist(), strict=True))
+    seen: set[str] = set()
+    marks = []
+    for cluster in drops.column("cluster_id").to_pylist():
+        marks.append(0 if cluster in seen else sizes[comp_of_id[cluster]])
+        seen.add(cluster)
+    return drops.append_column("cluster_size", pa.array(marks, pa.int64()))
+
+
+def _star_table(u: np.ndarray, v: np.ndarray) -> pa.Table:
+    return pa.table({"u": u, "v": v}, schema=STAR_SCHEMA)
+
+
+def both_directions(inputs: StepInputs, plan: Plan, edges: pa.Table) -> tuple[dict, pa.Table]:
+    """Large-star needs every neighbour of a node in its partition."""
+    src, dst = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
+    return {"edges": len(src)}, _star_table(np.concatenate([dst, src]), np.concatenate([src, dst]))
+
+
+def large_star_round(inputs: StepInputs, plan: Plan, stars: pa.Table) -> tuple[dict, pa.Table]:
+    """One large-star step for a partition's nodes: (leaf, center) rows, keyed by the
+    leaf for the small-star step, and the nodes still breaking the star shape."""
+    leaves, centers, violations = large_star(
+        stars.column("u").to_numpy(), stars.column("v").to_numpy()
+    )
+    return {"violations": violations}, _star_table(leaves, centers)
+
+
+def small_star_round(inputs: StepInputs, plan: Plan, stars: pa.Table) -> tuple[dict, pa.Table]:
+    """One small-star step; its edges leave in both directions, for the next large
+    star."""
+    leaves, centers = small_star(stars.column("u").to_numpy(), stars.column("v").to_numpy())
+    u, v = np.concatenate([leaves, centers]), np.concatenate([centers, leaves])
+    return {"edges": len(leaves)}, _star_table(u, v)
+
+
+def node_rows(inputs: StepInputs, plan: Plan, edges: pa.Table) -> tuple[dict, pa.Table]:
     """Each edge tells both its documents their id, score and one similarity."""
-    nodes = np.concatenate([edges.column("src").to_numpy(), edges.column("dst").to_numpy()])
-    n = len(nodes)
-    return pa.table(
+    table = pa.table(
         {
-            "part": partition_of(nodes, partitions),
-            "node": nodes,
-            "comp": pa.nulls(n, pa.int64()),
+            "node": np.concatenate([edges.column(c).to_numpy() for c in ("src", "dst")]),
             "id": pa.concat_arrays(
                 [edges.column(c).combine_chunks() for c in ("src_id", "dst_id")]
             ),
@@ -136,110 +141,49 @@ def _node_rows(edges: pa.Table, partitions: int) -> pa.Table:
         },
         schema=NODE_SCHEMA,
     )
+    return {"rows": table.num_rows}, table
 
 
-def _component_rows(stars: pa.Table, partitions: int) -> pa.Table:
-    leaves, centers = _edges_of(stars)
-    n = len(leaves)
-    columns = {name: pa.nulls(n, NODE_SCHEMA.field(name).type) for name in NODE_SCHEMA.names}
-    columns |= {"part": partition_of(leaves, partitions), "node": leaves, "comp": centers}
-    return pa.table(columns, schema=NODE_SCHEMA)
-
-
-def node_group(group: pa.Table, partitions: int) -> pa.Table:
-    """All rows of some nodes: one row per node with its component (a node that is no
-    leaf is a center: its own component), id, score and best similarity, keyed by the
-    component's partition."""
-    table = group.sort_by([("node", "ascending")])
-    nodes = table.column("node").to_numpy()
-    first = np.ones(len(nodes), dtype=bool)
-    first[1:] = nodes[1:] != nodes[:-1]
+def node_components(
+    inputs: StepInputs, plan: Plan, nodes: pa.Table, stars: pa.Table
+) -> tuple[dict, pa.Table]:
+    """All rows of a partition's nodes and the star edges of its leaves: one row per
+    node with its component (a node that is no leaf is a center: its own component),
+    id, score and best similarity, keyed by the component."""
+    table = nodes.sort_by([("node", "ascending")])
+    node = table.column("node").to_numpy()
+    first = np.ones(len(node), dtype=bool)
+    first[1:] = node[1:] != node[:-1]
     index = np.cumsum(first) - 1
-    unique = nodes[first]
+    unique = node[first]
     comp = unique.copy()
-    has_comp = pc.is_valid(table.column("comp")).to_numpy(zero_copy_only=False)
-    comp_values = pc.fill_null(table.column("comp"), -1).to_numpy()
-    comp[index[has_comp]] = comp_values[has_comp]
+    leaves, centers = stars.column("u").to_numpy(), stars.column("v").to_numpy()
+    comp[np.searchsorted(unique, leaves)] = centers
     similarity = np.full(len(unique), -np.inf)
     values = table.column("similarity").to_numpy(zero_copy_only=False)
     has_value = ~np.isnan(values)
     np.maximum.at(similarity, index[has_value], values[has_value])
-    attributes = table.filter(pc.is_valid(table.column("id")))
-    attr_nodes = attributes.column("node").to_numpy()
-    attr_first = np.unique(attr_nodes, return_index=True)[1]
-    picked = attributes.take(pa.array(attr_first, pa.int64()))
-    return pa.table(
+    picked = table.filter(pa.array(first))
+    named = pa.table(
         {
-            "part": partition_of(comp, partitions),
             "node": unique,
-            "comp": comp,
             "id": picked.column("id"),
             "score": picked.column("score"),
             "similarity": similarity,
+            "comp": comp,
         },
-        schema=NODE_SCHEMA,
+        schema=COMPONENT_SCHEMA,
     )
+    return {"nodes": named.num_rows}, named
 
 
-def cluster_group(group: pa.Table) -> pa.Table:
-    """Whole components: their drops, and each component's size on its first drop row
-    (for the histogram)."""
-    nodes = group.column("node").to_numpy()
-    comps = group.column("comp").to_numpy()
-    scores = group.column("score").to_numpy(zero_copy_only=False)
-    drops = cluster_drops(
-        nodes,
-        comps,
-        group.column("id").to_pylist(),
-        None if np.isnan(scores).all() else scores,
-        group.column("similarity").to_numpy(),
+def cluster_round(inputs: StepInputs, plan: Plan, named: pa.Table) -> tuple[dict, pa.Table]:
+    """Whole components: their drops, each cluster's size on its first drop row."""
+    drops = clusters(
+        named.column("node").to_numpy(),
+        named.column("comp").to_numpy(),
+        named.column("id").to_pylist(),
+        pc.fill_null(named.column("score"), np.nan).to_numpy(zero_copy_only=False),
+        named.column("similarity").to_numpy(),
     )
-    ids, sizes = np.unique(comps, return_counts=True)
-    size_of = dict(zip(ids.tolist(), sizes.tolist(), strict=True))
-    cluster_ids = drops.column("cluster_id").to_pylist()
-    id_to_comp = dict(zip(group.column("id").to_pylist(), comps.tolist(), strict=True))
-    seen: set[str] = set()
-    marks = []
-    for cluster in cluster_ids:
-        marks.append(0 if cluster in seen else size_of[id_to_comp[cluster]])
-        seen.add(cluster)
-    return drops.append_column("cluster_size", pa.array(marks, pa.int64()))
-
-
-def _histogram_rows(batch: pa.Table) -> pa.Table:
-    sizes = batch.column("cluster_size").to_numpy()
-    histogram = size_histogram(sizes[sizes > 0])
-    return pa.table(
-        {
-            "label": pa.array(list(histogram), pa.string()),
-            "clusters": pa.array(list(histogram.values()), pa.int64()),
-        }
-    )
-
-
-def components_and_drops(edges, partitions: int):
-    """(drops dataset in DROPS_SCHEMA, cluster-size histogram), never on the driver."""
-    stars = star_forest(edges, partitions)
-    nodes = edges.map_batches(
-        _node_rows,
-        fn_kwargs={"partitions": partitions},
-        batch_format="pyarrow",
-        num_cpus=MAP_CPUS,
-    ).union(
-        stars.map_batches(
-            _component_rows,
-            fn_kwargs={"partitions": partitions},
-            batch_format="pyarrow",
-            num_cpus=MAP_CPUS,
-        )
-    )
-    drops = (
-        nodes.groupby("part", num_partitions=partitions)
-        .map_groups(node_group, fn_kwargs={"partitions": partitions}, batch_format="pyarrow")
-        .groupby("part", num_partitions=partitions)
-        .map_groups(cluster_group, batch_format="pyarrow")
-        .materialize()
-    )
-    rows = drops.map_batches(_histogram_rows, batch_format="pyarrow").take_all()
-    histogram = merge_histograms([{row["label"]: row["clusters"]} for row in rows])
-    return drops.select_columns(DROPS_SCHEMA.names), histogram
+    return {"dropped": drops.num_rows}, drops

@@ -23,14 +23,13 @@ task lost with its node is retried by Ray (``max_retries``) and rebuilt from lin
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger("pipeline")
@@ -283,32 +282,3 @@ def run_round(
             flush=True,
         )
     return stats, [task[1:] for task in refs]
-
-
-# --- Ray Data, only for MinHash's distributed connected components -----------------------
-
-
-def dataset_from_refs(refs: list) -> Any:
-    """A Ray Data dataset over tables already in the object store: the MinHash step's
-    edge list when it is too large for one process (``union_find_max_edges``)."""
-    import ray
-
-    return ray.data.from_arrow_refs(refs)
-
-
-@contextlib.contextmanager
-def shuffle_strategy(name: str) -> Iterator[None]:
-    """Run Ray Data groupbys with the configured shuffle ("sort" or "hash"), then restore
-    the default for what runs after."""
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
-
-    context = DataContext.get_current()
-    previous = context.shuffle_strategy
-    context.shuffle_strategy = (
-        ShuffleStrategy.SORT_SHUFFLE_PULL_BASED if name == "sort" else ShuffleStrategy.HASH_SHUFFLE
-    )
-    try:
-        yield
-    finally:
-        context.shuffle_strategy = previous

@@ -5,7 +5,8 @@
   once per process) and runs a shard's per-document stages on its main thread, then
   writes the shard's outputs atomically under deterministic names.
 * Pass 2 decides the global steps (exact dedup, MinHash, template lines) in rounds of
-  tasks (``pipeline/global_steps.py``), on digests and signatures, never the texts.
+  tasks (declared in ``pipeline/global_steps.py``, run by ``pipeline/round_driver.py``),
+  on digests and signatures, never the texts; small ones meet in the driver.
 * Pass 3 runs ``finalize_shard`` per shard on the same worker processes.
 
 Resume: every pass skips what its markers say is finished, so rerunning a command
@@ -46,6 +47,7 @@ from pipeline.ledger import (
     render_funnel,
 )
 from pipeline.ray_exec import init_ray, map_items
+from pipeline.round_driver import decision_done
 from pipeline.safe_paths import delete_owned_files
 from pipeline.shards import (
     Shard,
@@ -56,7 +58,6 @@ from pipeline.shards import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from pipeline.task_rounds import decision_done
 from stages import STAGES
 from stages.base import missing_requirements
 

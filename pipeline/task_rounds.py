@@ -1,64 +1,27 @@
-"""Rounds of Ray tasks for the global steps: the all-to-all exchange they share.
+"""The pure helpers of an all-to-all exchange of Arrow tables between rounds of tasks.
 
-A round is one Ray task per argument tuple. Each task returns a small stats dict and
-then ``returns`` Arrow tables, one per destination (``num_returns``), and each task of
-the next round takes the matching table of every task before it: a shuffle with no
-executor in between, whose objects are (senders x receivers). Tasks work on runs of
-consecutive shards (``shard_groups``) and read the documents that survived the earlier
-steps themselves (``Survivors``), so texts never travel.
+A round is one task per argument tuple. Each task returns a small stats dict and then
+one Arrow table per destination (``split_rows``), and each task of the next round takes
+the matching table of every task before it (``received``): a shuffle with no executor
+in between, whose objects are (senders x receivers). Tasks work on runs of consecutive
+shards (``shard_groups``); ``by_key`` / ``by_shard`` cut what a task received into its
+groups, and ``releases_freed_memory`` hands a task's freed memory back when it ends.
 
-The rounds are submitted by ``pipeline/ray_exec.py`` (``run_round``); this module holds
-the pure helpers (``split_rows``, ``shard_groups``, tested without Ray) and what the
-task bodies share. A step's task bodies are plain functions, so its rounds can be run
-in one process.
+Used by the global steps' driver (``pipeline/round_driver.py``) and the mix's pack
+(``pipeline/token_runner.py``); the rounds themselves are submitted by
+``pipeline/ray_exec.py`` (``run_round``). Nothing here imports Ray or the rest of the
+pipeline, so all of it is tested in one process.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import posixpath
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from pipeline.curate import GlobalStep, RunLayout, apply_steps
-from pipeline.ray_exec import cluster_cpus
-from pipeline.shards import Shard, read_json, write_json_atomic, write_parquet_atomic
-
-TASKS_PER_CPU = 2  # tasks per round and CPU, at least: a slow task is not the round
-
-
-@dataclass(frozen=True)
-class Survivors:
-    """How a task reads the documents left after the earlier global steps: put in the
-    object store once, passed to each task by reference."""
-
-    layout: RunLayout
-    earlier: list[GlobalStep]
-    fingerprints: list[str]
-
-    def documents(self, shard: int, columns: list[str]) -> pa.Table:
-        """The shard's documents left after the earlier steps, projected to ``columns``."""
-        needed = list(dict.fromkeys(["id", *columns]))  # decisions are applied by id
-        table = apply_steps(self.layout, shard, self.earlier, self.fingerprints, needed)[0]
-        return table.select(columns)
-
-
-def shard_runs(counts: Sequence[int], shards: Sequence[Shard], wanted: int):
-    """(runs of shard indices, group of each shard index as an array): ``wanted`` runs
-    of about equal document counts, and at least ``TASKS_PER_CPU`` per CPU of the
-    cluster (never more than the shards)."""
-    groups = max(wanted, TASKS_PER_CPU * cluster_cpus())
-    index = [shard.index for shard in shards]
-    runs = [[index[i] for i in run] for run in shard_groups(counts, groups)]
-    group_of_shard = np.zeros(max(index, default=-1) + 1, dtype=np.int32)
-    for group, run in enumerate(runs):
-        group_of_shard[run] = group
-    return runs, group_of_shard
 
 
 def releases_freed_memory(task: Callable[..., tuple]) -> Callable[..., tuple]:
@@ -152,30 +115,3 @@ def received(outputs: Sequence[Sequence], destination: int) -> list:
     """What task ``destination`` of the next round takes: its table from every sender
     of the round before (the transpose of the senders' outputs)."""
     return [sent[destination] for sent in outputs]
-
-
-def write_decisions(group: pa.Table, layout: RunLayout, step: str, fingerprint: str) -> pa.Table:
-    """One shard's decision rows (a ``groupby("shard")`` group), written atomically."""
-    shard = group.column("shard")[0].as_py()
-    group = group.sort_by("ordinal")
-    write_parquet_atomic(layout.filesystem, layout.decision(step, fingerprint, shard), group)
-    return pa.table({"shard": [shard], "rows": [group.num_rows]})
-
-
-def decision_done(layout: RunLayout, step: str, fingerprint: str) -> bool:
-    marker = posixpath.join(layout.decision_dir(step, fingerprint), "_SUCCESS")
-    return read_json(layout.filesystem, marker) is not None
-
-
-def mark_decision_done(layout: RunLayout, step: str, fingerprint: str, summary: dict) -> None:
-    marker = posixpath.join(layout.decision_dir(step, fingerprint), "_SUCCESS")
-    write_json_atomic(layout.filesystem, marker, summary)
-
-
-def document_counts(layout: RunLayout, shards: Sequence[Shard]) -> list[int]:
-    """Pass-1 documents per shard, from the shards' stats (no data read)."""
-    counts = []
-    for shard in shards:
-        stats = read_json(layout.filesystem, layout.work_stats(shard.index)) or {}
-        counts.append(stats.get("documents", {}).get("rows", 0))
-    return counts

@@ -6,7 +6,7 @@ Two pieces, because the decision is global and the hashing is not:
   digest of the normalised text, so the global step moves 16 bytes per document
   instead of its text.
 * ``choose_duplicates`` runs once per partition of the digests (a round of Ray tasks,
-  ``pipeline/exact_wiring.py``) and keeps, per digest, the document that comes first in
+  ``pipeline/exact_rounds.py``) and keeps, per digest, the document that comes first in
   input order: the smallest ``(shard, ordinal)``. Input
   order is fixed by the sorted shard plan, so the same copy survives on every run and
   for any number of workers.

@@ -111,13 +111,7 @@ class MinHashConfig(StageConfig):
     union_find_max_edges: int = Field(default=1_000_000, ge=0)
     """Up to this many distinct edges, components are found by union-find on the driver
     (measured: 2M edges in 42 s and +0.9 GiB, ids included, on a busy 2-core machine);
-    above it they run distributed (alternating large/small-star rounds as groupbys)."""
-
-    shuffle: Literal["sort", "hash"] = "sort"
-    """Ray Data shuffle behind the distributed connected components (the path above
-    ``union_find_max_edges``): ``sort`` (range partitions from sampled keys, run as
-    tasks) or ``hash`` (Ray's default: aggregator actors, measured 6-20x slower on a
-    2-core machine, where starting them dominates)."""
+    above it they run distributed (alternating large/small-star rounds of tasks)."""
 
     partition_rows: int = Field(default=100_000, ge=1000)
     """Rows (one per document and band) per band partition: the bucket tasks' share,
@@ -171,7 +165,7 @@ class MinHashConfig(StageConfig):
         parameter can never reuse old buckets."""
         relevant = self.model_dump(
             mode="json",
-            exclude={"union_find_max_edges", "partition_rows", "shuffle", "verify_partition_bytes"},
+            exclude={"union_find_max_edges", "partition_rows", "verify_partition_bytes"},
         )
         relevant["band_layout"] = list(self.band_layout())
         relevant["shingle_hash_version"] = SHINGLE_HASH_VERSION

@@ -2,7 +2,7 @@
 extraction are lines that recur across many documents of one site (or of the whole
 corpus). They are removed from the text; a document with nothing left is rejected.
 
-The frequencies are global, so the step is a global one (``pipeline/template_wiring.py``
+The frequencies are global, so the step is a global one (``pipeline/template_rounds.py``
 runs it on Ray); the pieces here are pure and work on Arrow tables:
 
 * ``line_pairs``: per document, one row per distinct normalised line worth counting:

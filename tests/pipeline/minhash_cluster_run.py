@@ -23,10 +23,10 @@ def main(argv: list[str]) -> int:
     import pyarrow as pa
     import ray
     from ray.cluster_utils import Cluster
-    from ray.data import DataContext
 
     from pipeline.curate import RunLayout
-    from pipeline.minhash_wiring import STEP, decide_near_duplicates
+    from pipeline.minhash_rounds import MINHASH_DEDUP, STEP
+    from pipeline.round_driver import decide
     from pipeline.shards import Shard, read_parquet
     from stages.duplicates import DROPS_SCHEMA
     from stages.minhash import MinHashConfig
@@ -42,10 +42,10 @@ def main(argv: list[str]) -> int:
             cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
-        DataContext.get_current().enable_progress_bars = False
         layout = RunLayout.for_output(output_dir)
         shards = [Shard(index=i, input_index=0, pieces=()) for i in range(int(shard_count))]
-        decide_near_duplicates(layout, shards, [], [], fingerprint, cfg)
+        # Rounds of tasks spread over the nodes, not the driver's small path.
+        decide(MINHASH_DEDUP, layout, shards, [], [], fingerprint, cfg, driver_max_bytes=0)
         drops = pa.concat_tables(
             [
                 read_parquet(

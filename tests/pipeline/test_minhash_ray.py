@@ -1,6 +1,7 @@
-"""``minhash_dedup`` through Ray: the distributed decision equals the in-memory one, the
-distributed connected-components path equals driver union-find, and a two-node
-cluster gives the same clusters as one node."""
+"""``minhash_dedup`` through Ray: the distributed decision (its rows never meeting in the
+driver: ``driver_max_bytes=0``) equals the in-memory one, the distributed
+connected-components path equals driver union-find, and a two-node cluster gives the
+same clusters as one node."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline.curate import RunLayout
-from pipeline.minhash_wiring import STEP, decide_near_duplicates
+from pipeline.minhash_rounds import MINHASH_DEDUP, STEP
+from pipeline.round_driver import decide
 from pipeline.shards import Shard, read_json, read_parquet
 from stages.duplicates import DROPS_SCHEMA
 from stages.minhash import MinHashConfig
@@ -63,7 +65,7 @@ def _decision(layout: RunLayout, fingerprint: str) -> pa.Table:
 @pytest.fixture(scope="module")
 def decided(ray_session, tmp_path_factory):
     layout, shards, documents = _write_run(tmp_path_factory.mktemp("minhash"), _texts())
-    decide_near_duplicates(layout, shards, [], [], "single", CONFIG)
+    decide(MINHASH_DEDUP, layout, shards, [], [], "single", CONFIG, driver_max_bytes=0)
     return layout, shards, documents
 
 
@@ -76,7 +78,8 @@ def test_ray_decision_equals_the_in_memory_result(decided):
     report = marker["report"]
     assert report["components"] == "driver union-find"
     assert report["partitions"] >= 2
-    assert marker["layout"]["groups"] >= 3 and marker["layout"]["sign_tasks"] >= 2
+    assert marker["layout"]["groups"] >= 3 and marker["layout"]["map_tasks"] >= 2
+    assert marker["layout"]["path"] == "tasks"
     assert report["dropped"] == expected.num_rows
     sizes = report["cluster_sizes"]
     assert sum(int(size) * n for size, n in sizes.items()) == expected.num_rows + sum(
@@ -86,10 +89,10 @@ def test_ray_decision_equals_the_in_memory_result(decided):
 
 def test_distributed_components_give_the_driver_union_find_decision(decided):
     """With ``union_find_max_edges: 0`` the verified edges never meet on the driver:
-    star rounds on Ray Data read them straight from the verify tasks' outputs."""
+    star rounds of tasks read them straight from the verify tasks' outputs."""
     layout, shards, _ = decided
     distributed = CONFIG.model_copy(update={"union_find_max_edges": 0})
-    decide_near_duplicates(layout, shards, [], [], "stars", distributed)
+    decide(MINHASH_DEDUP, layout, shards, [], [], "stars", distributed, driver_max_bytes=0)
     assert _decision(layout, "stars").equals(_decision(layout, "single"))
     single, stars = (
         read_json(layout.filesystem, f"{layout.decision_dir(STEP, name)}/_SUCCESS")["report"]

@@ -1,7 +1,7 @@
-"""The rounds of ``minhash_dedup`` as plain functions, without Ray: run one after the
-other in this process, with the exchanges done by hand, they give the in-memory
-decision for any number of signing tasks, band partitions and verification groups;
-and its helpers (text batches, pair totals) keep every row exactly once."""
+"""The rounds of ``minhash_dedup`` as plain functions, without Ray: run by the driver in
+this process with the exchanges cut every way, they give the in-memory decision for any
+number of signing tasks, band partitions and verification runs; and its helpers (text
+batches, pair totals) keep every row exactly once."""
 
 from __future__ import annotations
 
@@ -11,17 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.minhash_wiring import (
-    StepInputs,
-    bucket_partition,
-    driver_drops,
-    merge_group,
-    send_sets,
-    sign_group,
-    text_batches,
-    verify_group,
-)
-from pipeline.task_rounds import shard_groups
+from pipeline.minhash_rounds import MINHASH_DEDUP, STEP, sign, text_batches
+from pipeline.round_driver import InProcess, StepInputs, decide
+from pipeline.shards import read_json, read_parquet
+from stages.duplicates import DROPS_SCHEMA
 from stages.minhash import MinHashConfig
 from stages.minhash_lsh import find_near_duplicates_in_memory, pair_totals
 from tests.pipeline.minhash_corpus import write_pass_one
@@ -48,47 +41,42 @@ def _texts(seed: int = 1) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    layout, _, documents = write_pass_one(tmp_path_factory.mktemp("rounds"), _texts(), SHARDS)
-    return layout, documents
+    return write_pass_one(tmp_path_factory.mktemp("rounds"), _texts(), SHARDS)
 
 
-def _rounds(layout, cfg: MinHashConfig, sign_tasks: int, partitions: int, groups: int):
-    """Every round in order, each task's outputs handed to the next round by index, as
-    ``decide_near_duplicates`` wires them through the object store."""
-    inputs = StepInputs(layout, [], [], cfg.with_band_layout())
-    counts = [13] * SHARDS
-    signed = [sign_group(inputs, run, partitions) for run in shard_groups(counts, sign_tasks)]
-    runs = shard_groups(counts, groups)
-    group_of_shard = np.zeros(SHARDS, np.int32)
-    for group, run in enumerate(runs):
-        group_of_shard[run] = group
-    bucketed = [
-        bucket_partition(group_of_shard, len(runs), *[out[1 + p] for out in signed])
-        for p in range(partitions)
-    ]
-    per_group = [[out[1 + g] for out in bucketed] for g in range(len(runs))]
-    if cfg.verify_candidates:
-        sent = [send_sets(inputs, group_of_shard, len(runs), *parts) for parts in per_group]
-        final = [verify_group(inputs, *[out[1 + g] for out in sent]) for g in range(len(runs))]
-    else:
-        final = [merge_group(inputs, *parts) for parts in per_group]
-    edges = pa.concat_tables([out[1] for out in final])
-    drops, _ = driver_drops(edges)
-    return drops.sort_by([("shard", "ascending"), ("ordinal", "ascending")]), signed
+def _rounds(run, cfg: MinHashConfig, cpus: int, partitions: int, groups: int):
+    """The whole step through the driver, its rounds as tasks in this process, with
+    ``cpus`` (sign tasks: two per CPU), ``partitions`` and ``groups`` forced."""
+    layout, shards, _ = run
+    fingerprint = f"{cfg.verify_candidates}-{cpus}-{partitions}-{groups}"
+    executor = InProcess(cpus_=cpus, partitions=partitions, groups=groups)
+    decide(MINHASH_DEDUP, layout, shards, [], [], fingerprint, cfg, executor=executor,
+           driver_max_bytes=0)  # fmt: skip
+    drops = pa.concat_tables(
+        read_parquet(layout.filesystem, layout.decision(STEP, fingerprint, s), DROPS_SCHEMA)
+        for s in range(SHARDS)
+    )
+    marker = read_json(layout.filesystem, f"{layout.decision_dir(STEP, fingerprint)}/_SUCCESS")
+    return drops.sort_by([("shard", "ascending"), ("ordinal", "ascending")]), marker
 
 
 @pytest.mark.parametrize("verify", [True, False])
 def test_rounds_give_the_in_memory_decision_for_any_layout(run, verify):
-    layout, documents = run
+    layout, _, documents = run
     cfg = MinHashConfig(bands=25, rows_per_band=5, verify_candidates=verify)
+    inputs = StepInputs(layout, [], [], STEP, "sign-only", cfg)
+    stats, bands = sign(inputs, documents)
+    assert stats["documents"] == documents.num_rows
+    assert bands.num_rows == (documents.num_rows - 1) * 25  # the empty document has none
     expected = find_near_duplicates_in_memory(documents, cfg)
     assert expected.num_rows >= 10
-    for sign_tasks, partitions, groups in [(1, 1, 1), (2, 3, 2), (5, 7, 5), (3, 2, 4)]:
-        got, signed = _rounds(layout, cfg, sign_tasks, partitions, groups)
-        assert got.equals(expected), (sign_tasks, partitions, groups)
-        assert sum(out[0]["documents"] for out in signed) == documents.num_rows
-        bands = sum(out[0]["rows"] for out in signed)
-        assert bands == (documents.num_rows - 1) * 25  # the empty document has no bands
+    for cpus, partitions, groups in [(1, 1, 1), (1, 3, 2), (3, 7, 5), (2, 2, 4)]:
+        got, marker = _rounds(run, cfg, cpus, partitions, groups)
+        assert got.equals(expected), (cpus, partitions, groups)
+        assert marker["layout"]["path"] == "tasks"
+        assert marker["layout"]["map_tasks"] == min(SHARDS, max(partitions, 2 * cpus))
+        assert marker["report"]["documents"] == documents.num_rows
+        assert marker["report"]["dropped"] == expected.num_rows
 
 
 def test_pair_totals_sum_partial_counts():

@@ -1,7 +1,7 @@
-"""The rounds of Ray tasks the global steps share, without Ray: the helpers that cut
-shards into runs and route rows keep every row exactly once, and the ``exact_dedup``
-rounds run one after the other in this process give the in-memory decision for any
-number of runs and partitions."""
+"""The exchange the global steps share, without Ray: the helpers that cut shards into
+runs and route rows keep every row exactly once, and the ``exact_dedup`` rounds, run
+by the driver in this process, give the in-memory decision for any number of runs and
+partitions."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.curate import RunLayout
-from pipeline.exact_wiring import STEP, choose_partition, digest_run, write_run
-from pipeline.shards import read_parquet
-from pipeline.task_rounds import Survivors, by_shard, shard_groups, split_rows
+from pipeline.exact_rounds import EXACT_DEDUP, STEP
+from pipeline.round_driver import InProcess, decide
+from pipeline.shards import Shard, read_parquet
+from pipeline.task_rounds import by_shard, shard_groups, split_rows
 from stages.duplicates import DROPS_SCHEMA
-from stages.exact_dedup import DIGEST_COLUMN, find_duplicates_in_memory
+from stages.exact_dedup import DIGEST_COLUMN, ExactDedupConfig, find_duplicates_in_memory
 from tests.pipeline.minhash_corpus import write_pass_one
 
 SHARDS = 6
@@ -65,22 +66,17 @@ def test_exact_rounds_give_the_in_memory_decision_for_any_layout(tmp_path):
     layout, documents = _digests_run(tmp_path)
     expected = find_duplicates_in_memory(documents)
     assert expected.num_rows >= 20
-    survivors = Survivors(layout, [], [])
-    for runs_wanted, partitions in [(1, 1), (3, 2), (6, 5), (4, 7)]:
-        fingerprint = f"layout-{runs_wanted}-{partitions}"
-        runs = shard_groups([10] * SHARDS, runs_wanted)
-        group_of_shard = np.zeros(SHARDS, np.int32)
-        for group, run in enumerate(runs):
-            group_of_shard[run] = group
-        digests = [digest_run(survivors, run, partitions) for run in runs]
-        chosen = [
-            choose_partition(group_of_shard, len(runs), *[out[1 + p] for out in digests])
-            for p in range(partitions)
-        ]
-        for g in range(len(runs)):
-            write_run(layout, fingerprint, *[out[1 + g] for out in chosen])
+    for cpus, partitions, limit in [(1, 1, 0), (2, 2, 0), (3, 5, 0), (2, 7, 0), (1, 3, 1 << 30)]:
+        fingerprint = f"layout-{cpus}-{partitions}-{limit}"
+        executor = InProcess(cpus_=cpus, partitions=partitions)
+        decide(EXACT_DEDUP, layout, shards_of(SHARDS), [], [], fingerprint, ExactDedupConfig(),
+               executor=executor, driver_max_bytes=limit)  # fmt: skip
         got = pa.concat_tables(
             read_parquet(layout.filesystem, layout.decision(STEP, fingerprint, s), DROPS_SCHEMA)
             for s in range(SHARDS)
         )
         assert got.sort_by([("shard", "ascending"), ("ordinal", "ascending")]).equals(expected)
+
+
+def shards_of(count: int) -> list[Shard]:
+    return [Shard(index=i, input_index=0, pieces=()) for i in range(count)]

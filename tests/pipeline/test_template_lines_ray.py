@@ -8,8 +8,9 @@ import json
 import pyarrow as pa
 
 from pipeline.curate import RunLayout, apply_steps
+from pipeline.round_driver import decide, global_step
 from pipeline.shards import Shard, write_parquet_atomic
-from pipeline.template_wiring import decide_template_lines, template_lines_step
+from pipeline.template_rounds import TEMPLATE_LINES
 from stages.template_lines import REASON_TEMPLATE_ONLY, REMOVED_COLUMN, TemplateLinesConfig
 
 NOTE = "Support independent local journalism: become a member today."
@@ -47,8 +48,8 @@ def test_counts_are_global_across_shards(ray_session, tmp_path):
         _write_shard(layout, shard, rows)
     shards = [Shard(index, 0, ()) for index in range(SHARDS)]
     settings = TemplateLinesConfig(min_host_documents=3, min_corpus_documents=None)
-    step = template_lines_step(settings)
-    decide_template_lines(layout, shards, [], [], "f0", settings)
+    step = global_step(TEMPLATE_LINES, settings, driver_max_bytes=0)
+    decide(TEMPLATE_LINES, layout, shards, [], [], "f0", settings, driver_max_bytes=0)
 
     summary = json.loads(
         (tmp_path / "out" / "work" / "template_lines" / "f0" / "_SUCCESS").read_text()

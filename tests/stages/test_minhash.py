@@ -113,7 +113,10 @@ def test_config_rejects_impossible_bands_and_derives_datasketch_layout():
     assert MinHashConfig().band_layout() == (17, 7)
     assert MinHashConfig(**SURE).band_layout() == (25, 5)
     assert cfg.fingerprint() != MinHashConfig(threshold=0.75, num_perm=64).fingerprint()
-    same = MinHashConfig(threshold=0.7, num_perm=64, partition_rows=5000, shuffle="hash")
+    same = MinHashConfig(
+        threshold=0.7, num_perm=64, partition_rows=5000, union_find_max_edges=5,
+        verify_partition_bytes=1 << 20,
+    )  # fmt: skip
     assert cfg.fingerprint() == same.fingerprint()
 
 
