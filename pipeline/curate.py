@@ -373,8 +373,8 @@ def _same_bytes(filesystem: pafs.FileSystem, file: InputFile, record: dict[str, 
 class GlobalStep:
     """A step that needs the whole corpus to decide (deduplication, template lines).
 
-    ``decide`` (Ray wiring, in ``pipeline/global_steps.py``) reads the documents that
-    survived the earlier steps and writes one decision table per shard;
+    ``decide`` (a declared step run by ``pipeline/round_driver.py``) reads the documents
+    that survived the earlier steps and writes one decision table per shard;
     ``apply`` (pure) turns a shard's documents and its decision into kept and dropped
     rows. Decisions live under a fingerprint of everything they depend on, so a rerun
     reuses them exactly when nothing upstream changed.

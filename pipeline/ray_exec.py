@@ -9,9 +9,10 @@ here as a Ray **task**, never through Ray Data:
   Work that loads models (the documents pass, tokenization) passes a *worker factory*:
   each Ray worker process builds it once on its first item and keeps it, so models load
   once per process, like an actor pool, without the actors' extra processes.
-* ``run_round`` runs one all-to-all exchange round (``pipeline/task_rounds.py``): a
-  task per argument tuple, each returning a stats dict and then one table per
-  destination, handed by reference to the next round.
+* ``run_round`` runs one all-to-all exchange round (the global steps' driver,
+  ``pipeline/round_driver.py``, and the mix's pack): a task per argument tuple, each
+  returning a stats dict and then one table per destination, handed by reference to
+  the next round.
 
 Why tasks rather than Ray Data or actors (issue 18, measured in bench/RESULTS.md):
 a task runs on its worker's main thread, so the extract stage's per-page limit is a

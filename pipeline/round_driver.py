@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -231,12 +232,14 @@ class RayTasks:
 @dataclass
 class InProcess:
     """Rounds as plain calls in this process. The driver path uses it with one
-    partition and one run; tests use it to force any ``partitions``, ``groups`` and map
-    runs (``cpus``) without Ray."""
+    partition and one run (and a line per round, as ``run_round`` prints for tasks);
+    tests use it to force any ``partitions``, ``groups`` and map runs (``cpus``)
+    without Ray."""
 
     cpus_: int = 1
     partitions: int | None = None
     groups: int | None = None
+    announce: bool = False
 
     def cpus(self) -> int:
         return self.cpus_
@@ -248,10 +251,17 @@ class InProcess:
         return refs
 
     def run_round(self, step: str, name: str, function: Callable, calls: list, returns: int):
+        started = time.perf_counter()
         outputs = [function(*args) for args in calls]
-        if returns == 0:
-            return outputs, [[] for _ in outputs]
-        return [out[0] for out in outputs], [list(out[1:]) for out in outputs]
+        stats = outputs if returns == 0 else [out[0] for out in outputs]
+        if self.announce and ray_exec.progress_enabled():
+            totals: dict[str, int] = {}
+            for entry in stats:
+                _add(totals, entry)
+            counts = ", ".join(f"{key} {value:,}" for key, value in totals.items())
+            seconds = time.perf_counter() - started
+            print(f"{step} {name}: in the driver, {counts} ({seconds:.1f} s)", flush=True)
+        return stats, [[] if returns == 0 else list(out[1:]) for out in outputs]
 
 
 # --- task bodies ------------------------------------------------------------------------
@@ -337,7 +347,7 @@ class StepRun:
     def to_driver(self, exchange: Exchange) -> Exchange:
         """The rows meet here; every later round is one plain call in this process."""
         tables = self.executor.get([part for sent in exchange.parts for part in sent])
-        self.executor = InProcess()
+        self.executor = InProcess(announce=True)
         self.inputs_ref = self.inputs
         everything = [sorted({s for run in self.plan.runs for s in run})]
         self.plan = replace(

@@ -77,10 +77,12 @@ def write_tiny_run(
     output_dir: Path,
     shard_input_bytes: int = TINY_SHARD_BYTES,
     config_name: str = "curate.yaml",
+    driver_round_max_bytes: int | None = None,
 ) -> Path:
     """Copy the demo corpus into ``run_dir/corpus`` (once) and write a config next to it
     whose inputs are relative and named (ids do not depend on where the folder is) and
-    whose output is ``output_dir`` (absolute)."""
+    whose output is ``output_dir`` (absolute). ``driver_round_max_bytes=0`` makes the
+    global steps' rounds tasks on the workers even on this small corpus."""
     corpus = run_dir / "corpus"
     if not corpus.exists():
         shutil.copytree(demo_corpus, corpus, ignore=shutil.ignore_patterns(*_NOT_COPIED))
@@ -92,6 +94,8 @@ def write_tiny_run(
         "stages": TINY_STAGES,
         "ray": {"num_cpus": 2},
     }
+    if driver_round_max_bytes is not None:
+        settings["ray"]["driver_round_max_bytes"] = driver_round_max_bytes
     config = run_dir / config_name
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     return config

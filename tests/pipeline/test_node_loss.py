@@ -1,6 +1,8 @@
 """Worker nodes killed in the middle of curation (the documents pass, the exact-dedup
 rounds, the MinHash step) do not change the result: the outputs are byte-identical to
-an undisturbed run and the accounting identity holds."""
+an undisturbed run and the accounting identity holds. The run under test sends every
+global round to the workers as tasks (``driver_round_max_bytes: 0``); the undisturbed
+reference decides its small rounds in the driver."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def test_losing_worker_nodes_mid_run_changes_nothing(
 ):
     reference = tiny_reference(ray_session, demo_corpus, tmp_path_factory.getbasetemp())
     output_dir = tmp_path / "out"
-    config = write_tiny_run(demo_corpus, tmp_path, output_dir)
+    config = write_tiny_run(demo_corpus, tmp_path, output_dir, driver_round_max_bytes=0)
     summary_path = tmp_path / "summary.json"
 
     run, _ = run_logged(
