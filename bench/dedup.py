@@ -561,8 +561,9 @@ def main(argv: list[str] | None = None) -> int:
             f"(running {run['worker_peak_task'][:48]!r} at its peak) "
             f"(VmHWM {run['worker_peak_hwm_mib']:.0f} MiB, object store pages included), "
             f"driver +{run['driver_growth_mib']:.0f} MiB during the step; tasks: "
-            f"{run['report']['sign_tasks']} sign, {run['report']['partitions']} bucket "
-            f"(band partitions), {run['report']['groups']} per verification round"
+            f"{run['report']['map_tasks']} sign, {run['report']['partitions']} bucket "
+            f"(band partitions), {run['report']['groups']} per verification round, "
+            f"later rounds in the {run['report']['path']}"
         )
         rows.append(row(f"peak private memory per Ray worker, {copies}x ({len(scaled)} docs)",
                         run["worker_peak_private_mib"], unit="MiB"))  # fmt: skip

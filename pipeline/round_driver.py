@@ -54,8 +54,7 @@ from stages.minhash_lsh import partition_of
 TASKS_PER_CPU = 2  # tasks per round and CPU, at least: a slow task is not the round
 DRIVER_ROUND_MAX_BYTES = RayConfig.model_fields["driver_round_max_bytes"].default
 """The map's rows up to which the later rounds run in the driver process (the config's
-``ray.driver_round_max_bytes``): exact dedup's digests are about 90 bytes a document,
-MinHash's band rows about 1 KB (17 bands), template lines' about 100 bytes a line."""
+``ray.driver_round_max_bytes``)."""
 
 
 # --- what a step declares ---------------------------------------------------------------
@@ -448,6 +447,7 @@ def decide(
         "cpus": cpus,
         "path": run.path,
         "map_tasks": len(run.stats.get(step.map_name, [])),
+        "map_bytes": run.plan.totals.get("bytes", 0),  # what the limit is compared with
         "partitions": partitions,
         "groups": len(runs),
     }
