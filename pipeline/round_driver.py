@@ -25,6 +25,7 @@ decisions, because no round's result depends on how its rows were cut
 
 from __future__ import annotations
 
+import functools
 import math
 import posixpath
 import time
@@ -455,18 +456,13 @@ def decide(
 
 
 def global_step(step: RoundStep, settings: StageConfig, driver_max_bytes: int) -> GlobalStep:
-    """The runner's view of a declared step: apply for finalize, decide through here."""
-
-    def decide_step(layout, shards, earlier, fingerprints, fingerprint, settings) -> None:
-        decide(step, layout, shards, earlier, fingerprints, fingerprint, settings,
-               driver_max_bytes=driver_max_bytes)  # fmt: skip
-
+    """The runner's view of a declared step: ``apply`` for finalize, ``decide`` here."""
     return GlobalStep(
         name=step.name,
         settings=settings,
         decision_schema=step.decision_schema,
         apply=step.apply,
-        decide=decide_step,
+        decide=functools.partial(decide, step, driver_max_bytes=driver_max_bytes),
     )
 
 
