@@ -6,7 +6,8 @@ not in a review.
 * ``model_hooks/`` never imports ``pipeline/``, ``report/`` or a stage;
 * ``report/`` reads what a run wrote and never imports Ray;
 * ``strict_config`` and ``demo/`` import no project package, so anything may use them;
-* in ``pipeline/``, only ``ray_exec.py`` imports Ray.
+* in ``pipeline/``, only ``ray_exec.py`` imports Ray, none imports Ray Data, and no
+  modules import each other in a circle.
 """
 
 from __future__ import annotations
@@ -74,3 +75,33 @@ def test_only_ray_exec_imports_ray_in_pipeline():
         if any(_is_under(module, "ray") for module in imported_modules(path))
     )
     assert importers == ["pipeline/ray_exec.py"]
+
+
+def test_curation_imports_no_ray_data():
+    """Issue 19: the global steps' exchanges are task rounds (``round_driver.py``), so no
+    module of ``pipeline/`` imports Ray Data (its executor and helper actors cost more
+    than the work on small runs, and ``import ray.data`` ~140 MiB a process)."""
+    importers = sorted(
+        str(path.relative_to(REPO))
+        for path in (REPO / "pipeline").rglob("*.py")
+        if any(_is_under(module, "ray.data") for module in imported_modules(path))
+    )
+    assert importers == []
+
+
+def test_pipeline_modules_import_no_circle():
+    """Issue 19: ``global_steps`` and the step modules once imported each other, hidden
+    by imports inside functions; the scan counts those too."""
+    modules = {f"pipeline.{path.stem}": path for path in (REPO / "pipeline").glob("*.py")}
+    graph = {name: imported_modules(path) & modules.keys() for name, path in modules.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        for imported in sorted(graph[name]):
+            assert imported not in path, " -> ".join([*path, imported])
+            if imported not in done:
+                visit(imported, [*path, imported])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [name])
