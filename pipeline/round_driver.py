@@ -17,10 +17,12 @@ per destination, and task d of the next round takes table d of every sender, so 
 process holds every row), and where the rounds run. The map always runs as tasks on
 the workers, which read the texts. Then, while its rows fit under
 ``ray.driver_round_max_bytes``, they meet here and every later round is one plain call
-in this process: no exchange and no task start-up, which dominate a small run. Beyond
-the limit each round is Ray tasks (``pipeline/ray_exec.py``). Both give the same
-decisions, because no round's result depends on how its rows were cut
-(``tests/pipeline/test_round_driver.py`` forces each path and compares the bytes).
+in this process: no exchange objects and no further tasks. Beyond the limit each round
+is Ray tasks (``pipeline/ray_exec.py``). Both give the same decisions, because no
+round's result depends on how its rows were cut (``tests/pipeline/test_round_driver.py``
+forces each path and compares the bytes). A step whose rounds are not known in advance
+(MinHash's connected components, which loop until the stars converge) declares a
+``finish`` that gets the running ``StepRun`` and calls its ``round`` as often as needed.
 """
 
 from __future__ import annotations
@@ -65,8 +67,7 @@ DRIVER_ROUND_MAX_BYTES = RayConfig.model_fields["driver_round_max_bytes"].defaul
 class Route:
     """Where a round's rows go next: to a partition of the int64 ``column``
     (``to_partition``), or to the run of shards holding the shard in ``column``
-    (``to_shard_run``;
-    ``shard_of`` turns the column's values into shard numbers)."""
+    (``to_shard_run``; ``shard_of`` turns the column's values into shard numbers)."""
 
     column: str
     to_shards: bool
