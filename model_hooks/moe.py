@@ -11,9 +11,11 @@ Expert dispatch is grouped: the T*K (token, expert) pairs are sorted by expert (
 experts last), and ``torch._grouped_mm`` runs every FFN expert on its contiguous slice
 in one call per matrix, given the slice ends as a tensor. Nothing in the forward asks
 the host how many tokens an expert got (no ``.tolist()``, no boolean indexing), so the
-block traces into one graph (``torch.compile``) and a GPU never waits on the CPU; the
-pairs come back to their tokens by the inverse permutation and a sum over K, not an
-``index_add`` (no atomics: the same sums in the same order every run).
+block traces into one graph (``torch.compile``) and a GPU never waits on the CPU; there
+the pairs come back to their tokens by the inverse permutation and a sum over K, not an
+``index_add`` (no atomics: the same sums in the same order every run). On the CPU, where
+reading a tensor costs the host nothing, one op of our own (``swiglu_experts_cpu``)
+touches only the FFN pairs and adds them back with a serial ``index_add_``.
 
 Shape suffixes: T tokens, D model width, F expert width, E = N + Z experts,
 K experts chosen per token, P = T*K (token, expert) pairs.
