@@ -9,6 +9,19 @@ demo run's). The TrainConfig is the default one but for the number of steps, so 
 figure is what a user gets; ``--set KEY=VALUE`` overrides a TrainConfig field (to
 compare settings).
 
+Two more figures say how much of a miss is the controller's:
+
+* ``frozen``: the trained model, weights and router biases frozen at the last step,
+  routes every batch of the curriculum again. The spread of FFN experts per token from
+  batch to batch is then the data's alone (two rows of one domain route differently
+  from two of another: the report's dynamic computation), and ``best_band_share`` is the
+  most batches a band of +-5% of K_e can hold wherever it is placed: about the ceiling
+  of the per-step figure for any controller that sets the biases before it sees the
+  batch, as the report's does.
+* ``window``: the token-weighted mean of FFN experts per token over the last
+  ``--window`` steps (the controller's own horizon: it holds an average, not each batch)
+  within 5% of K_e, on the windows that start after warm-up.
+
     python -m bench.controller [--curriculum runs/demo/curriculum.json] [--set bias_mu0=0.1]
 """
 
@@ -23,10 +36,10 @@ import torch
 import yaml
 
 from bench.contract import add_contract_arguments, row, write_json
-from model_hooks.model import ModelConfig
+from model_hooks.model import Model, ModelConfig
 from model_hooks.synthetic import progression_documents, write_packed_phase
 from model_hooks.token_stream import TokenStream
-from model_hooks.train import TrainConfig, train
+from model_hooks.train import CKPT_NAME, TrainConfig, load_checkpoint, train
 from strict_config import read_yaml
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "configs" / "demo_model.yaml"
@@ -50,10 +63,15 @@ def synthetic_curriculum(root: Path, rows_scale: float = 1.0) -> list[Path]:
     return dirs
 
 
+def layer_mean_ffn(records: list[dict]) -> list[float]:
+    """FFN experts per token of each step, the mean over layers."""
+    return [sum(r["ffn_experts_per_token"]) / len(r["ffn_experts_per_token"]) for r in records]
+
+
 def tracking(records: list[dict], k_e: float, warmup: int) -> dict:
     """Share of post-warm-up steps whose FFN experts per token (mean over layers) is
     within 5% of K_e, the mean, and the worst step."""
-    values = [sum(r["ffn_experts_per_token"]) / len(r["ffn_experts_per_token"]) for r in records]
+    values = layer_mean_ffn(records)
     after = values[warmup:]
     within = [abs(v - k_e) <= 0.05 * k_e for v in after]
     return {
@@ -67,6 +85,65 @@ def tracking(records: list[dict], k_e: float, warmup: int) -> dict:
     }
 
 
+def window_tracking(records: list[dict], k_e: float, warmup: int, window: int) -> dict:
+    """Share of the ``window``-step windows after warm-up whose token-weighted mean FFN
+    experts per token is within 5% of K_e: what the controller holds over its horizon."""
+    values, tokens = layer_mean_ffn(records), [r["tokens"] for r in records]
+    means = []
+    for end in range(warmup + window, len(values) + 1):
+        weights = tokens[end - window : end]
+        total = sum(v * w for v, w in zip(values[end - window : end], weights, strict=True))
+        means.append(total / max(sum(weights), 1))
+    within = [abs(m - k_e) <= 0.05 * k_e for m in means]
+    return {
+        "window_steps": window,
+        "windows": len(means),
+        "share_within_5pct": round(sum(within) / len(means), 3) if means else None,
+    }
+
+
+def best_band_share(values: list[float], k_e: float) -> float:
+    """The most of ``values`` that one band of +-5% of K_e holds, wherever it lies."""
+    ordered, width = sorted(values), 0.1 * k_e
+    best, low = 0, 0
+    for high, value in enumerate(ordered):
+        while value - ordered[low] > width:
+            low += 1
+        best = max(best, high - low + 1)
+    return round(best / max(len(values), 1), 3)
+
+
+@torch.no_grad()
+def frozen_routing(run_dir: Path, dirs: list[Path], batch_size: int, k_e: float) -> dict:
+    """Every batch of the curriculum through the model of ``run_dir/ckpt.pt`` with its
+    weights and router biases fixed: FFN experts per token per batch (real tokens, the
+    mean over layers), their spread and the best band's share."""
+    ckpt = load_checkpoint(run_dir / CKPT_NAME)
+    model = Model(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    n_ffn, values = model.cfg.n_ffn_experts, []
+    for batch in TokenStream([str(d) for d in dirs], batch_size=batch_size, seed=0):
+        if batch.get("rope_theta") is not None:  # as train_step: each phase its own base
+            model.cfg = model.cfg.model_copy(update={"rope_theta": float(batch["rope_theta"])})
+        _, _, infos = model(batch["tokens"], batch["positions"], batch["doc_index"],
+                            batch.get("cu_seqlens"))  # fmt: skip
+        real_T = batch["token_mask"].flatten()
+        per_layer = [(info.topk_TK[real_T] < n_ffn).sum(-1).float().mean() for info in infos]
+        values.append(float(sum(per_layer)) / len(per_layer))
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+    return {
+        "batches": len(values),
+        "mean": round(mean, 4),
+        "std_between_batches": round(std, 4),
+        "best_band_share": best_band_share(values, k_e),
+        "share_within_5pct_of_k_e": round(
+            sum(abs(v - k_e) <= 0.05 * k_e for v in values) / len(values), 3
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--curriculum", type=Path, help="a curriculum.json (default: synthetic)")
@@ -74,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a TrainConfig field (YAML value)")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the figure")
+    parser.add_argument("--window", type=int, default=10, help="steps per window figure")
     add_contract_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -90,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(**{"out_dir": str(Path(tmp) / "run"), "steps": stream.num_batches(),
                              "grad_ratio_every": 0, "device": "cpu", **overrides})  # fmt: skip
         records = train(cfg, stream, model_cfg)
-    result = tracking(records, model_cfg.target_ffn_experts, args.warmup) | {
+        k_e = model_cfg.target_ffn_experts
+        frozen = frozen_routing(Path(cfg.out_dir), dirs, args.batch_size, k_e)
+    result = tracking(records, k_e, args.warmup) | {
+        "window": window_tracking(records, k_e, args.warmup, args.window),
+        "frozen": frozen,
         "data": str(args.curriculum or "synthetic demo-shaped curriculum"),
         "overrides": overrides,
         "final_lm_loss": round(records[-1]["lm_loss"], 4),
@@ -101,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             result["share_within_5pct"], unit="share of steps"),
         row("mean FFN experts per token after warm-up", result["mean_after_warmup"],
             unit=f"experts (K_e = {result['k_e']})", compare=False),
+        row(f"{args.window}-step windows (token-weighted) within 5% of K_e, after warm-up",
+            result["window"]["share_within_5pct"], unit="share of windows"),
+        row("batches within one +-5% band, model and biases frozen at the last step",
+            frozen["best_band_share"], unit="share of batches (per-step ceiling)",
+            compare=False),
     ]  # fmt: skip
     write_json(args.json, "controller", rows, [json.dumps(result)])
     return 0

@@ -22,7 +22,8 @@ And with ``--ablation``, the report's Fig. 3a at toy scale: the zero-expert mode
 and a fixed top-4 (the same 4 FFN experts per token on average: equal compute), trained
 on the same synthetic batches from the same init seed, for several seeds; the LM loss
 difference (zero experts minus fixed top-k, mean of the last 10 steps) per seed, its
-mean and its standard deviation.
+mean and its standard deviation, with the FFN experts per token each model spent over
+the whole run (token-weighted) and its per-step range, so equal compute can be checked.
 
     python -m bench.moe [--steps 6] [--batch-size 8] [--seq-len 256] [--quick] [--json PATH]
     python -m bench.moe --ablation [--ablation-seeds 3] [--ablation-steps 150]
@@ -146,10 +147,16 @@ def ablation_losses(cfg: ModelConfig, seed: int, steps: int, args: argparse.Name
     opt = build_optimizer(model, tcfg)
     records = [train_step(model, opt, next(source), tcfg, step) for step in range(steps)]
     tail = records[-min(10, steps) :]
-    ffn = [sum(r["ffn_experts_per_token"]) / cfg.n_layers for r in tail]
+    ffn = [sum(r["ffn_experts_per_token"]) / cfg.n_layers for r in records]
+    tokens = [r["tokens"] for r in records]
     return {
         "final_lm_loss": sum(r["lm_loss"] for r in tail) / len(tail),
-        "ffn_experts_per_token": sum(ffn) / len(ffn),
+        "ffn_experts_per_token": sum(ffn[-len(tail) :]) / len(tail),
+        # The compute actually spent: token-weighted over every step, and the extremes
+        # (a step whose routing is the same for every token can sit far from K_e).
+        "ffn_experts_per_token_all_steps": sum(f * n for f, n in zip(ffn, tokens, strict=True))
+        / max(sum(tokens), 1),
+        "ffn_experts_per_token_step_range": [round(min(ffn), 3), round(max(ffn), 3)],
     }
 
 

@@ -11,9 +11,11 @@ Expert dispatch is grouped: the T*K (token, expert) pairs are sorted by expert (
 experts last), and ``torch._grouped_mm`` runs every FFN expert on its contiguous slice
 in one call per matrix, given the slice ends as a tensor. Nothing in the forward asks
 the host how many tokens an expert got (no ``.tolist()``, no boolean indexing), so the
-block traces into one graph (``torch.compile``) and a GPU never waits on the CPU; the
-pairs come back to their tokens by the inverse permutation and a sum over K, not an
-``index_add`` (no atomics: the same sums in the same order every run).
+block traces into one graph (``torch.compile``) and a GPU never waits on the CPU; there
+the pairs come back to their tokens by the inverse permutation and a sum over K, not an
+``index_add`` (no atomics: the same sums in the same order every run). On the CPU, where
+reading a tensor costs the host nothing, one op of our own (``swiglu_experts_cpu``)
+touches only the FFN pairs and adds them back with a serial ``index_add_``.
 
 Shape suffixes: T tokens, D model width, F expert width, E = N + Z experts,
 K experts chosen per token, P = T*K (token, expert) pairs.
@@ -165,6 +167,129 @@ def _grouped_mm_backward(ctx, grad_PF: torch.Tensor) -> tuple:
 grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 
 
+def _transposed(w_NOI: torch.Tensor) -> torch.Tensor:
+    """(N, in, out), contiguous, from weights stored (N, out, in)."""
+    return w_NOI.transpose(-2, -1).contiguous()
+
+
+@torch.library.custom_op("longcat::swiglu_experts_cpu", mutates_args=())
+def swiglu_experts_cpu(
+    x_TD: torch.Tensor,
+    w_gate_NFD: torch.Tensor,
+    w_up_NFD: torch.Tensor,
+    w_down_NDF: torch.Tensor,
+    order_P: torch.Tensor,
+    ends_N: torch.Tensor,
+    gates_P: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every FFN expert's SwiGLU on the CPU, from tokens to tokens: (y_TD, and the gate
+    and up pre-activations a_PF, b_PF of the FFN pairs, kept for the backward).
+
+    Pair p is (token p // K, its pick p % K); ``order_P`` lists the pairs sorted by
+    expert, FFN experts first, ``ends_N`` where each expert's run ends, ``gates_P`` the
+    gates in pair order; the weights come as stored (out x in), so the backward returns
+    their gradients in that layout without transposed copies. On the CPU the host reads
+    where the FFN pairs end at no cost, so only they are gathered, multiplied, gated and
+    added back to their tokens; the zero-expert pairs (a third of them at K_e = 2K/3)
+    are not touched at all. Each token's pairs are added in expert order, one index at
+    a time (``index_add_`` runs serially on the CPU: the same sums every run). One op of
+    our own, with a fake function, so the block still traces without a graph break;
+    its backward is ``swiglu_experts_cpu_backward``. Rows of a_PF and b_PF past the FFN
+    pairs are never written nor read."""
+    T, P, end = x_TD.shape[0], order_P.shape[0], int(ends_N[-1])
+    y_TD = x_TD.new_zeros(T, w_down_NDF.shape[1])
+    a_PF, b_PF = (x_TD.new_empty(P, w_gate_NFD.shape[1]) for _ in range(2))
+    if end:
+        pair_R = order_P[:end]
+        token_R = torch.div(pair_R, P // T, rounding_mode="floor")
+        x_RD = x_TD.index_select(0, token_R)
+        # x W^T with W^T a contiguous copy (2 MB at 64 experts): less than the strided
+        # reads of a transposed operand in three grouped matmuls.
+        a_RF = torch._grouped_mm(x_RD, _transposed(w_gate_NFD), offs=ends_N)
+        b_RF = torch._grouped_mm(x_RD, _transposed(w_up_NFD), offs=ends_N)
+        h_RF = F.silu(a_RF).mul_(b_RF).mul_(gates_P.index_select(0, pair_R)[:, None])
+        y_RD = torch._grouped_mm(h_RF, _transposed(w_down_NDF), offs=ends_N)
+        y_TD.index_add_(0, token_R, y_RD)
+        a_PF[:end], b_PF[:end] = a_RF, b_RF
+    return y_TD, a_PF, b_PF
+
+
+@swiglu_experts_cpu.register_fake
+def _swiglu_experts_cpu_fake(x_TD, w_gate_NFD, w_up_NFD, w_down_NDF, order_P, ends_N, gates_P):
+    P, F_ = order_P.shape[0], w_gate_NFD.shape[1]
+    y_TD = x_TD.new_empty(x_TD.shape[0], w_down_NDF.shape[1])
+    return y_TD, x_TD.new_empty(P, F_), x_TD.new_empty(P, F_)
+
+
+@torch.library.custom_op("longcat::swiglu_experts_cpu_backward", mutates_args=())
+def swiglu_experts_cpu_backward(
+    grad_y_TD: torch.Tensor,
+    x_TD: torch.Tensor,
+    w_gate_NFD: torch.Tensor,
+    w_up_NFD: torch.Tensor,
+    w_down_NDF: torch.Tensor,
+    order_P: torch.Tensor,
+    ends_N: torch.Tensor,
+    gates_P: torch.Tensor,
+    a_PF: torch.Tensor,
+    b_PF: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``swiglu_experts_cpu`` for (x, w_gate, w_up, w_down, gates), over the
+    FFN pairs only (zero-expert pairs get a zero gate gradient). Per pair, h = silu(a) b
+    and y = g h W_down^T (weights out x in): dW_down = dy^T (g h), d(g h) = dy W_down,
+    dg = sum d(g h) h, da = g d(g h) b silu'(a), db = g d(g h) silu(a), dW_gate = da^T x,
+    dW_up = db^T x, dx = da W_gate + db W_up; x's pair gradients go back to their tokens
+    as the forward's outputs did. Every weight is read as stored."""
+    T, P, end = x_TD.shape[0], order_P.shape[0], int(ends_N[-1])
+    grad_x_TD, grad_gates_P = torch.zeros_like(x_TD), torch.zeros_like(gates_P)
+    if not end:
+        zeros = (torch.zeros_like(w) for w in (w_gate_NFD, w_up_NFD, w_down_NDF))
+        return grad_x_TD, *zeros, grad_gates_P
+    pair_R = order_P[:end]
+    token_R = torch.div(pair_R, P // T, rounding_mode="floor")
+    x_RD, dy_RD = x_TD.index_select(0, token_R), grad_y_TD.index_select(0, token_R)
+    g_R1 = gates_P.index_select(0, pair_R)[:, None]
+    a_RF, b_RF = a_PF[:end], b_PF[:end]
+    silu_RF = F.silu(a_RF)
+    h_RF = silu_RF * b_RF
+    dgh_RF = torch._grouped_mm(dy_RD, w_down_NDF, offs=ends_N)
+    grad_w_down = torch._grouped_mm(dy_RD.transpose(0, 1), h_RF * g_R1, offs=ends_N)
+    grad_gates_P.index_copy_(0, pair_R, h_RF.mul_(dgh_RF).sum(dim=-1))
+    dh_RF = dgh_RF.mul_(g_R1)
+    da_RF = torch.ops.aten.silu_backward(dh_RF * b_RF, a_RF)  # times silu'(a), fused
+    db_RF = dh_RF.mul_(silu_RF)
+    dx_RD = torch._grouped_mm(da_RF, w_gate_NFD, offs=ends_N)
+    dx_RD += torch._grouped_mm(db_RF, w_up_NFD, offs=ends_N)
+    grad_x_TD.index_add_(0, token_R, dx_RD)
+    grad_w_gate = torch._grouped_mm(da_RF.transpose(0, 1), x_RD, offs=ends_N)
+    grad_w_up = torch._grouped_mm(db_RF.transpose(0, 1), x_RD, offs=ends_N)
+    return grad_x_TD, grad_w_gate, grad_w_up, grad_w_down, grad_gates_P
+
+
+@swiglu_experts_cpu_backward.register_fake
+def _swiglu_experts_cpu_backward_fake(
+    grad_y_TD, x_TD, w_gate_NFD, w_up_NFD, w_down_NDF, order_P, ends_N, gates_P, a_PF, b_PF
+) -> tuple:
+    return (torch.empty_like(x_TD), torch.empty_like(w_gate_NFD), torch.empty_like(w_up_NFD),
+            torch.empty_like(w_down_NDF), torch.empty_like(gates_P))  # fmt: skip
+
+
+def _swiglu_setup(ctx, inputs: tuple, output: tuple) -> None:
+    ctx.save_for_backward(*inputs, output[1], output[2])
+
+
+def _swiglu_backward(ctx, grad_y_TD: torch.Tensor, *_pre_activations: torch.Tensor) -> tuple:
+    """Only y carries a gradient; the pre-activations are outputs for the backward's sake."""
+    x_TD, w_gate, w_up, w_down, order_P, ends_N, gates_P, a_PF, b_PF = ctx.saved_tensors
+    grad_x, grad_w_gate, grad_w_up, grad_w_down, grad_gates = swiglu_experts_cpu_backward(
+        grad_y_TD, x_TD, w_gate, w_up, w_down, order_P, ends_N, gates_P, a_PF, b_PF
+    )
+    return grad_x, grad_w_gate, grad_w_up, grad_w_down, None, None, grad_gates
+
+
+swiglu_experts_cpu.register_autograd(_swiglu_backward, setup_context=_swiglu_setup)
+
+
 def grouped_mm_usable(x: torch.Tensor, *widths: int) -> bool:
     """Whether ``torch._grouped_mm`` takes this input: float32/bf16/fp16 on CPU, bf16
     on CUDA (Hopper and later), and rows of every operand a multiple of 16 bytes."""
@@ -222,13 +347,16 @@ class GroupedExperts(nn.Module):
     """N SwiGLU experts as three stacked weights in ``nn.Linear`` layout (out x in),
     so one grouped matmul runs all of them.
 
-    ``forward`` takes the pairs sorted by expert, ``ends_N`` (int32, where each
-    expert's slice ends) and each pair's gate; rows after ``ends_N[-1]`` (the
-    zero-expert pairs) are not computed: their outputs and input gradients are zeros.
-    The gate scales the hidden activations before ``w_down`` (the same product as
-    scaling the output, by linearity, on F instead of D columns). Without a usable
-    grouped matmul (float64, odd widths, older GPUs) a loop over the experts computes
-    the same (with one host sync for the slice sizes)."""
+    ``forward`` takes the tokens, the (token, pick) pairs sorted by expert (``order_P``,
+    zero experts last), ``ends_N`` (int32, where each expert's run of pairs ends) and
+    each pair's gate in pair order, and returns each token's sum of its gated FFN
+    experts. Zero-expert pairs (past ``ends_N[-1]``) are not computed. The gate scales
+    the hidden activations before ``w_down`` (the same product as scaling the output, by
+    linearity, on F instead of D columns). On the CPU one op does it all on the FFN
+    pairs only (``swiglu_experts_cpu``); on a GPU the pairs are gathered, run through
+    three grouped matmuls over the whole buffer and summed back per token, with no host
+    sync. Without a usable grouped matmul (float64, odd widths, older GPUs) a loop over
+    the experts computes the same (with one host sync for the slice sizes)."""
 
     def __init__(self, n_experts: int, d_model: int, d_expert: int) -> None:
         super().__init__()
@@ -246,25 +374,36 @@ class GroupedExperts(nn.Module):
         return F.linear(F.silu(gate) * up, self.w_down[index])
 
     def forward(
-        self, x_PD: torch.Tensor, ends_N: torch.Tensor, gate_P: torch.Tensor
+        self,
+        x_TD: torch.Tensor,
+        order_P: torch.Tensor,
+        ends_N: torch.Tensor,
+        gates_P: torch.Tensor,
     ) -> torch.Tensor:
-        F_ = self.w_gate.shape[1]
-        if grouped_mm_usable(x_PD, x_PD.shape[-1], F_):
-            self.last_path = "grouped_mm"
-            w_gate, w_up, w_down = (
-                w.to(x_PD.dtype).transpose(-2, -1) for w in (self.w_gate, self.w_up, self.w_down)
-            )
+        T, P, F_ = x_TD.shape[0], order_P.shape[0], self.w_gate.shape[1]
+        K = P // max(T, 1)
+        grouped = grouped_mm_usable(x_TD, x_TD.shape[-1], F_)
+        self.last_path = "grouped_mm" if grouped else "loop"
+        stacked = [w.to(x_TD.dtype) for w in (self.w_gate, self.w_up, self.w_down)]
+        if grouped and not x_TD.is_cuda:
+            return swiglu_experts_cpu(x_TD, *stacked, order_P, ends_N, gates_P)[0]
+        inverse_P = torch.empty_like(order_P)
+        inverse_P[order_P] = torch.arange(P, device=order_P.device)
+        x_PD = _PairsFromTokens.apply(x_TD, order_P, inverse_P, K)
+        gate_P1 = gates_P[order_P][:, None]
+        if grouped:  # CUDA: the whole buffer, no host sync; the tail comes back zeros
+            w_gate, w_up, w_down = (w.transpose(-2, -1) for w in stacked)
             h_PF = F.silu(grouped_mm(x_PD, w_gate, ends_N)) * grouped_mm(x_PD, w_up, ends_N)
-            return grouped_mm(h_PF * gate_P[:, None], w_down, ends_N)
-        self.last_path = "loop"
-        ends = ends_N.tolist()
-        parts, start = [], 0
-        for index, end in enumerate(ends):
-            if end > start:
-                parts.append(self.expert(index, x_PD[start:end]) * gate_P[start:end, None])
-            start = end
-        rest = x_PD.new_zeros(x_PD.shape[0] - start, x_PD.shape[1])
-        return torch.cat([*parts, rest])
+            y_PD = grouped_mm(h_PF * gate_P1, w_down, ends_N)
+        else:
+            parts, start = [], 0
+            for index, end in enumerate(ends_N.tolist()):
+                if end > start:
+                    parts.append(self.expert(index, x_PD[start:end]) * gate_P1[start:end])
+                start = end
+            y_PD = torch.cat([*parts, x_PD.new_zeros(P - start, x_PD.shape[1])])
+        # Back to (token, pick) order by the inverse permutation, then a sum over K.
+        return _TokensFromPairs.apply(y_PD, order_P, inverse_P, K)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
         """Checkpoints from before the stacking hold ``experts.{i}.w_gate.weight`` and so
@@ -315,7 +454,6 @@ class MoE(nn.Module):
 
     def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, RouterInfo]:
         info = self.router(x_TD)
-        T, K = info.topk_TK.shape
         dtype = (
             torch.get_autocast_dtype(x_TD.device.type)
             if torch.is_autocast_enabled(x_TD.device.type)
@@ -328,18 +466,15 @@ class MoE(nn.Module):
         id_scale = self.gamma if self.gamma_scales_identity else 1.0
         out_TD = id_scale * zero_gate_T1 * x_TD
         # FFN experts: pairs sorted by expert id (zero experts, ids >= N, sort last);
-        # expert i's pairs end where the sorted ids first exceed i.
-        expert_P = info.topk_TK.flatten()
+        # expert i's pairs end where the sorted ids first exceed i. int32 ids: the
+        # stable sort of small keys is twice as fast as of int64 ones on the CPU.
+        expert_P = info.topk_TK.flatten().to(torch.int32)
         order_P = torch.argsort(expert_P, stable=True)
-        ids_N = torch.arange(1, self.n_ffn + 1, device=x_TD.device, dtype=expert_P.dtype)
+        ids_N = torch.arange(1, self.n_ffn + 1, device=x_TD.device, dtype=torch.int32)
         ends_N = torch.searchsorted(expert_P[order_P], ids_N).to(torch.int32)
-        inverse_P = torch.empty_like(order_P)
-        inverse_P[order_P] = torch.arange(T * K, device=x_TD.device)
-        x_PD = _PairsFromTokens.apply(x_TD.to(dtype), order_P, inverse_P, K)
-        y_PD = self.experts(x_PD, ends_N, gates_TK.flatten()[order_P])
-        # Back to (token, pick) order by the inverse permutation, then a sum over K.
-        y_TD = _TokensFromPairs.apply(y_PD, order_P, inverse_P, K)
-        return out_TD + self.gamma * y_TD.to(out_TD.dtype), info
+        # gamma rides on the gates: T*K products instead of T*D.
+        y_TD = self.experts(x_TD.to(dtype), order_P, ends_N, (self.gamma * gates_TK).flatten())
+        return out_TD + y_TD.to(out_TD.dtype), info
 
 
 def balance_loss(

@@ -29,7 +29,7 @@ def _count_expert_rows(moe: MoE) -> list[int]:
     rows = [0] * N_FFN
 
     def count(_module: torch.nn.Module, args: tuple, _out: torch.Tensor) -> None:
-        ends = args[1].tolist()
+        ends = args[2].tolist()
         for i, n in enumerate(torch.diff(torch.tensor([0, *ends])).tolist()):
             rows[i] += n
 

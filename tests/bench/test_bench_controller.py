@@ -1,0 +1,59 @@
+"""bench.controller's figures that separate the controller's misses from the data's:
+the window figure, the best +-5% band and the frozen re-routing of a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench.controller import best_band_share, frozen_routing, window_tracking
+from model_hooks.synthetic import progression_documents, write_packed_phase
+from model_hooks.token_stream import TokenStream
+from model_hooks.train import CKPT_NAME, TrainConfig, load_checkpoint, train
+from tests.model_hooks.helpers import TINY
+
+
+def _records(values: list[float], tokens: list[int]) -> list[dict]:
+    return [
+        {"ffn_experts_per_token": [v, v], "tokens": n} for v, n in zip(values, tokens, strict=True)
+    ]
+
+
+def test_window_figure_weights_steps_by_their_tokens() -> None:
+    # After a 1-step warm-up, windows of 2: (3.0, 2.0) weighted 1:3 -> 2.25, on K_e (its
+    # plain mean, 2.5, would be out); (2.0, 3.0) weighted 3:3 -> 2.5, out of 5%.
+    records = _records([9.0, 3.0, 2.0, 3.0], [5, 1, 3, 3])
+    result = window_tracking(records, k_e=2.25, warmup=1, window=2)
+    assert result["windows"] == 2
+    assert result["share_within_5pct"] == 0.5
+
+
+def test_best_band_holds_the_densest_stretch() -> None:
+    # The band is 0.25 wide at K_e 2.5: 2.0, 2.1, 2.2 fit together; 2.6 and 3.0 do not.
+    assert best_band_share([2.0, 3.0, 2.1, 2.6, 2.2], 2.5) == 0.6
+    assert best_band_share([2.5] * 4, 2.5) == 1.0
+
+
+def test_frozen_routing_uses_the_trained_weights_and_biases(tmp_path: Path) -> None:
+    docs = progression_documents(40, TINY.vocab_size, seed=0)
+    write_packed_phase(tmp_path / "p", docs, 64, TINY.vocab_size, phase="p")
+    dirs = [tmp_path / "p"]
+    stream = TokenStream([str(d) for d in dirs], batch_size=2, seed=0)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), steps=2, grad_ratio_every=0,
+                      router_cosine_every=0, device="cpu")  # fmt: skip
+    train(cfg, stream, TINY)
+    result = frozen_routing(tmp_path / "run", dirs, 2, TINY.target_ffn_experts)
+    assert result["batches"] == TokenStream([str(d) for d in dirs], batch_size=2).num_batches()
+    assert 0.0 <= result["mean"] <= TINY.top_k
+
+    # FFN biases far above any probability: every pick is an FFN expert, in every batch.
+    path = tmp_path / "run" / CKPT_NAME
+    ckpt = load_checkpoint(path)
+    for name, bias in ckpt["model"].items():
+        if name.endswith("router.bias"):
+            bias[: TINY.n_ffn_experts] = 10.0
+    torch.save(ckpt, path)
+    pinned = frozen_routing(tmp_path / "run", dirs, 2, TINY.target_ffn_experts)
+    assert pinned["mean"] == TINY.top_k and pinned["std_between_batches"] == 0.0
+    assert pinned["best_band_share"] == 1.0 and pinned["share_within_5pct_of_k_e"] == 0.0
