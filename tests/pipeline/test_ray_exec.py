@@ -109,8 +109,10 @@ import sys
 from pipeline import ray_exec
 ray_exec.init_ray(None, 1)
 import ray
-assert ray.get(ray.remote(lambda: 7).remote()) == 7
-print("READY", flush=True)
+def pool():
+    import pyarrow
+    return pyarrow.default_memory_pool().backend_name
+print("READY", ray.get(ray.remote(pool).remote()), flush=True)
 sys.stdin.read()  # held until the test has listed the processes
 """
 
@@ -143,7 +145,7 @@ def _embedded_ray_commands(tmp_path, **env: str) -> str:
             if line.startswith("READY"):
                 break
         assert output and output[-1].startswith("READY"), "".join(output[-30:])
-        commands = []
+        commands = [output[-1]]
         for pid in session_pids(driver.pid):
             with contextlib.suppress(OSError):
                 commands.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "))
@@ -161,6 +163,7 @@ def test_an_embedded_ray_starts_no_dashboard_and_no_autoscaler(tmp_path) -> None
     (which also shows the check below can fail)."""
     lean = _embedded_ray_commands(tmp_path)
     assert "gcs_server" in lean and "raylet" in lean  # not vacuous: Ray is up
+    assert "READY system" in lean  # the workers' Arrow pool: what a shard freed goes back
     assert "dashboard/agent.py" in lean and "--minimal" in lean  # the agent stays, minimal
     assert "dashboard/dashboard.py" not in lean
     assert "autoscaler/_private/monitor.py" not in lean
