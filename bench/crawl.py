@@ -67,7 +67,7 @@ DEFAULT_PAGES = 3000
 QUICK_PAGES = 60
 WARC_FILES = 30
 HEURISTIC_PRESETS = ["gopher_repetition", "gopher_quality"]
-DEFAULT_LARGE_MB = 128.0  # the one-file case: 8 shards' worth at LARGE_SHARDS
+DEFAULT_LARGE_MB = 128.0  # the one-file case: cut into LARGE_SHARDS pieces
 QUICK_LARGE_MB = 2.0
 LARGE_SHARDS = 8  # the large file is this many times the config's shard_input_bytes
 SAMPLE_SECONDS = 0.1
@@ -567,6 +567,13 @@ def run_datatrove(crawl: Crawl, work: Path, python: Path, tasks: int, timeout: f
 # ---------------------------------------------------------------- the large file
 
 
+def large_file_shard_bytes(size: int) -> int:
+    """The ``shard_input_bytes`` that cuts a file of ``size`` bytes into LARGE_SHARDS
+    pieces: rounded up, since the planner makes ceil(size / target) pieces (size // 8
+    made 9, five waves on 2 CPUs where 8 make four)."""
+    return max(1, -(-size // LARGE_SHARDS))
+
+
 def write_large_file(texts: Path, target_bytes: int, out: Path) -> tuple[int, int]:
     """The floor's extracted texts repeated (distinct ids, exact copies) until the file
     holds ``target_bytes``; returns (documents, bytes)."""
@@ -748,7 +755,7 @@ def run_crawl(
         target = int(large_mb * 1e6)
         big = work / "large" / "texts.jsonl"
         documents, written = write_large_file(Path(floor.pop("texts")), target, big)
-        big_shard = max(1, written // LARGE_SHARDS)
+        big_shard = large_file_shard_bytes(written)
         for cpus in (1, 2):
             log(f"crawl: one large file ({written / 1e6:.0f} MB), ours, {cpus} CPU(s) ...")
             inputs = [{"path": str(big), "name": "large"}]
@@ -760,7 +767,7 @@ def run_crawl(
             f"large file: the floor's extracted texts repeated to one JSONL file of"
             f" {written / 1e6:.1f} MB, {documents} documents (copies are exact duplicates"
             f" with distinct ids: exact dedup drops them), shard_input_bytes {big_shard:,}"
-            f" ({LARGE_SHARDS} shards' worth if the planner split files)"
+            f" (the planner cuts the file into {LARGE_SHARDS} pieces of at most that size)"
         )
         for name in ("large_1", "large_2"):
             notes.append(_run_note(name, runs[name]))

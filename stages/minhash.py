@@ -151,6 +151,9 @@ class MinHashConfig(StageConfig):
         weight = self.false_negative_weight
         if weight is None:
             weight = 0.98 if self.verify_candidates else 0.5
+        known = KNOWN_BAND_LAYOUTS.get((self.threshold, self.num_perm, weight))
+        if known is not None:
+            return known
         return _derived_bands(self.threshold, self.num_perm, 1.0 - weight, weight)
 
     def with_band_layout(self) -> MinHashConfig:
@@ -171,6 +174,17 @@ class MinHashConfig(StageConfig):
         relevant["shingle_hash_version"] = SHINGLE_HASH_VERSION
         canonical = json.dumps(relevant, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+KNOWN_BAND_LAYOUTS: dict[tuple[float, int, float], tuple[int, int]] = {
+    (0.8, 128, 0.98): (17, 7),
+    (0.8, 128, 0.5): (9, 13),
+}
+"""datasketch's optimal_param for the default threshold and signature length, keyed by
+(threshold, num_perm, false-negative weight); a test recomputes every entry. The search
+imports datasketch and scipy.integrate into the driver, 55 MiB and about a second of
+CPU (issue 18: the driver's share of a run's peak memory), for a result that never
+changes."""
 
 
 @cache

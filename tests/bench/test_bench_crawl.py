@@ -20,8 +20,10 @@ import pytest
 from bench.contract import validate
 from bench.corpus import Item, Pool
 from bench.crawl import (
+    LARGE_SHARDS,
     WARC_FILES,
     build_crawl,
+    large_file_shard_bytes,
     page_pool,
     run_measured,
     section_rows,
@@ -129,6 +131,20 @@ def test_large_file_is_one_file_of_the_asked_size(tmp_path: Path) -> None:
     assert len(rows) == documents > 5
     assert len({r["id"] for r in rows}) == documents  # copies keep distinct ids
     assert {r["text"] for r in rows} == {"word " * 200}
+
+
+@pytest.mark.parametrize("extra", [0, 1, 3, 7])
+def test_the_large_file_is_cut_into_the_pieces_the_bench_says(tmp_path: Path, extra: int) -> None:
+    """The planner cuts a file into ceil(size / target) pieces: size // 8 as the target
+    made 9 pieces of a file 8 * k + 3 bytes long, and on 2 CPUs 9 pieces take five waves."""
+    from pipeline.shards import list_input, plan_shards
+
+    line = json.dumps({"text": "word " * 30}) + "\n"
+    big = tmp_path / "big.jsonl"
+    big.write_text(line * 4000 + "x" * extra)  # ~0.6 MB plus a few bytes past a multiple
+    filesystem, files = list_input(str(big), "big")
+    shards = plan_shards([files], large_file_shard_bytes(big.stat().st_size), [filesystem])
+    assert len(shards) == LARGE_SHARDS
 
 
 def _run(rate: float, wall: float, mib: float, first: float | None = None) -> dict:

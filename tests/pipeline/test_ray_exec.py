@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -99,3 +102,71 @@ def test_the_documents_pass_asks_for_what_its_stages_declare(monkeypatch) -> Non
     monkeypatch.setattr(STAGES["langid"], "resources", Resources(cpus=2.0, memory_bytes=123))
     assert documents_pass_resources(config()) == (2.0, 123)
     assert documents_pass_resources(config(langid=None)) == (1.0, None)
+
+
+LEAN_DRIVER = """
+import sys
+from pipeline import ray_exec
+ray_exec.init_ray(None, 1)
+import ray
+def pool():
+    import pyarrow
+    return pyarrow.default_memory_pool().backend_name
+print("READY", ray.get(ray.remote(pool).remote()), flush=True)
+sys.stdin.read()  # held until the test has listed the processes
+"""
+
+
+def _embedded_ray_commands(tmp_path, **env: str) -> str:
+    """Start an embedded Ray in a child process of its own session and return the
+    command lines of every process of that session once a task has run."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from tests.cluster_scripts.harness import REPO, kill_session, session_pids
+
+    ray_tmp = tempfile.mkdtemp(prefix="rl-")  # short: Ray's socket paths have 107 bytes
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PIPELINE_RAY"))}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", LEAN_DRIVER],
+        cwd=REPO,
+        env={**clean, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output = []
+        for line in driver.stdout:
+            output.append(line)
+            if line.startswith("READY"):
+                break
+        assert output and output[-1].startswith("READY"), "".join(output[-30:])
+        commands = [output[-1]]
+        for pid in session_pids(driver.pid):
+            with contextlib.suppress(OSError):
+                commands.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "))
+        return "\n".join(commands)
+    finally:
+        kill_session(driver.pid)
+        driver.wait(timeout=30)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_an_embedded_ray_starts_no_dashboard_and_no_autoscaler(tmp_path) -> None:
+    """Issue 18: Ray 2.60 starts a dashboard process even with include_dashboard=False,
+    and an autoscaler monitor, neither of which an embedded run uses (about 200 MiB);
+    the lean start leaves both out, and ``PIPELINE_RAY_FULL_START=1`` brings them back
+    (which also shows the check below can fail)."""
+    lean = _embedded_ray_commands(tmp_path)
+    assert "gcs_server" in lean and "raylet" in lean  # not vacuous: Ray is up
+    assert "READY system" in lean  # the workers' Arrow pool: what a shard freed goes back
+    assert "dashboard/agent.py" in lean and "--minimal" in lean  # the agent stays, minimal
+    assert "dashboard/dashboard.py" not in lean
+    assert "autoscaler/_private/monitor.py" not in lean
+    full = _embedded_ray_commands(tmp_path, PIPELINE_RAY_FULL_START="1")
+    assert "dashboard/dashboard.py" in full
+    assert "autoscaler/_private/monitor.py" in full

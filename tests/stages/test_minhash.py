@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -118,6 +121,27 @@ def test_config_rejects_impossible_bands_and_derives_datasketch_layout():
         verify_partition_bytes=1 << 20,
     )  # fmt: skip
     assert cfg.fingerprint() == same.fingerprint()
+
+
+def test_known_band_layouts_are_datasketchs_and_need_no_datasketch():
+    """The defaults' layouts are looked up (the driver imports neither datasketch nor
+    scipy for them); each entry must be what datasketch's search gives."""
+    from stages.minhash import KNOWN_BAND_LAYOUTS
+
+    for (threshold, num_perm, weight), layout in KNOWN_BAND_LAYOUTS.items():
+        assert layout == _optimal_param(threshold, num_perm, 1.0 - weight, weight)
+    assert MinHashConfig().band_layout() in KNOWN_BAND_LAYOUTS.values()
+    assert MinHashConfig(verify_candidates=False).band_layout() == (9, 13)
+    probe = (
+        "import sys; from stages.minhash import MinHashConfig; MinHashConfig().band_layout();"
+        " MinHashConfig(verify_candidates=False).band_layout();"
+        " print(sorted(m for m in ('datasketch', 'scipy') if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.strip()  # fmt: skip
+    assert found == "[]"
 
 
 def test_a_missing_rensa_fails_at_config_time_naming_the_fallback(monkeypatch):
