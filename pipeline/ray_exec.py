@@ -24,13 +24,14 @@ task lost with its node is retried by Ray (``max_retries``) and rebuilt from lin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 log = logging.getLogger("pipeline")
@@ -170,15 +171,17 @@ def _lean_local_node() -> Iterator[list[str]]:
             setattr(cls, name, original)
 
 
-def _no_api_server(node: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+# The stand-ins take any arguments: the signatures of the methods they replace differ
+# across the Ray versions pyproject.toml accepts.
+def _no_api_server(node: Any, *args: Any, **kwargs: Any) -> None:
     node._webui_url = None  # what Ray records when the dashboard failed to start
 
 
-def _no_monitor(node: Any) -> None:
+def _no_monitor(node: Any, *args: Any, **kwargs: Any) -> None:
     return None
 
 
-def _minimal_dashboard_agent() -> ImportError:
+def _minimal_dashboard_agent(*args: Any, **kwargs: Any) -> ImportError:
     return ImportError("embedded run: the dashboard agent starts --minimal")
 
 
