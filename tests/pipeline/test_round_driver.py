@@ -27,6 +27,7 @@ from pipeline.template_rounds import TEMPLATE_LINES
 from stages.exact_dedup import DIGEST_COLUMN, ExactDedupConfig, text_digests
 from stages.minhash import MinHashConfig
 from stages.template_lines import TemplateLinesConfig
+from tests.pipeline.demo_configs import global_steps_config
 
 SHARDS = 5
 NOTE = "Support independent local journalism and become a member of the newsroom today."
@@ -180,24 +181,6 @@ def test_a_decided_step_is_not_decided_again(pass_one):
     assert marker.read_text() == '{"kept": true}\n'
 
 
-CURATE_CONFIG = """\
-inputs:
-  - {{path: {corpus}/crawl/*.warc.gz, name: crawl}}
-  - {{path: {corpus}/html, name: html}}
-  - {{path: {corpus}/text/*.jsonl, name: text}}
-output_dir: {out}
-shard_input_bytes: 400000
-stages:
-  extract: {{favor_precision: true}}
-  langid: {{languages: [en, de, fr, es, zh, ru], min_score: 0.5}}
-  heuristics: {{presets: [gopher_repetition, gopher_quality, c4, fineweb]}}
-  exact_dedup: {{normalize: true}}
-  minhash_dedup: {{shingle: word, shingle_size: 5, num_perm: 128, threshold: 0.8}}
-  template_lines: {{min_host_documents: 3, min_corpus_documents: 4, min_line_chars: 20}}
-ray: {{driver_round_max_bytes: {limit}}}
-"""
-
-
 def _output_digests(folder: Path) -> dict[str, str]:
     """Every file a user reads (documents, rejects, ledger, funnel) and every decision."""
     files = [
@@ -224,7 +207,8 @@ def test_curate_writes_the_same_bytes_on_either_path(ray_session, demo_corpus, t
     out = tmp_path / "out"
     outputs = {}
     for path, limit in [("tasks", 0), ("driver", 1 << 30)]:
-        config.write_text(CURATE_CONFIG.format(corpus=demo_corpus, out="out", limit=limit))
+        ray = f"{{driver_round_max_bytes: {limit}}}"
+        config.write_text(global_steps_config(demo_corpus, "out", ray))
         result = run_curate(load_curate_config(config))
         assert sum(result.ledger["stages"]["minhash_dedup"]["rejected"].values()) > 0
         markers = [m for m in (out / "work").glob("*/*/_SUCCESS")]

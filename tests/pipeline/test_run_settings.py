@@ -19,23 +19,7 @@ from pipeline import cli
 from pipeline.config import RUN_SETTINGS, ConfigError, CurateConfig, load_curate_config
 from pipeline.runner import run_curate
 from tests.cluster_scripts.harness import REPO
-
-GLOBAL_STEPS_CONFIG = """\
-inputs:
-  - {{path: {corpus}/crawl/*.warc.gz, name: crawl}}
-  - {{path: {corpus}/html, name: html}}
-  - {{path: {corpus}/text/*.jsonl, name: text}}
-output_dir: {out}
-shard_input_bytes: 400000
-stages:
-  extract: {{favor_precision: true}}
-  langid: {{languages: [en, de, fr, es, zh, ru], min_score: 0.5}}
-  heuristics: {{presets: [gopher_repetition, gopher_quality, c4, fineweb]}}
-  exact_dedup: {{normalize: true}}
-  minhash_dedup: {{shingle: word, shingle_size: 5, num_perm: 128, threshold: 0.8}}
-  template_lines: {{min_host_documents: 3, min_corpus_documents: 4, min_line_chars: 20}}
-ray: {{num_cpus: {cpus}}}
-"""
+from tests.pipeline.demo_configs import global_steps_config
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -56,7 +40,7 @@ def test_one_and_two_cpus_write_the_same_bytes_and_a_rerun_with_other_cpus_resum
     ray_session, demo_corpus, tmp_path
 ):
     one_cpu = tmp_path / "one.yaml"
-    one_cpu.write_text(GLOBAL_STEPS_CONFIG.format(corpus=demo_corpus, out="one", cpus=1))
+    one_cpu.write_text(global_steps_config(demo_corpus, "one", "{num_cpus: 1}"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_USAGE_STATS_ENABLED="0", PIPELINE_PROGRESS="0")
     done = subprocess.run(  # a fresh process: its own embedded Ray with one CPU
@@ -64,10 +48,10 @@ def test_one_and_two_cpus_write_the_same_bytes_and_a_rerun_with_other_cpus_resum
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "started a local Ray (1.0 CPUs)" in done.stderr  # it did run on one CPU
+    assert "started a local Ray (1.0 CPUs" in done.stderr  # it did run on one CPU
 
     two_cpus = tmp_path / "two.yaml"
-    two_cpus.write_text(GLOBAL_STEPS_CONFIG.format(corpus=demo_corpus, out="two", cpus=2))
+    two_cpus.write_text(global_steps_config(demo_corpus, "two", "{num_cpus: 2}"))
     result = run_curate(load_curate_config(two_cpus))  # the suite's 2-CPU session
     assert result.ledger["identity_holds"]
     dropped = result.ledger["stages"]
@@ -76,7 +60,7 @@ def test_one_and_two_cpus_write_the_same_bytes_and_a_rerun_with_other_cpus_resum
     assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
 
     # The run done at 1 CPU, resumed with 2: the same run, nothing to do again.
-    one_cpu.write_text(GLOBAL_STEPS_CONFIG.format(corpus=demo_corpus, out="one", cpus=2))
+    one_cpu.write_text(global_steps_config(demo_corpus, "one", "{num_cpus: 2}"))
     before = _digests(tmp_path / "one")
     again = run_curate(load_curate_config(one_cpu))
     assert again.shards_run == 0 and again.shards_skipped == result.ledger["shards"]

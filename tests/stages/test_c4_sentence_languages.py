@@ -5,11 +5,9 @@ filter still cleans every language. Texts written for these tests."""
 
 from __future__ import annotations
 
-import pyarrow as pa
-
 from stages import heuristic_rules as hr
-from stages.base import DOCUMENT_SCHEMA
 from stages.heuristics import Heuristics, HeuristicsConfig
+from tests.stages.heuristic_batches import batch_of, verdicts
 
 # Three paragraphs, one sentence each (a Chinese news sentence joins clauses with commas).
 CHINESE_BRIEF = "\n".join(
@@ -38,20 +36,6 @@ ENGLISH_THREE_SENTENCES = (
     "and asked the council to find money for repairs instead of selling the building. "
     "The mayor promised that a mobile library would visit the area twice a week from spring."
 )
-
-
-def batch_of(texts: list[str], languages: list[str | None]) -> pa.Table:
-    n = len(texts)
-    columns = {field.name: pa.nulls(n, field.type) for field in DOCUMENT_SCHEMA}
-    columns["text"] = pa.array(texts, pa.string())
-    columns["format"] = pa.array(["html"] * n, pa.string())
-    table = pa.table(columns, schema=DOCUMENT_SCHEMA)
-    return table.append_column("language", pa.array(languages, pa.string()))
-
-
-def verdicts(texts: list[str], languages: list[str | None], **config) -> list[str | None]:
-    out = Heuristics(HeuristicsConfig(**config))(batch_of(texts, languages))
-    return out.column("drop_reason").to_pylist()
 
 
 def test_three_sentence_briefs_in_chinese_and_greek_are_kept():

@@ -6,11 +6,9 @@ C4's three-word minimum removes a Chinese menu. Texts written for these tests.""
 
 from __future__ import annotations
 
-import pyarrow as pa
-
 from stages import heuristic_rules as hr
-from stages.base import DOCUMENT_SCHEMA
 from stages.heuristics import DEFAULT_LANGUAGE_OVERRIDES, Heuristics, HeuristicsConfig
+from tests.stages.heuristic_batches import batch_of
 
 # A Polish news article followed by the site's menu: short lines, several repeated
 # (as trafilatura writes a list whose items hold blocks: the bullet on its own line).
@@ -52,15 +50,6 @@ CHINESE_TABLE_PAGE = "\n".join(
         "| 健康 | 教育 | 科技 | ",
     ]
 )
-
-
-def batch_of(texts: list[str], languages: list[str | None]) -> pa.Table:
-    n = len(texts)
-    columns = {field.name: pa.nulls(n, field.type) for field in DOCUMENT_SCHEMA}
-    columns["text"] = pa.array(texts, pa.string())
-    columns["format"] = pa.array(["html"] * n, pa.string())
-    table = pa.table(columns, schema=DOCUMENT_SCHEMA)
-    return table.append_column("language", pa.array(languages, pa.string()))
 
 
 def judge(text: str, language: str, **config) -> tuple[str | None, str]:

@@ -14,6 +14,7 @@ from stages.base import DOCUMENT_SCHEMA
 from stages.extract import REASON_NO_CONTENT, Extract, ExtractConfig, script_of, too_short
 from stages.heuristics import Heuristics, HeuristicsConfig
 from stages.langid import LangIdConfig
+from tests.stages.heuristic_batches import batch_of, verdicts
 
 # A Chinese news article: four "……", one "#" (a hashtag), and a list of six "-" items.
 CHINESE_ARTICLE = "\n".join(
@@ -92,20 +93,6 @@ CHINESE_PASSAGE = (
     "这家工厂生产的零件质量稳定，价格合理，欢迎新老客户来电咨询，我们将竭诚为您服务，"
     "提供最优惠的价格和最周到的售后服务。"
 )
-
-
-def batch_of(texts: list[str], languages: list[str | None]) -> pa.Table:
-    n = len(texts)
-    columns = {field.name: pa.nulls(n, field.type) for field in DOCUMENT_SCHEMA}
-    columns["text"] = pa.array(texts, pa.string())
-    columns["format"] = pa.array(["html"] * n, pa.string())
-    table = pa.table(columns, schema=DOCUMENT_SCHEMA)
-    return table.append_column("language", pa.array(languages, pa.string()))
-
-
-def verdicts(texts: list[str], languages: list[str | None], **config) -> list[str | None]:
-    out = Heuristics(HeuristicsConfig(**config))(batch_of(texts, languages))
-    return out.column("drop_reason").to_pylist()
 
 
 def test_chinese_article_with_ellipses_hash_and_list_is_kept():
