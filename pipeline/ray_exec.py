@@ -297,9 +297,11 @@ def map_items(
     """Run ``factory()(item)`` (a worker built once per process) or ``function(item)``
     for every item, as Ray tasks of ``cpus`` each; returns the results in item order. At
     most as many tasks are in flight as the cluster has slots, taken largest ``sizes``
-    first, so no long item starts last. The factory or function (a ``functools.partial``
-    carries its other arguments) goes to the object store once. ``memory`` (bytes)
-    reserves Ray's memory resource per task."""
+    first, so no long item starts last, except the smallest, which starts first: the
+    first output (or the first failure) of a long pass shows as soon as one small item
+    is done, at the cost of one small item out of its place. The factory or function (a
+    ``functools.partial`` carries its other arguments) goes to the object store once.
+    ``memory`` (bytes) reserves Ray's memory resource per task."""
     import ray
 
     if not items:
@@ -311,8 +313,8 @@ def map_items(
     else:
         body, shared = _call_plain, (ray.put(function),)
     remote = _remote_function(body, cpus, 1, memory)
-    order = sorted(range(len(items)), key=lambda i: -(sizes[i] if sizes else 0))
     slots = max(1, int(cluster_cpus() // cpus))
+    order = submission_order(sizes, len(items), slots)
     progress = Progress(label, len(items), count_key, count_label)
     results: list[dict | None] = [None] * len(items)
     running: dict[Any, int] = {}
@@ -337,6 +339,16 @@ def map_items(
         # output is idempotent, so a retried pass may safely meet one still running.
         progress.close()
     return results  # type: ignore[return-value]
+
+
+def submission_order(sizes: Sequence[int] | None, count: int, slots: int) -> list[int]:
+    """Item positions in the order ``map_items`` submits them: largest first (a stable
+    sort, so equal sizes keep item order), with the smallest moved to the front when
+    there are more items than slots (with fewer, every item starts at once anyway)."""
+    order = sorted(range(count), key=lambda i: -(sizes[i] if sizes else 0))
+    if sizes and count > slots:
+        order.insert(0, order.pop())
+    return order
 
 
 # --- exchange rounds ------------------------------------------------------------------

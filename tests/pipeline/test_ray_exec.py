@@ -55,12 +55,21 @@ def test_workers_are_built_once_per_process_and_run_on_its_main_thread(ray_sessi
         assert [r["calls"] for r in mine] == list(range(1, len(mine) + 1))
 
 
-def test_largest_items_start_first(ray_session) -> None:
+def test_the_smallest_item_starts_first_then_the_largest(ray_session) -> None:
     sizes = [5, 90, 1, 40, 7]
     # Two CPUs a task on this two-CPU session: one at a time, so the order is visible.
     results = ray_exec.map_items("test", list(range(5)), function=started_at, cpus=2.0, sizes=sizes)
     order = [r["item"] for r in sorted(results, key=lambda r: r["started"])]
-    assert order == [1, 3, 4, 0, 2]
+    assert order == [2, 1, 3, 4, 0]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "slots", "order"),
+    [([5, 90, 1, 40, 7], 2, [2, 1, 3, 4, 0]), ([5, 90, 1], 3, [1, 0, 2]),
+     ([3, 3, 3], 1, [2, 0, 1]), (None, 1, [0, 1, 2])],
+)  # fmt: skip
+def test_submission_order(sizes, slots, order) -> None:
+    assert ray_exec.submission_order(sizes, 3 if sizes is None else len(sizes), slots) == order
 
 
 def test_progress_lines_count_documents(ray_session, monkeypatch, capsys) -> None:
