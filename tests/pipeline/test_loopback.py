@@ -16,6 +16,7 @@ import textwrap
 
 import pytest
 
+from bench.processes import descendants
 from tests.cluster_scripts.harness import REPO, kill_session, session_pids
 from tests.cluster_scripts.listening import Listener, listeners
 
@@ -83,33 +84,11 @@ def test_an_embedded_run_listens_on_loopback_only(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def _descendants(root: int) -> list[int]:
-    """``root`` and every live process below it, from /proc's parent links."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 def test_the_test_suites_ray_listens_on_loopback_only(ray_session):
     """The suite's own session Ray (tests/conftest.py) exposes nothing either: a test run
     on a developer's machine opens no port to the network."""
     ray_session.get(ray_session.remote(lambda: 1).remote())  # a worker has started
-    found = listeners(_descendants(os.getpid()))
+    found = listeners(descendants(os.getpid()))
     commands = " ".join(listener.command for listener in found)
     assert "gcs_server" in commands and "raylet" in commands, found  # not vacuous
     exposed = [listener for listener in found if not listener.loopback]
