@@ -241,7 +241,13 @@ def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) 
             }
             differences = config_differences(old_settings, config.output_settings())
             shown = ", ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
-            which = f" (differs in {shown})" if differences else " (an input it names changed)"
+            # Model and eval file digests are in the dump, so equal settings mean the
+            # fingerprint was made another way: by another version of this project.
+            which = (
+                f" (differs in {shown})"
+                if differences
+                else " (the same settings, fingerprinted by another version of this project)"
+            )
             raise ConfigError(
                 f"output_dir {config.output_dir} holds a run of another configuration{which}; "
                 "choose a new output_dir or pass --overwrite"

@@ -132,3 +132,19 @@ def test_a_refusal_names_only_the_keys_that_differ(ray_session, tmp_path):
     with pytest.raises(ConfigError) as refused:
         run_curate(load_curate_config(config))
     assert "(differs in stages.extract.timeout_seconds: 0.05 -> 0.1)" in str(refused.value)
+
+
+def test_a_folder_of_another_version_is_named_as_such(ray_session, tmp_path):
+    """A run.json whose fingerprint was computed another way (an older version of this
+    project) with the same settings: the refusal says so, instead of naming no key."""
+    import json
+
+    _failing_corpus(tmp_path / "data", slow_pages=0, articles=2)
+    config = tmp_path / "curate.yaml"
+    _error_config(config, tmp_path / "data")
+    run_curate(load_curate_config(config))
+    run_file = tmp_path / "out" / "run.json"
+    stored = json.loads(run_file.read_text())
+    run_file.write_text(json.dumps(stored | {"config_fingerprint": "0" * 16}))
+    with pytest.raises(ConfigError, match="the same settings, fingerprinted by another version"):
+        run_curate(load_curate_config(config))
