@@ -95,8 +95,7 @@ class RayConfig(StrictModel):
     tables, never documents."""
 
     driver_round_max_bytes: int = Field(default=4 * 1024**2, ge=0, strict=True)
-    """Global steps: rows up to this meet in the driver, above it rounds of tasks.
-    A global step's per-shard rows (digests, band keys, line hashes) meet in the driver
+    """A global step's per-shard rows (digests, band keys, line hashes) meet in the driver
     process, which decides in one plain call, while they add up to at most this many
     bytes; beyond it every round runs as Ray tasks with an exchange, so no process holds
     every row. Either path writes the same decisions. 4 MiB: about 4,000 documents of
@@ -105,8 +104,14 @@ class RayConfig(StrictModel):
 
 RUN_SETTINGS = frozenset({"ray", "max_error_share"})
 """CurateConfig keys that change how a run executes, never its outputs (the outputs are
-byte-identical whatever the CPUs: tests/pipeline/test_determinism.py): left out of the
+byte-identical whatever the CPUs: tests/pipeline/test_run_settings.py): left out of the
 fingerprint, so changing them between a run and its rerun resumes instead of refusing."""
+
+
+def without_run_settings(dump: dict[str, Any]) -> dict[str, Any]:
+    """A curate config's dump without ``RUN_SETTINGS``: what two runs into one folder
+    must share (also a dump stored by an earlier run)."""
+    return {key: value for key, value in dump.items() if key not in RUN_SETTINGS}
 
 
 class CurateConfig(StrictModel):
@@ -170,7 +175,7 @@ class CurateConfig(StrictModel):
     def output_settings(self) -> dict[str, Any]:
         """The portable dump without the settings that change how a run executes but not
         what it writes (``RUN_SETTINGS``): what two runs into one folder must share."""
-        return {k: v for k, v in self.portable_dump().items() if k not in RUN_SETTINGS}
+        return without_run_settings(self.portable_dump())
 
     def fingerprint(self) -> str:
         """Names this exact configuration: a rerun into the same folder must match it.

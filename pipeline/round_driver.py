@@ -347,7 +347,7 @@ class StepRun:
 
     def to_driver(self, exchange: Exchange) -> Exchange:
         """The rows meet here; every later round is one plain call in this process."""
-        tables = self.executor.get([part for sent in exchange.parts for part in sent])
+        rows = self.gather(exchange)
         self.executor = InProcess(announce=True)
         self.inputs_ref = self.inputs
         everything = [sorted({s for run in self.plan.runs for s in run})]
@@ -358,7 +358,7 @@ class StepRun:
             group_of_shard=np.zeros_like(self.plan.group_of_shard),
         )
         self.path = "driver"
-        return Exchange([[pa.concat_tables(tables)]])
+        return Exchange([[rows]])
 
     def round(self, name: str, run: Callable, inputs: Sequence[Exchange], route: Route) -> Exchange:
         """Run ``run`` once per destination of ``inputs`` (all with the same count),
@@ -496,9 +496,14 @@ def write_drops(inputs: StepInputs, shard: int, rows: pa.Table) -> pa.Table:
 DROPS_SUMMARY = pa.schema([("shard", pa.int64()), ("rows", pa.int64())])
 
 
-def decision_done(layout: RunLayout, step: str, fingerprint: str) -> bool:
+def decision_summary(layout: RunLayout, step: str, fingerprint: str) -> dict | None:
+    """The ``_SUCCESS`` summary of a decided step; None while it is not decided."""
     marker = posixpath.join(layout.decision_dir(step, fingerprint), "_SUCCESS")
-    return read_json(layout.filesystem, marker) is not None
+    return read_json(layout.filesystem, marker)
+
+
+def decision_done(layout: RunLayout, step: str, fingerprint: str) -> bool:
+    return decision_summary(layout, step, fingerprint) is not None
 
 
 def mark_decision_done(layout: RunLayout, step: str, fingerprint: str, summary: dict) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from pipeline import ray_exec
-from pipeline.config import RUN_SETTINGS, ConfigError, CurateConfig
+from pipeline.config import ConfigError, CurateConfig, without_run_settings
 from pipeline.curate import (
     DocumentPass,
     GlobalStep,
@@ -47,7 +47,7 @@ from pipeline.ledger import (
     render_funnel,
 )
 from pipeline.ray_exec import init_ray, map_items
-from pipeline.round_driver import decision_done
+from pipeline.round_driver import decision_done, decision_summary
 from pipeline.safe_paths import delete_owned_files
 from pipeline.shards import (
     Shard,
@@ -180,11 +180,7 @@ def _global_steps(
                 step.settings,
             ),
         )
-        summary = read_json(
-            layout.filesystem,
-            posixpath.join(layout.decision_dir(step.name, fingerprint), "_SUCCESS"),
-        )
-        log.info("%s: decided (%s)", step.name, summary)
+        log.info("%s: decided (%s)", step.name, decision_summary(layout, step.name, fingerprint))
 
 
 FINALIZE_CPUS = 1.0  # a whole CPU: the documents pass's worker processes take it, none new
@@ -236,9 +232,7 @@ def _claim_output_dir(layout: RunLayout, config: CurateConfig, overwrite: bool) 
     fingerprint = config.fingerprint()
     if previous is not None and previous.get("config_fingerprint") != fingerprint:
         if not overwrite:
-            old_settings = {
-                k: v for k, v in (previous.get("config") or {}).items() if k not in RUN_SETTINGS
-            }
+            old_settings = without_run_settings(previous.get("config") or {})
             differences = config_differences(old_settings, config.output_settings())
             shown = ", ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
             # Model and eval file digests are in the dump, so equal settings mean the

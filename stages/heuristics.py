@@ -274,6 +274,12 @@ class _Rule:
         self.stop_words = spec.threshold == STOP_WORD_THRESHOLD
 
 
+def _applies(languages: frozenset[str] | None, language: str | None) -> bool:
+    """Whether a rule limited to ``languages`` (None: every language) judges a document
+    in ``language``; a document without a language is judged by every rule."""
+    return languages is None or language is None or language in languages
+
+
 class Heuristics(Stage):
     """Drops prose that fails a Gopher, C4 or FineWeb rule; applies C4's line removal."""
 
@@ -352,14 +358,8 @@ class Heuristics(Stage):
         text, fmt, language = row
         if fmt is not None and fmt not in self.formats:
             return None, None, None
-        check_stop_words = (
-            self.stop_languages is None or language is None or language in self.stop_languages
-        )
-        count_sentences = (
-            self.sentence_languages is None
-            or language is None
-            or language in self.sentence_languages
-        )
+        check_stop_words = _applies(self.stop_languages, language)
+        count_sentences = _applies(self.sentence_languages, language)
         words = "cjk" if language in self.cjk else "whitespace"
         current = text or ""  # the text as the user gets it: tables stay rows
         view = rule_view if self.cfg.table_cells else str
