@@ -36,10 +36,13 @@ import torch
 import yaml
 
 from bench.contract import add_contract_arguments, row, write_json
+from model_hooks.checkpoint import load_checkpoint
 from model_hooks.model import Model, ModelConfig
+from model_hooks.run_folder import CKPT_NAME
 from model_hooks.synthetic import progression_documents, write_packed_phase
 from model_hooks.token_stream import TokenStream
-from model_hooks.train import CKPT_NAME, TrainConfig, load_checkpoint, train
+from model_hooks.train import train
+from model_hooks.train_config import TrainConfig
 from strict_config import read_yaml
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "configs" / "demo_model.yaml"

@@ -33,8 +33,10 @@ import torch
 
 from bench.contract import add_contract_arguments, row, write_json
 from model_hooks.model import Model, ModelConfig
+from model_hooks.optimizer import build_optimizer
 from model_hooks.synthetic import SyntheticBatches
-from model_hooks.train import TrainConfig, build_optimizer, train_step
+from model_hooks.train_config import TrainConfig
+from model_hooks.train_step import train_step
 from strict_config import read_yaml
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "configs" / "demo_model.yaml"

@@ -48,7 +48,9 @@ def packed_row(seq_len: int, vocab_size: int, seed: int = 0) -> dict:
 def one_step(seq_len: int) -> dict:
     """In the child: one train_step on one row; returns its peak RSS and time."""
     from model_hooks.model import Model, ModelConfig
-    from model_hooks.train import TrainConfig, build_optimizer, train_step
+    from model_hooks.optimizer import build_optimizer
+    from model_hooks.train_config import TrainConfig
+    from model_hooks.train_step import train_step
 
     torch.manual_seed(0)
     fields = read_yaml(DEMO_MODEL) | {"vocab_size": VOCAB}

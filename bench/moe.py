@@ -43,9 +43,11 @@ import torch
 from bench.contract import add_contract_arguments, row, write_json
 from model_hooks.model import Model, ModelConfig
 from model_hooks.moe import MoE, RouterInfo, routing_stats
+from model_hooks.optimizer import build_optimizer
 from model_hooks.synthetic import SyntheticBatches
 from model_hooks.token_stream import TokenStream
-from model_hooks.train import TrainConfig, build_optimizer, train_step
+from model_hooks.train_config import TrainConfig
+from model_hooks.train_step import train_step
 
 BASE = {
     "vocab_size": 256, "d_model": 128, "n_layers": 2, "n_heads": 4, "q_lora_rank": 64,

@@ -37,10 +37,12 @@ import torch
 
 from bench.contract import add_contract_arguments, row, write_json
 from model_hooks.model import Model, ModelConfig
+from model_hooks.optimizer import build_optimizer
 from model_hooks.shard_format import read_manifest
 from model_hooks.synthetic import write_packed_phase
 from model_hooks.token_stream import TokenStream
-from model_hooks.train import TrainConfig, build_optimizer, train_step
+from model_hooks.train_config import TrainConfig
+from model_hooks.train_step import train_step
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -171,7 +173,8 @@ def contract_rows(result: dict) -> list[dict]:
         row("stream vs pyarrow Table.take", stream, result["raw_take_tokens_per_s"],
             peer_name="pyarrow Table.take", unit=unit),
         row("stream vs trainer consumption (tiny model, CPU)", stream,
-            result["trainer_tokens_per_s"], peer_name="model_hooks.train.train_step", unit=unit),
+            result["trainer_tokens_per_s"], peer_name="model_hooks.train_step.train_step",
+            unit=unit),
     ]  # fmt: skip
 
 

@@ -13,7 +13,7 @@
 * where records and checkpoints go (``RayReports``): every ``ckpt_every`` steps and at
   the end, rank 0 reports that step's metrics (with the replicas' largest parameter
   and router-bias differences, 0.0 when they agree) with ``ray.train.report`` and a
-  ``ray.train.Checkpoint`` directory holding ``ckpt.pt`` (the ``train.py`` format,
+  ``ray.train.Checkpoint`` directory holding ``ckpt.pt`` (the ``checkpoint.py`` format,
   ``torch.load(weights_only=True)``), ``metrics.jsonl`` and ``timings.jsonl`` (every
   step's lines so far). Not every step: a report is a barrier of all ranks that waits
   for the Ray Train controller to collect the previous one (it polls every
@@ -47,21 +47,14 @@ import ray.train
 import ray.train.torch
 import torch
 
+from model_hooks.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from model_hooks.data_parallel import DEFAULT_BUCKET_BYTES, DataParallel
 from model_hooks.model import Model, ModelConfig
+from model_hooks.run_folder import CKPT_NAME, METRICS_NAME, TIMINGS_NAME
 from model_hooks.shard_format import read_manifest
 from model_hooks.token_stream import StreamLoader, TokenStream
-from model_hooks.train import (
-    CKPT_NAME,
-    METRICS_NAME,
-    TIMINGS_NAME,
-    TrainConfig,
-    check_resumable,
-    deterministic_mode,
-    load_checkpoint,
-    run_loop,
-    save_checkpoint,
-)
+from model_hooks.train import deterministic_mode, run_loop
+from model_hooks.train_config import TrainConfig
 
 CPU_PER_WORKER = 0.5  # two workers and Ray Train's own actors fit a 2-core Ray
 

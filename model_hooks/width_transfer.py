@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from model_hooks.model import ModelConfig
-from model_hooks.train import TrainConfig
+from model_hooks.train_config import TrainConfig
 from strict_config import ConfigError, validate_yaml
 
 #: Width fields that grow with d_model when ``scale_width`` builds the target (head

@@ -32,8 +32,9 @@ from typing import Any
 from pydantic import Field, ValidationError, create_model, model_validator
 
 from model_hooks.model import ModelConfig
+from model_hooks.run_folder import CKPT_NAME, METRICS_NAME
 from model_hooks.shard_format import MANIFEST_NAME, manifest_path, read_manifest
-from model_hooks.train import CKPT_NAME, METRICS_NAME, TrainConfig
+from model_hooks.train_config import TrainConfig
 from pipeline.config import resolve_relative
 from strict_config import ConfigError, StrictModel, format_validation_error, read_yaml
 
@@ -50,7 +51,7 @@ TrainSection = create_model(
     },
     steps=(int | None, Field(default=None, gt=0, description="None: every batch of the phases")),
 )
-TrainSection.__doc__ = "TrainConfig's fields (model_hooks/train.py) but out_dir and seed."
+TrainSection.__doc__ = "TrainConfig's fields (model_hooks/train_config.py) but out_dir and seed."
 
 
 class WidthTransferSpec(StrictModel):
@@ -209,8 +210,8 @@ _MAY_DIFFER = {"n_layers", "rope_theta"}
 def _checkpoint_model(run: TrainRun, cfg: TrainConfig) -> ModelConfig | None:
     """The checkpoint's architecture when ``out`` holds one, after checking that it is
     this config's model (or that model grown) and was trained with the same LR groups."""
+    from model_hooks.checkpoint import load_checkpoint
     from model_hooks.old_checkpoints import old_data_state_problem, stacked_experts_problem
-    from model_hooks.train import load_checkpoint
 
     ckpt_path = Path(cfg.out_dir) / CKPT_NAME
     if not ckpt_path.exists():
@@ -245,8 +246,9 @@ def _checkpoint_model(run: TrainRun, cfg: TrainConfig) -> ModelConfig | None:
 def run_train(run: TrainRun, steps: int | None = None) -> list[dict]:
     """Train (or resume) through the phases; returns this call's metric records.
     ``steps`` overrides ``train.steps``; with neither, every batch of every phase."""
+    from model_hooks.checkpoint import grow_checkpoint, load_checkpoint
     from model_hooks.token_stream import StreamLoader, TokenStream
-    from model_hooks.train import grow_checkpoint, load_checkpoint, train
+    from model_hooks.train import train
 
     config = run.config
     # With Ray workers each rank reads its share of every phase: count one rank's batches.
@@ -314,7 +316,7 @@ def grow_command(source: Path, dest: Path) -> int:
     holding the twice-deeper model with the same step, optimiser moments, router biases
     and data position, and the metrics so far; ``pipeline train`` with ``out`` set to
     it continues there."""
-    from model_hooks.train import grow_checkpoint, load_checkpoint
+    from model_hooks.checkpoint import grow_checkpoint, load_checkpoint
 
     src = source / CKPT_NAME if source.is_dir() else source
     if not src.is_file():

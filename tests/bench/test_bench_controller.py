@@ -8,9 +8,12 @@ from pathlib import Path
 import torch
 
 from bench.controller import best_band_share, frozen_routing, window_tracking
+from model_hooks.checkpoint import load_checkpoint
+from model_hooks.run_folder import CKPT_NAME
 from model_hooks.synthetic import progression_documents, write_packed_phase
 from model_hooks.token_stream import TokenStream
-from model_hooks.train import CKPT_NAME, TrainConfig, load_checkpoint, train
+from model_hooks.train import train
+from model_hooks.train_config import TrainConfig
 from tests.model_hooks.helpers import TINY
 
 

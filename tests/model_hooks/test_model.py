@@ -14,8 +14,10 @@ from model_hooks.model import (
     grow,
     rope_cos_sin,
 )
+from model_hooks.optimizer import build_optimizer
 from model_hooks.synthetic import SyntheticBatches, pack_rows
-from model_hooks.train import TrainConfig, build_optimizer, train_step
+from model_hooks.train_config import TrainConfig
+from model_hooks.train_step import train_step
 from tests.model_hooks.helpers import TINY
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_hooks.run_folder import CKPT_NAME, METRICS_NAME, TIMINGS_NAME
 from model_hooks.synthetic import progression_documents, write_packed_phase
 from model_hooks.token_stream import TokenStream
-from model_hooks.train import CKPT_NAME, METRICS_NAME, TIMINGS_NAME, TrainConfig, train
+from model_hooks.train import train
+from model_hooks.train_config import TrainConfig
 from tests.model_hooks.helpers import TINY
 
 

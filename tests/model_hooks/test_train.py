@@ -8,24 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_hooks.checkpoint import grow_checkpoint, load_checkpoint
 from model_hooks.model import Model
 from model_hooks.moe import balance_loss
 from model_hooks.old_checkpoints import OldCheckpointError
 from model_hooks.old_checkpoints import main as convert_main
+from model_hooks.optimizer import get_lr
+from model_hooks.run_folder import CKPT_NAME, METRICS_NAME, TIMINGS_NAME
 from model_hooks.synthetic import SyntheticBatches
-from model_hooks.train import (
-    CKPT_NAME,
-    METRICS_NAME,
-    TIMINGS_NAME,
-    TrainConfig,
-    bias_decay_steps,
-    get_lr,
-    grad_norm_ratio,
-    grow_checkpoint,
-    hidden_z_loss,
-    load_checkpoint,
-    train,
-)
+from model_hooks.train import train
+from model_hooks.train_config import TrainConfig
+from model_hooks.train_step import bias_decay_steps, grad_norm_ratio, hidden_z_loss
 from tests.model_hooks.helpers import TINY
 
 METRIC_KEYS = {

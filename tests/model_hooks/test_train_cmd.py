@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_hooks.train import CKPT_NAME, METRICS_NAME, load_checkpoint
+from model_hooks.checkpoint import load_checkpoint
+from model_hooks.run_folder import CKPT_NAME, METRICS_NAME
 from pipeline.cli import main as cli_main
 from pipeline.config import ConfigError
 from pipeline.train_cmd import load_train_run, run_train

@@ -8,19 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_hooks.checkpoint import load_checkpoint
 from model_hooks.model import Model
 from model_hooks.moe import RouterInfo
+from model_hooks.run_folder import CKPT_NAME, METRICS_NAME
 from model_hooks.synthetic import pack_rows, progression_documents, write_packed_phase
 from model_hooks.token_stream import TokenStream
-from model_hooks.train import (
-    CKPT_NAME,
-    METRICS_NAME,
-    TrainConfig,
-    domain_metrics,
-    load_checkpoint,
-    main,
-    train,
-)
+from model_hooks.train import main, train
+from model_hooks.train_config import TrainConfig
+from model_hooks.train_step import domain_metrics
 from tests.model_hooks.helpers import TINY
 
 

@@ -10,9 +10,13 @@ import pytest
 import torch
 import yaml
 
+from model_hooks.checkpoint import load_checkpoint
 from model_hooks.model import Model, parameter_kind
+from model_hooks.optimizer import build_optimizer
+from model_hooks.run_folder import CKPT_NAME
 from model_hooks.synthetic import SyntheticBatches
-from model_hooks.train import CKPT_NAME, TrainConfig, build_optimizer, load_checkpoint, train_step
+from model_hooks.train_config import TrainConfig
+from model_hooks.train_step import train_step
 from model_hooks.width_transfer import main, scale_width, transfer_width
 from pipeline.train_cmd import load_train_run, run_train
 from tests.model_hooks.helpers import TINY
