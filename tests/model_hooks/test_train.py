@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from model_hooks.checkpoint import grow_checkpoint, load_checkpoint
-from model_hooks.model import Model
-from model_hooks.moe import balance_loss
 from model_hooks.old_checkpoints import OldCheckpointError
 from model_hooks.old_checkpoints import main as convert_main
 from model_hooks.optimizer import get_lr
@@ -18,7 +16,6 @@ from model_hooks.run_folder import CKPT_NAME, METRICS_NAME, TIMINGS_NAME
 from model_hooks.synthetic import SyntheticBatches
 from model_hooks.train import train
 from model_hooks.train_config import TrainConfig
-from model_hooks.train_step import bias_decay_steps, grad_norm_ratio, hidden_z_loss
 from tests.model_hooks.helpers import TINY
 
 METRIC_KEYS = {
@@ -37,17 +34,6 @@ def _cfg(out: Path, **overrides: object) -> TrainConfig:
 
 def _source() -> SyntheticBatches:
     return SyntheticBatches(batch_size=2, seq_len=32, vocab_size=TINY.vocab_size, seed=3)
-
-
-def test_get_lr_warmup_stable_decay() -> None:
-    cfg = TrainConfig(out_dir="x", steps=100, lr=1.0, min_lr=0.1, warmup_steps=10)
-    assert get_lr(0, cfg) == pytest.approx(0.1) and get_lr(9, cfg) == pytest.approx(1.0)
-    assert get_lr(10, cfg) == pytest.approx(1.0)
-    assert get_lr(55, cfg) == pytest.approx(0.55)  # cosine midpoint
-    assert get_lr(100, cfg) == pytest.approx(0.1)
-    wsd = cfg.model_copy(update={"decay_steps": 20})
-    assert get_lr(79, wsd) == 1.0 and get_lr(90, wsd) == pytest.approx(0.55)
-    assert [get_lr(s, cfg) for s in range(100)] == [get_lr(s, cfg) for s in range(100)]
 
 
 def test_resume_replays_the_same_losses(tmp_path: Path) -> None:
@@ -88,18 +74,6 @@ def test_metrics_are_logged_every_step(tmp_path: Path) -> None:
         assert record["load_max_over_mean"][0] >= 1
 
 
-def test_grad_norm_ratio_is_linear_in_alpha() -> None:
-    model = Model(TINY)
-    batch = _source().batch_at(0)
-    logits, _, infos = model(batch["tokens"], batch["positions"], batch["doc_index"])
-    lm = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
-    ratios = [
-        grad_norm_ratio(lm, balance_loss(infos[0], 4, 2, 1.5, alpha), infos)
-        for alpha in (0.01, 0.02)
-    ]
-    assert ratios[1] == pytest.approx(2 * ratios[0], rel=1e-4)
-
-
 def test_growth_checkpoint_resumes_at_the_same_step(tmp_path: Path) -> None:
     train(_cfg(tmp_path / "half", steps=2), _source(), TINY)
     (tmp_path / "full").mkdir()
@@ -117,18 +91,6 @@ def test_short_training_lowers_the_loss(tmp_path: Path) -> None:
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5  # about 0.4 when written
 
 
-def test_z_loss_averages_over_real_tokens_only() -> None:
-    h_BTD = torch.randn(2, 5, 8)
-    mask_BT = torch.tensor([[True] * 5, [True, True, False, False, False]])
-    z_BT = torch.logsumexp(h_BTD.abs(), dim=-1).pow(2)
-    want = 0.5 * z_BT[mask_BT].mean()
-    torch.testing.assert_close(hidden_z_loss(h_BTD, 0.5, mask_BT), want)
-    padded = h_BTD.clone()
-    padded[1, 2:] = 100.0  # whatever the padding holds, the loss does not move
-    torch.testing.assert_close(hidden_z_loss(padded, 0.5, mask_BT), want)
-    assert not torch.allclose(hidden_z_loss(padded, 0.5), want)  # the unmasked mean does
-
-
 def test_diagnostics_every_n_steps(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, steps=7, grad_ratio_every=3, router_cosine_every=2)
     records = train(cfg, _source(), TINY)
@@ -140,12 +102,6 @@ def test_diagnostics_every_n_steps(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert all((r["router_cosine_sim_per_layer"] is None) == (r["router_cosine_sim"] is None)
                for r in records)  # fmt: skip
-
-
-def test_bias_controller_decay_scales_with_the_run() -> None:
-    assert bias_decay_steps(TrainConfig(out_dir="x", steps=100)) == 50
-    assert bias_decay_steps(TrainConfig(out_dir="x", steps=100_000)) == 50_000
-    assert bias_decay_steps(TrainConfig(out_dir="x", steps=100, bias_mu_decay_steps=7)) == 7
 
 
 def test_resume_with_more_steps_continues_the_lr(tmp_path: Path) -> None:
