@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.round_driver import (
+from pipeline.round_step import (
     DROPS_SUMMARY,
     Outcome,
     Plan,

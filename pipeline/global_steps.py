@@ -14,7 +14,8 @@ from pipeline.config import CurateConfig
 from pipeline.curate import GlobalStep
 from pipeline.exact_rounds import EXACT_DEDUP
 from pipeline.minhash_rounds import MINHASH_DEDUP
-from pipeline.round_driver import RoundStep, global_step
+from pipeline.round_driver import global_step
+from pipeline.round_step import RoundStep
 from pipeline.template_rounds import TEMPLATE_LINES
 
 # In run order: MinHash after exact (copies are already gone), template lines last

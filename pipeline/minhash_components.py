@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.round_driver import Exchange, Plan, StepInputs, StepRun, to_partition, to_shard_run
+from pipeline.round_driver import StepRun
+from pipeline.round_step import Exchange, Plan, StepInputs, to_partition, to_shard_run
 from stages.minhash_lsh import (
     cluster_drops,
     large_star,

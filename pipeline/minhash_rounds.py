@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from pipeline.curate import RunLayout
 from pipeline.minhash_components import components
-from pipeline.round_driver import (
+from pipeline.round_step import (
     Outcome,
     Plan,
     Round,

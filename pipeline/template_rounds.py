@@ -26,7 +26,7 @@ from collections import Counter
 
 import pyarrow as pa
 
-from pipeline.round_driver import (
+from pipeline.round_step import (
     Outcome,
     Plan,
     Round,

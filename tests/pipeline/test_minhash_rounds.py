@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline.minhash_rounds import MINHASH_DEDUP, STEP, sign, text_batches
-from pipeline.round_driver import InProcess, StepInputs, decide
+from pipeline.round_driver import InProcess, decide
+from pipeline.round_step import StepInputs
 from pipeline.shards import read_json, read_parquet
 from stages.duplicates import DROPS_SCHEMA
 from stages.minhash import MinHashConfig

@@ -21,7 +21,8 @@ import pytest
 from pipeline.curate import RunLayout
 from pipeline.exact_rounds import EXACT_DEDUP
 from pipeline.minhash_rounds import MINHASH_DEDUP
-from pipeline.round_driver import InProcess, RayTasks, RoundStep, decide, global_step
+from pipeline.round_driver import InProcess, RayTasks, decide, global_step
+from pipeline.round_step import RoundStep
 from pipeline.shards import Shard, write_json_atomic, write_parquet_atomic
 from pipeline.template_rounds import TEMPLATE_LINES
 from stages.exact_dedup import DIGEST_COLUMN, ExactDedupConfig, text_digests
