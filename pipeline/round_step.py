@@ -172,7 +172,7 @@ class Outcome:
     path: str
 
 
-# --- what a dedup step's declaration uses -----------------------------------------------
+# --- helpers the declarations share -----------------------------------------------------
 
 
 def partitions_for(rows: int, rows_per_partition: int, least: int = 1) -> int:
