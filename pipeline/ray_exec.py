@@ -232,16 +232,31 @@ _PROCESS_WORKERS: dict[str, Any] = {}
 
 
 def _call_worker(key: str, factory: Callable[[], Callable[[Any], dict]], item: Any) -> dict:
-    """Task body: build the run's worker once per process, then run it on ``item``."""
+    """Task body: build the run's worker once per process, then run it on ``item``.
+    What the item freed goes back to the OS when it ends (``release_freed_memory``):
+    a worker lives for the whole run, and a pass after this one (tokenize after curate)
+    would otherwise start from the high-water mark of the largest shard it met."""
+    from pipeline.task_rounds import release_freed_memory
+
     worker = _PROCESS_WORKERS.get(key)
     if worker is None:
-        _PROCESS_WORKERS.clear()  # a previous run's models: released before loading ours
+        if _PROCESS_WORKERS:  # a previous run's models: released before loading ours
+            _PROCESS_WORKERS.clear()
+            release_freed_memory()
         worker = _PROCESS_WORKERS[key] = factory()
-    return worker(item)
+    try:
+        return worker(item)
+    finally:
+        release_freed_memory()
 
 
 def _call_plain(function: Callable[[Any], dict], item: Any) -> dict:
-    return function(item)
+    from pipeline.task_rounds import release_freed_memory
+
+    try:
+        return function(item)
+    finally:
+        release_freed_memory()
 
 
 class Progress:
