@@ -45,6 +45,25 @@ class RouterInfo(NamedTuple):
         return RouterInfo(self.probs_TE[keep_T], self.topk_TK[keep_T])
 
 
+def ffn_count_shift(
+    ffn_TN: torch.Tensor, zero_TZ: torch.Tensor, top_k: int, target_ffn: float
+) -> torch.Tensor:
+    """The shift of every FFN expert's score that gives these T tokens ``target_ffn``
+    FFN experts each on average in their top ``top_k`` (a 0-d tensor; 0 without a
+    crossing to find). Token t holds at least m FFN experts once its m-th best FFN score
+    plus the shift beats its (K-m+1)-th best zero-expert score: the T*K thresholds of
+    those events, sorted, put T*K_e of them below the shift halfway past the T*K_e-th."""
+    T, K = ffn_TN.shape[0], top_k
+    never_TK = ffn_TN.new_full((T, K), -math.inf)
+    ffn_TK = torch.cat([ffn_TN.sort(dim=-1, descending=True).values, never_TK], 1)
+    zero_TK = torch.cat([zero_TZ.sort(dim=-1, descending=True).values, never_TK], 1)
+    # m = 1..K: shift past which token t holds at least m FFN experts.
+    thresholds = (zero_TK[:, :K].flip(-1) - ffn_TK[:, :K]).flatten().sort().values
+    k = min(max(round(T * target_ffn), 1), T * K - 1)
+    common = 0.5 * (thresholds[k - 1] + thresholds[k])
+    return torch.nan_to_num(common, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 class Router(nn.Module):
     """Softmax over N+Z experts in fp32; top-K on probabilities plus a bias buffer."""
 
@@ -78,13 +97,19 @@ class Router(nn.Module):
         that would have given each FFN expert an equal share of them, then ``step``
         (0..1] of the sum (a damped Newton step: the next batch differs).
 
-        The common shift: token t gets at least m FFN experts once its m-th best FFN
-        score plus the shift beats its (K-m+1)-th best zero-expert score; with the
-        T*K thresholds of those events sorted, K_e per token on average is the shift
-        past the T*K_e-th. The balance: expert i is picked by token t when its score
-        beats the K-th best of the others; a (K_e/N) share of the tokens picks it
-        when its bias moves by minus the (1 - K_e/N) quantile of those margins; these
-        shifts, less their mean, only move load between FFN experts. Unlike
+        The balance: expert i is picked by token t when its score beats the K-th best
+        of the others; a (K_e/N) share of the tokens picks it when its bias moves by
+        minus the (1 - K_e/N) quantile of those margins; these shifts, less their mean,
+        move load between FFN experts, but not at a constant total: lowering a busy
+        expert and raising an idle one by the same amount rarely trades equal numbers
+        of picks. So the common shift is taken after them, on the balanced scores:
+        token t gets at least m FFN experts once its m-th best FFN score plus the shift
+        beats its (K-m+1)-th best zero-expert score; with the T*K thresholds of those
+        events sorted, K_e per token on average is the shift past the T*K_e-th. The
+        sum of both then gives this batch K_e FFN experts per token at ``step`` 1
+        (taken independently, the balance moved the count by up to 0.6 of K_e = 2.5
+        at K = 4 with skewed loads, a steady offset while training keeps the loads
+        apart). Unlike
         ``update_bias`` (a step proportional to the share error, whose right size
         depends on how spread the router's probabilities are: too small while they
         differ by a hair, overshooting once they part) the step scales with the router."""
@@ -93,14 +118,6 @@ class Router(nn.Module):
         T = scores_TE.shape[0]
         if T == 0:
             return
-        never_TK = scores_TE.new_full((T, K), -math.inf)
-        ffn_TK = torch.cat([scores_TE[:, :N].sort(dim=-1, descending=True).values, never_TK], 1)
-        zero_TK = torch.cat([scores_TE[:, N:].sort(dim=-1, descending=True).values, never_TK], 1)
-        # m = 1..K: shift past which token t holds at least m FFN experts.
-        thresholds = (zero_TK[:, :K].flip(-1) - ffn_TK[:, :K]).flatten().sort().values
-        k = min(max(round(T * target_ffn), 1), T * K - 1)
-        common = 0.5 * (thresholds[k - 1] + thresholds[k])
-        common = torch.nan_to_num(common, nan=0.0, posinf=0.0, neginf=0.0)
         best_TK1 = scores_TE.topk(K + 1, dim=-1).values
         kth_T1, next_T1 = best_TK1[:, K - 1 : K], best_TK1[:, K : K + 1]
         # The K-th best of the others: the (K+1)-th if i is in the top K, else the K-th.
@@ -109,6 +126,7 @@ class Router(nn.Module):
         share = min(target_ffn / N, 1.0)  # of the tokens, each FFN expert
         balance_N = -torch.quantile(margin_TN, 1.0 - share, dim=0)
         balance_N = torch.nan_to_num(balance_N - balance_N.mean(), nan=0.0, posinf=0.0, neginf=0.0)
+        common = ffn_count_shift(scores_TE[:, :N] + balance_N, scores_TE[:, N:], K, target_ffn)
         self.bias[:N] += step * (common + balance_N)
 
 

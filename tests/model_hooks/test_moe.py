@@ -222,3 +222,25 @@ def test_quantile_controller_reaches_target_ffn_experts() -> None:
         assert abs(seen[0] - k_e) > 0.3
         assert abs(sum(seen[-30:]) / 30 - k_e) < 0.05 * k_e
         assert (router.bias[n_ffn:] == 0).all()
+
+
+def test_quantile_controller_full_step_gives_the_batch_k_e_with_skewed_loads() -> None:
+    """At step 1 the update gives the batch it was computed on exactly K_e FFN experts
+    per token, even when the loads are far apart: the common shift is taken after the
+    balance shifts (taken independently, the balance moved the count off K_e: 2.32),
+    and the loads come closer."""
+    N, Z, K, T, k_e = 8, 4, 4, 2048, 2.5
+    router = MoE(16, 8, N, Z, K, 1.0).router
+    g = torch.Generator().manual_seed(0)
+    skew_E = torch.linspace(-1.5, 1.0, N + Z)
+    for _ in range(3):
+        order = torch.randperm(N + Z, generator=g)
+        probs_TE = (0.3 * torch.randn(T, N + Z, generator=g) + skew_E[order]).softmax(-1)
+        router.bias.zero_()
+        before = (probs_TE + router.bias).topk(K, dim=-1).indices
+        spread_before = torch.bincount(before.flatten(), minlength=N + Z)[:N].float().std()
+        router.update_bias_quantile(probs_TE, 1.0, k_e)
+        after = (probs_TE + router.bias).topk(K, dim=-1).indices
+        assert (after < N).sum(-1).float().mean().item() == pytest.approx(k_e, abs=1 / T)
+        assert torch.bincount(after.flatten(), minlength=N + Z)[:N].float().std() < spread_before
+        assert (router.bias[N:] == 0).all()
