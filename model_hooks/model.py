@@ -392,6 +392,49 @@ class Model(nn.Module):
         z-loss) and each layer's routing (for the balance loss and the metrics).
         ``cu_seqlens`` (the token stream's segment boundaries over the flattened rows)
         spares deriving them from ``doc_index_BT``; either gives the same segments."""
+        x_BTD, infos = self._layers(tokens_BT, positions_BT, doc_index_BT, cu_seqlens)
+        logits_BTN = self.lm_head(self.norm(x_BTD))
+        return logits_BTN, x_BTD, infos
+
+    def routing(
+        self,
+        tokens_BT: torch.Tensor,
+        positions_BT: torch.Tensor,
+        doc_index_BT: torch.Tensor,
+        cu_seqlens: torch.Tensor | None = None,
+        steer: Callable[[Router, RouterInfo], None] | None = None,
+    ) -> list[RouterInfo]:
+        """Each layer's routing of a batch, without the final norm and the unembedding
+        (most of a toy model's forward: the vocabulary is far wider than the model).
+
+        ``steer(router, info)``, when given, runs in each layer just before its router
+        picks, with the routing the router would make of its input now (``info``); it may
+        move the router's biases, and the layer then routes with the moved ones. So a
+        bias controller steers layer by layer in one pass, each layer from the input
+        that the layers below give with their steered routing (the bias controller
+        re-routes the batch this way after the optimiser step)."""
+        if steer is None:
+            return self._layers(tokens_BT, positions_BT, doc_index_BT, cu_seqlens)[1]
+
+        def before_pick(router: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            steer(router, router.forward(args[0]))  # forward: no hooks, no recursion
+
+        routers = [layer.moe.router for layer in self.layers]
+        handles = [router.register_forward_pre_hook(before_pick) for router in routers]
+        try:
+            return self._layers(tokens_BT, positions_BT, doc_index_BT, cu_seqlens)[1]
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _layers(
+        self,
+        tokens_BT: torch.Tensor,
+        positions_BT: torch.Tensor,
+        doc_index_BT: torch.Tensor,
+        cu_seqlens: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, list[RouterInfo]]:
+        """The embedding and every layer: the last hidden state and each layer's routing."""
         if cu_seqlens is not None:
             segments = DocumentSegments.from_cu_seqlens(
                 cu_seqlens, tokens_BT.device, row_len=tokens_BT.shape[1]
@@ -408,8 +451,7 @@ class Model(nn.Module):
         for layer in self.layers:
             x_BTD, info = layer(x_BTD, cos_BTR, sin_BTR, segments)
             infos.append(info)
-        logits_BTN = self.lm_head(self.norm(x_BTD))
-        return logits_BTN, x_BTD, infos
+        return x_BTD, infos
 
 
 ParameterKind = Literal["embedding", "hidden", "vector"]

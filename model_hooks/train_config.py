@@ -49,16 +49,25 @@ class TrainConfig(StrictModel):
     the share error (``moe.Router.update_bias``); ``quantile`` moves each bias by mu
     times the shift that would have given its expert its share of the batch
     (``moe.Router.update_bias_quantile``), a gain in the router's own units."""
-    bias_mu0: float = Field(default=0.5, ge=0)
+    bias_mu0: float = Field(default=1.0, ge=0)
     """Gain mu of the bias controller at step 0: the share of the batch's shift taken
-    (``quantile``, capped at 1) or the multiplier of the share error (``longcat``,
-    where the report's scale is about 0.1; set it when choosing that controller)."""
+    (``quantile``, capped at 1: all of it, since with ``bias_after_step`` the shift is
+    measured on the model that routes the next batch) or the multiplier of the share
+    error (``longcat``, where the report's scale is about 0.1; set it when choosing that
+    controller)."""
     bias_mu_decay_steps: int | None = Field(default=None, gt=0)
     """mu halves every this many steps; None scales it to the run: ``steps`` times
     ``bias_mu_decay_fraction`` (a 100-step demo and a 100k-step run both end at the same
     fraction of mu0, instead of a fixed 1000 that never decays in a short run)."""
     bias_mu_decay_fraction: float = Field(default=0.5, gt=0)
     bias_mu_min: float = Field(default=0.01, ge=0)
+    bias_after_step: bool = True
+    """Steer the biases from the batch routed again by the model after the optimiser
+    step (``Model.routing``: the layers without the unembedding, no backward), layer by
+    layer, instead of from the routing the step started from: the controller then also
+    undoes how far the step itself moved the routing, which is the next batch's (on
+    the demo the step moved FFN experts per token by up to 0.5 while the controller
+    steered from before it). Costs a forward without the unembedding and no backward."""
     grad_ratio_every: int = Field(default=10, ge=0)
     """Measure R_g every this many steps (about one extra backward: +25% step time when
     every step); 0 never. Steps without it log null."""

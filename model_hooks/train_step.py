@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from model_hooks.model import Model, cu_seqlens_from_doc_index
 from model_hooks.moe import (
+    Router,
     RouterInfo,
     balance_loss,
     bias_mu,
@@ -132,11 +133,21 @@ def train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
     opt.step()
     mu = bias_mu(step, cfg.bias_mu0, bias_decay_steps(cfg), cfg.bias_mu_min)
-    for layer, info in zip(model.layers, real, strict=True):
+    keep_T = batch["token_mask"].flatten()
+
+    def steer(router: Router, info: RouterInfo) -> None:
         if cfg.bias_controller == "quantile":
-            layer.moe.router.update_bias_quantile(info.probs_TE, min(mu, 1.0), k_e)
+            router.update_bias_quantile(info.probs_TE, min(mu, 1.0), k_e)
         else:
-            layer.moe.router.update_bias(info.topk_TK, mu, k_e)
+            router.update_bias(info.topk_TK, mu, k_e)
+
+    if cfg.bias_after_step:  # layer by layer, from the stepped model's routing
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            inputs = (batch["tokens"], batch["positions"], batch["doc_index"], batch["cu_seqlens"])
+            model.routing(*inputs, steer=lambda r, i: steer(r, i.select(keep_T)))
+    else:
+        for layer, info in zip(model.layers, real, strict=True):
+            steer(layer.moe.router, info)
     stats = [routing_stats(info, n_ffn) for info in real]
     cos = (
         [router_cosine_similarity(layer.moe.router) for layer in model.layers]
