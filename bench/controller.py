@@ -23,6 +23,7 @@ Two more figures say how much of a miss is the controller's:
   within 5% of K_e, on the windows that start after warm-up.
 
     python -m bench.controller [--curriculum runs/demo/curriculum.json] [--set bias_mu0=0.1]
+        [--model-set embed_init_std=1.0]
 """
 
 from __future__ import annotations
@@ -153,12 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a TrainConfig field (YAML value)")  # fmt: skip
+    parser.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a ModelConfig field over the demo model's (YAML value)")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the figure")
     parser.add_argument("--window", type=int, default=10, help="steps per window figure")
     add_contract_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    model_overrides = {
+        k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.model_set)
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if args.curriculum is not None:
             spec = json.loads(args.curriculum.read_text())
@@ -166,19 +172,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             dirs = synthetic_curriculum(Path(tmp) / "phases", 0.25 if args.quick else 1.0)
         stream = TokenStream([str(d) for d in dirs], batch_size=args.batch_size, seed=0)
-        fields = read_yaml(DEMO_MODEL)
+        fields = read_yaml(DEMO_MODEL) | model_overrides
         model_cfg = ModelConfig(**fields, vocab_size=max(p.vocab_size for p in stream.phases))
         cfg = TrainConfig(**{"out_dir": str(Path(tmp) / "run"), "steps": stream.num_batches(),
                              "grad_ratio_every": 0, "device": "cpu", **overrides})  # fmt: skip
         records = train(cfg, stream, model_cfg)
         k_e = model_cfg.target_ffn_experts
         frozen = frozen_routing(Path(cfg.out_dir), dirs, args.batch_size, k_e)
+    last = records[-10:]
     result = tracking(records, k_e, args.warmup) | {
         "window": window_tracking(records, k_e, args.warmup, args.window),
         "frozen": frozen,
         "data": str(args.curriculum or "synthetic demo-shaped curriculum"),
         "overrides": overrides,
+        "model_overrides": model_overrides,
         "final_lm_loss": round(records[-1]["lm_loss"], 4),
+        "lm_loss_last_10_steps": round(sum(r["lm_loss"] for r in last) / len(last), 4),
     }
     print(json.dumps(result, indent=2))
     rows = [

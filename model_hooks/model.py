@@ -277,6 +277,17 @@ class Block(nn.Module):
             cfg.gamma_scales_identity,
         )  # fmt: skip
 
+    def route(
+        self,
+        x_BTD: torch.Tensor,
+        cos_BTR: torch.Tensor,
+        sin_BTR: torch.Tensor,
+        segments: DocumentSegments,
+    ) -> RouterInfo:
+        """The routing ``forward`` would make, computing only what the router reads."""
+        a1_BTD = x_BTD + self.attn0(self.attn_norm0(x_BTD), cos_BTR, sin_BTR, segments)
+        return self.moe.router(self.ffn_norm0(a1_BTD).flatten(0, 1))
+
     def forward(
         self,
         x_BTD: torch.Tensor,
@@ -405,7 +416,8 @@ class Model(nn.Module):
         steer: Callable[[Router, RouterInfo], None] | None = None,
     ) -> list[RouterInfo]:
         """Each layer's routing of a batch, without the final norm and the unembedding
-        (most of a toy model's forward: the vocabulary is far wider than the model).
+        (most of a toy model's forward: the vocabulary is far wider than the model) and
+        without what follows the last router.
 
         ``steer(router, info)``, when given, runs in each layer just before its router
         picks, with the routing the router would make of its input now (``info``); it may
@@ -414,7 +426,7 @@ class Model(nn.Module):
         that the layers below give with their steered routing (the bias controller
         re-routes the batch this way after the optimiser step)."""
         if steer is None:
-            return self._layers(tokens_BT, positions_BT, doc_index_BT, cu_seqlens)[1]
+            return self._layers(tokens_BT, positions_BT, doc_index_BT, cu_seqlens, True)[1]
 
         def before_pick(router: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             steer(router, router.forward(args[0]))  # forward: no hooks, no recursion
@@ -422,7 +434,7 @@ class Model(nn.Module):
         routers = [layer.moe.router for layer in self.layers]
         handles = [router.register_forward_pre_hook(before_pick) for router in routers]
         try:
-            return self._layers(tokens_BT, positions_BT, doc_index_BT, cu_seqlens)[1]
+            return self._layers(tokens_BT, positions_BT, doc_index_BT, cu_seqlens, True)[1]
         finally:
             for handle in handles:
                 handle.remove()
@@ -433,8 +445,10 @@ class Model(nn.Module):
         positions_BT: torch.Tensor,
         doc_index_BT: torch.Tensor,
         cu_seqlens: torch.Tensor | None,
+        route_only: bool = False,
     ) -> tuple[torch.Tensor, list[RouterInfo]]:
-        """The embedding and every layer: the last hidden state and each layer's routing."""
+        """The embedding and every layer: the last hidden state and each layer's routing
+        (``route_only``: the last layer only as far as its router)."""
         if cu_seqlens is not None:
             segments = DocumentSegments.from_cu_seqlens(
                 cu_seqlens, tokens_BT.device, row_len=tokens_BT.shape[1]
@@ -448,7 +462,10 @@ class Model(nn.Module):
         )
         x_BTD = self.embed(tokens_BT)
         infos = []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            if route_only and index == len(self.layers) - 1:
+                infos.append(layer.route(x_BTD, cos_BTR, sin_BTR, segments))
+                return x_BTD, infos  # the last layer's input: nothing reads it
             x_BTD, info = layer(x_BTD, cos_BTR, sin_BTR, segments)
             infos.append(info)
         return x_BTD, infos

@@ -3,11 +3,12 @@ the window figure, the best +-5% band and the frozen re-routing of a trained run
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from bench.controller import best_band_share, frozen_routing, window_tracking
+from bench.controller import best_band_share, frozen_routing, main, window_tracking
 from model_hooks.checkpoint import load_checkpoint
 from model_hooks.run_folder import CKPT_NAME
 from model_hooks.synthetic import progression_documents, write_packed_phase
@@ -60,3 +61,19 @@ def test_frozen_routing_uses_the_trained_weights_and_biases(tmp_path: Path) -> N
     pinned = frozen_routing(tmp_path / "run", dirs, 2, TINY.target_ffn_experts)
     assert pinned["mean"] == TINY.top_k and pinned["std_between_batches"] == 0.0
     assert pinned["best_band_share"] == 1.0 and pinned["share_within_5pct_of_k_e"] == 0.0
+
+
+def test_main_applies_model_overrides_over_the_demo_model(tmp_path: Path, capsys) -> None:
+    """``--model-set`` changes the demo model the run trains (here K_e, which the figures
+    are taken against), and the output names the overrides and the closing loss."""
+    docs = progression_documents(30, TINY.vocab_size, seed=0)
+    write_packed_phase(tmp_path / "p", docs, 64, TINY.vocab_size, phase="p")
+    (tmp_path / "curriculum.json").write_text(json.dumps({"phases": [{"dir": "p"}]}))
+    argv = ["--curriculum", str(tmp_path / "curriculum.json"), "--warmup", "1", "--window", "2",
+            "--model-set", "target_ffn_experts=2.0", "--set", "router_cosine_every=0"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[: out.index("\n}\n") + 2])
+    assert result["k_e"] == 2.0 and result["model_overrides"] == {"target_ffn_experts": 2.0}
+    assert result["overrides"] == {"router_cosine_every": 0}
+    assert result["lm_loss_last_10_steps"] > 0
