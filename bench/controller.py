@@ -22,6 +22,10 @@ Two more figures say how much of a miss is the controller's:
   ``--window`` steps (the controller's own horizon: it holds an average, not each batch)
   within 5% of K_e, on the windows that start after warm-up.
 
+``router_inputs`` says, per step and layer, whether the tokens route alike: the
+token-specific share of the router's input (1: nothing in common across the batch) and
+the spread over the tokens of their FFN experts (0: every token gets the same number).
+
     python -m bench.controller [--curriculum runs/demo/curriculum.json] [--set bias_mu0=0.1]
         [--model-set embed_init_std=1.0]
 """
@@ -31,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -39,6 +45,7 @@ import yaml
 from bench.contract import add_contract_arguments, row, write_json
 from model_hooks.checkpoint import load_checkpoint
 from model_hooks.model import Model, ModelConfig
+from model_hooks.moe import Router, RouterInfo
 from model_hooks.run_folder import CKPT_NAME
 from model_hooks.synthetic import progression_documents, write_packed_phase
 from model_hooks.token_stream import TokenStream
@@ -117,6 +124,39 @@ def best_band_share(values: list[float], k_e: float) -> float:
     return round(best / max(len(values), 1), 3)
 
 
+def token_specific_share(x_TD: torch.Tensor) -> float:
+    """How much of a batch's vectors is their own: the RMS of their deviation from the
+    batch mean over their RMS (1 when they share nothing, 0 when they are all alike)."""
+    x_TD = x_TD.detach().float()
+    spread = (x_TD - x_TD.mean(dim=0, keepdim=True)).pow(2).sum(-1).mean()
+    return float((spread / x_TD.pow(2).sum(-1).mean().clamp(min=1e-30)).sqrt())
+
+
+@contextmanager
+def router_inputs_watch(n_layers: int, n_ffn: int) -> Iterator[list[dict]]:
+    """Per training forward (grad enabled; the controller's re-routing runs without),
+    for each layer in order: the token-specific share of the router's input and the
+    standard deviation over the batch's tokens (padding included) of their FFN experts.
+    All tokens routing alike shows as both near 0."""
+    steps: list[dict] = []
+
+    def watch(module: torch.nn.Module, args: tuple, output: object) -> None:
+        if not isinstance(module, Router) or not torch.is_grad_enabled():
+            return
+        assert isinstance(output, RouterInfo)
+        if not steps or len(steps[-1]["input_token_share"]) == n_layers:
+            steps.append({"input_token_share": [], "ffn_per_token_std": []})
+        steps[-1]["input_token_share"].append(round(token_specific_share(args[0]), 3))
+        ffn_T = (output.topk_TK < n_ffn).sum(-1).float()
+        steps[-1]["ffn_per_token_std"].append(round(float(ffn_T.std()), 3))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(watch)
+    try:
+        yield steps
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def frozen_routing(run_dir: Path, dirs: list[Path], batch_size: int, k_e: float) -> dict:
     """Every batch of the curriculum through the model of ``run_dir/ckpt.pt`` with its
@@ -176,13 +216,18 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg = ModelConfig(**fields, vocab_size=max(p.vocab_size for p in stream.phases))
         cfg = TrainConfig(**{"out_dir": str(Path(tmp) / "run"), "steps": stream.num_batches(),
                              "grad_ratio_every": 0, "device": "cpu", **overrides})  # fmt: skip
-        records = train(cfg, stream, model_cfg)
+        with router_inputs_watch(model_cfg.n_layers, model_cfg.n_ffn_experts) as inputs:
+            records = train(cfg, stream, model_cfg)
         k_e = model_cfg.target_ffn_experts
         frozen = frozen_routing(Path(cfg.out_dir), dirs, args.batch_size, k_e)
     last = records[-10:]
     result = tracking(records, k_e, args.warmup) | {
         "window": window_tracking(records, k_e, args.warmup, args.window),
         "frozen": frozen,
+        "router_inputs": {  # per step, each layer: see router_inputs_watch
+            key: [step[key] for step in inputs]
+            for key in ("input_token_share", "ffn_per_token_std")
+        },
         "data": str(args.curriculum or "synthetic demo-shaped curriculum"),
         "overrides": overrides,
         "model_overrides": model_overrides,

@@ -6,10 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from bench.controller import best_band_share, frozen_routing, main, window_tracking
+from bench.controller import (
+    best_band_share,
+    frozen_routing,
+    main,
+    router_inputs_watch,
+    token_specific_share,
+    window_tracking,
+)
 from model_hooks.checkpoint import load_checkpoint
+from model_hooks.model import Model
 from model_hooks.run_folder import CKPT_NAME
 from model_hooks.synthetic import progression_documents, write_packed_phase
 from model_hooks.token_stream import TokenStream
@@ -77,3 +86,26 @@ def test_main_applies_model_overrides_over_the_demo_model(tmp_path: Path, capsys
     assert result["k_e"] == 2.0 and result["model_overrides"] == {"target_ffn_experts": 2.0}
     assert result["overrides"] == {"router_cosine_every": 0}
     assert result["lm_loss_last_10_steps"] > 0
+    shares = result["router_inputs"]["input_token_share"]
+    assert len(shares) == result["steps"] and all(len(s) == 2 for s in shares)
+
+
+def test_router_inputs_watch_records_each_training_forward_per_layer() -> None:
+    """One entry per forward with gradients (the controller's no-grad re-routing is left
+    out), one value per layer; vectors all alike have no token-specific share."""
+    assert token_specific_share(torch.ones(5, 4)) == 0.0
+    assert token_specific_share(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(1.0)
+    torch.manual_seed(0)
+    model = Model(TINY)
+    tokens_BT = torch.randint(0, TINY.vocab_size, (1, 32))
+    positions_BT = torch.arange(tokens_BT.shape[1])[None]
+    doc_BT = torch.zeros_like(tokens_BT)
+    with router_inputs_watch(TINY.n_layers, TINY.n_ffn_experts) as steps:
+        for _ in range(2):
+            model(tokens_BT, positions_BT, doc_BT)
+        with torch.no_grad():
+            model.routing(tokens_BT, positions_BT, doc_BT)
+    assert len(steps) == 2
+    for step in steps:
+        assert len(step["input_token_share"]) == len(step["ffn_per_token_std"]) == TINY.n_layers
+        assert all(0.0 < share <= 1.0 for share in step["input_token_share"])
