@@ -130,7 +130,8 @@ def failed_documents_problem(ledger: dict, max_share: float) -> str | None:
     return (
         f"{totals['errors']:,} of {totals['input']:,} documents failed in a stage "
         f"({totals['errors'] / max(totals['input'], 1):.2%}, above max_error_share "
-        f"{max_share:.2%}): " + ", ".join(f"{reason} ({count:,})" for reason, count in commonest)
+        f"{max_share:.2%}): "
+        + ", ".join(f"{reason} ({count:,})" for reason, count in commonest)
         + "; the outputs are written and each failed document is in rejects/ with its reason"
     )
 

@@ -23,7 +23,7 @@ ERROR_LINE = re.compile(r"^\[\S+ \S+ E \d+ \d+\].*$|^\d{4}-\d\d-\d\d [\d:,]+\s+E
 CHECKOUT_PARTS = (
     "configs", "mixes", "pipeline", "stages", "model_hooks", "report", "demo", "strict_config",
     "bench",
-)
+)  # fmt: skip
 
 
 def readme_blocks() -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from tests.cluster_scripts.reference import tiny_reference
 PROJECT_PARTS = (
     "pipeline", "stages", "model_hooks", "report", "demo", "strict_config", "configs",
     "pyproject.toml",
-)
+)  # fmt: skip
 
 
 def _working_dir(root):
