@@ -1,9 +1,10 @@
 """Sections 5 and 6 of the report: the training metrics and the expert allocation.
 
 Both read ``train/metrics.jsonl`` (one record per optimiser step, made by
-``model_hooks/train_step.py`` and written by ``model_hooks/run_folder.py``). Values the trainer measures only sometimes (the gradient norm
-ratio) or only where a domain had tokens (loss per domain) are ``null`` in a record;
-they become gaps in a curve and are left out of means, never zeros.
+``model_hooks/train_step.py`` and written by ``model_hooks/run_folder.py``). Values the
+trainer measures only sometimes (the gradient norm ratio) or only where a domain had
+tokens (loss per domain) are ``null`` in a record; they become gaps in a curve and are
+left out of means, never zeros.
 """
 
 from __future__ import annotations
