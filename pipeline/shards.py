@@ -332,9 +332,8 @@ def plan_shards(
         current: list[FilePiece] = []
         current_bytes = 0
         for file in files:
-            in_lead = bool(lead_bytes) and not shards
-            first_cut = lead_bytes if in_lead and not current else 0
-            for piece in split_file(file, piece_bytes, filesystem, first_cut):
+            first_of_plan = not shards and not current
+            for piece in split_file(file, piece_bytes, filesystem, lead_bytes * first_of_plan):
                 limit = lead_bytes if lead_bytes and not shards else shard_input_bytes
                 if current and current_bytes + piece.size_bytes > limit:
                     shards.append(Shard(len(shards), input_index, tuple(current)))
@@ -445,7 +444,7 @@ def _row_group_pieces(
         group = metadata.row_group(index)
         sizes.append(sum(group.column(c).total_compressed_size for c in range(group.num_columns)))
         rows.append(group.num_rows)
-    stops = []
+    stops: list[int] = []
     if lead_bytes and len(sizes) > 1:
         lead_stop = 1
         while lead_stop < len(sizes) - 1 and sum(sizes[: lead_stop + 1]) <= lead_bytes:
