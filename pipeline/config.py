@@ -138,8 +138,9 @@ class CurateConfig(StrictModel):
     piece, where its format can be cut), so the first output, or the first failure,
     shows after a short shard instead of a full one: about half a second of page
     extraction, measured on the crawl bench. Only where it is below
-    ``shard_input_bytes``; 0 for none. One piece per run, so ``min_piece_bytes`` does
-    not bound it; ids and outputs are the same with or without it."""
+    ``shard_input_bytes``; 0 for none (which also resumes an output folder written
+    before this setting existed). One piece per run, so ``min_piece_bytes`` does not
+    bound it; ids and outputs are the same with or without it."""
 
     max_error_share: float = Field(default=0.01, ge=0, le=1)
     """The share of input documents that may fail in a stage (``error:`` reasons: an
@@ -182,8 +183,13 @@ class CurateConfig(StrictModel):
 
     def output_settings(self) -> dict[str, Any]:
         """The portable dump without the settings that change how a run executes but not
-        what it writes (``RUN_SETTINGS``): what two runs into one folder must share."""
-        return without_run_settings(self.portable_dump())
+        what it writes (``RUN_SETTINGS``): what two runs into one folder must share.
+        ``lead_shard_bytes: 0`` is left out too: it plans as the versions before the
+        setting did, so a folder one of them wrote resumes with it."""
+        settings = without_run_settings(self.portable_dump())
+        if settings.get("lead_shard_bytes") == 0:
+            del settings["lead_shard_bytes"]
+        return settings
 
     def fingerprint(self) -> str:
         """Names this exact configuration: a rerun into the same folder must match it.

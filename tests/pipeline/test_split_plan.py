@@ -239,6 +239,36 @@ def test_the_config_plans_a_lead_shard_by_default(tmp_path):
     assert [s.pieces[0].part for s in plan(none)] == [None]
 
 
+def test_a_folder_written_before_the_lead_resumes_with_lead_shard_bytes_0(tmp_path):
+    """Without Ray: a run.json as the version before ``lead_shard_bytes`` wrote it (no
+    such key, fingerprinted without it) is claimed by ``lead_shard_bytes: 0``, which
+    plans as that version did; the default lead plans another first shard, so it is
+    refused, naming the key."""
+    import hashlib
+
+    from pipeline.config import ConfigError, CurateConfig, without_run_settings
+    from pipeline.curate import RunLayout
+    from pipeline.runner import _claim_output_dir
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"text": "x"}\n')
+    spec = {"inputs": [{"path": str(tmp_path / "in")}], "output_dir": str(tmp_path / "out")}
+    no_lead = CurateConfig.model_validate({**spec, "lead_shard_bytes": 0})
+    before = {k: v for k, v in no_lead.portable_dump().items() if k != "lead_shard_bytes"}
+    canonical = json.dumps(without_run_settings(before), sort_keys=True)
+    old_fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert no_lead.fingerprint() == old_fingerprint
+    layout = RunLayout.for_output(str(tmp_path / "out"))
+    run_file = tmp_path / "out" / "run.json"
+    old_run = json.dumps({"config_fingerprint": old_fingerprint, "config": before})
+    (tmp_path / "out").mkdir()
+    run_file.write_text(old_run)
+    _claim_output_dir(layout, no_lead, overwrite=False)  # resumes: no refusal
+    run_file.write_text(old_run)
+    with pytest.raises(ConfigError, match=r"differs in lead_shard_bytes: null -> 262144\)"):
+        _claim_output_dir(layout, CurateConfig.model_validate(spec), overwrite=False)
+
+
 def test_a_file_that_cannot_be_inspected_stays_whole(tmp_path, caplog):
     gone = InputFile(str(tmp_path / "gone.parquet"), "in/gone.parquet", 10**8)
     with caplog.at_level(logging.WARNING, logger="pipeline"):
