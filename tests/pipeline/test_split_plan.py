@@ -220,7 +220,7 @@ def test_the_lead_shard_of_small_or_whole_files(tmp_path, caplog):
 
 
 def test_the_config_plans_a_lead_shard_by_default(tmp_path):
-    """``lead_shard_bytes`` reaches the planner from the config: 256 KiB by default,
+    """``lead_shard_bytes`` reaches the planner from the config: 128 KiB by default,
     where it is below ``shard_input_bytes``."""
     from pipeline.config import CurateConfig
     from pipeline.runner import plan
@@ -232,9 +232,9 @@ def test_the_config_plans_a_lead_shard_by_default(tmp_path):
     config = CurateConfig.model_validate(
         {"inputs": [{"path": str(root)}], "output_dir": str(tmp_path / "o")}
     )
-    assert config.lead_shard_bytes == 256 * 1024
+    assert config.lead_shard_bytes == 128 * 1024
     first, rest = plan(config)
-    assert first.size_bytes == 256 * 1024 and rest.size_bytes == len(lines) - 256 * 1024
+    assert first.size_bytes == 128 * 1024 and rest.size_bytes == len(lines) - 128 * 1024
     none = config.model_copy(update={"lead_shard_bytes": 0})
     assert [s.pieces[0].part for s in plan(none)] == [None]
 
@@ -265,7 +265,7 @@ def test_a_folder_written_before_the_lead_resumes_with_lead_shard_bytes_0(tmp_pa
     run_file.write_text(old_run)
     _claim_output_dir(layout, no_lead, overwrite=False)  # resumes: no refusal
     run_file.write_text(old_run)
-    with pytest.raises(ConfigError, match=r"differs in lead_shard_bytes: null -> 262144\)"):
+    with pytest.raises(ConfigError, match=r"differs in lead_shard_bytes: null -> 131072\)"):
         _claim_output_dir(layout, CurateConfig.model_validate(spec), overwrite=False)
 
 
