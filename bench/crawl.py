@@ -709,6 +709,9 @@ def run_crawl(
     size = sum(p.stat().st_size for p in crawl.warc_dir.iterdir())
     shard_bytes = max(1, size // WARC_FILES)  # about one WARC file per shard
     runs: dict[str, Any] = {"load_average_at_start": load}
+    from pipeline.config import CurateConfig
+
+    lead = CurateConfig.model_fields["lead_shard_bytes"].default
     log("crawl: floor (bare libraries, one loop) ...")
     runs["floor"] = run_floor(crawl, work / "floor", timeout)
     for cpus in (1, 2):
@@ -728,7 +731,8 @@ def run_crawl(
         *pool.notes,
         f"load average at start (1, 5, 15 min): {load}, on {os.cpu_count()} cores",
         f"ours: `python -m pipeline curate` (embedded Ray), shard_input_bytes {shard_bytes:,}"
-        " (about one WARC file per shard); extract (favor precision, 5 s limit), langid"
+        f" (about one WARC file per shard; the first shard, the lead, {lead:,} bytes: the"
+        " config's default lead_shard_bytes); extract (favor precision, 5 s limit), langid"
         f" ({', '.join(LANGUAGES)}, score >= {MIN_LANGUAGE_SCORE}), heuristics"
         f" ({', '.join(HEURISTIC_PRESETS)}), exact dedup, MinHash dedup; whole command timed,"
         " Ray start-up included",
@@ -767,7 +771,8 @@ def run_crawl(
             f"large file: the floor's extracted texts repeated to one JSONL file of"
             f" {written / 1e6:.1f} MB, {documents} documents (copies are exact duplicates"
             f" with distinct ids: exact dedup drops them), shard_input_bytes {big_shard:,}"
-            f" (the planner cuts the file into {LARGE_SHARDS} pieces of at most that size)"
+            f" (the planner cuts the file into {LARGE_SHARDS} pieces of at most that size,"
+            f" after the lead shard of the config's lead_shard_bytes, {lead:,})"
         )
         for name in ("large_1", "large_2"):
             notes.append(_run_note(name, runs[name]))

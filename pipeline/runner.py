@@ -88,7 +88,13 @@ def plan(config: CurateConfig) -> list[Shard]:
             raise ConfigError(f"inputs[{index}].path: {exc}") from exc
         listings.append(files)
         filesystems.append(filesystem)
-    return plan_shards(listings, config.shard_input_bytes, filesystems, config.min_piece_bytes)
+    return plan_shards(
+        listings,
+        config.shard_input_bytes,
+        filesystems,
+        config.min_piece_bytes,
+        config.lead_shard_bytes,
+    )
 
 
 def check_requirements(config: CurateConfig) -> None:

@@ -309,21 +309,33 @@ def plan_shards(
     shard_input_bytes: int,
     filesystems: list[pafs.FileSystem] | None = None,
     min_piece_bytes: int = 1,
+    lead_shard_bytes: int = 0,
 ) -> list[Shard]:
     """Cut each file larger than the target into pieces (``split_file``), then group
     each input's pieces greedily, in file order, inputs in config order; a piece larger
     than the target is a shard alone. ``filesystems`` (one per input; local files when
     not given) is where the footers and first gzip members are read. Pieces are at least
-    ``min_piece_bytes`` (the curate config's ``min_piece_bytes``, 1 MiB by default)."""
+    ``min_piece_bytes`` (the curate config's ``min_piece_bytes``, 1 MiB by default).
+
+    The plan's first shard, the lead, holds at most ``lead_shard_bytes`` where that is
+    below the target (0: no lead): the first file's first piece is cut to that size
+    where its format allows, so the first output of a run (or its first failure) shows
+    after one short shard instead of one full one; ``map_items`` starts the smallest
+    shard first. It is one piece per plan, so it may be below ``min_piece_bytes``. Like
+    any other cut it changes no id, no document and no order (tests/pipeline/
+    test_split_plan.py)."""
     shards: list[Shard] = []
     piece_bytes = max(shard_input_bytes, min_piece_bytes)
+    lead_bytes = lead_shard_bytes if 0 < lead_shard_bytes < shard_input_bytes else 0
     for input_index, files in enumerate(inputs):
         filesystem = filesystems[input_index] if filesystems else pafs.LocalFileSystem()
         current: list[FilePiece] = []
         current_bytes = 0
         for file in files:
-            for piece in split_file(file, piece_bytes, filesystem):
-                if current and current_bytes + piece.size_bytes > shard_input_bytes:
+            first_of_plan = not shards and not current
+            for piece in split_file(file, piece_bytes, filesystem, lead_bytes * first_of_plan):
+                limit = lead_bytes if lead_bytes and not shards else shard_input_bytes
+                if current and current_bytes + piece.size_bytes > limit:
                     shards.append(Shard(len(shards), input_index, tuple(current)))
                     current, current_bytes = [], 0
                 current.append(piece)
@@ -340,8 +352,12 @@ _WHOLE_BY_NATURE = {
 }
 
 
-def split_file(file: InputFile, target_bytes: int, filesystem: pafs.FileSystem) -> list[FilePiece]:
-    """The pieces of one file, about ``target_bytes`` each, or the whole file.
+def split_file(
+    file: InputFile, target_bytes: int, filesystem: pafs.FileSystem, lead_bytes: int = 0
+) -> list[FilePiece]:
+    """The pieces of one file, about ``target_bytes`` each, or the whole file. With
+    ``lead_bytes`` (the plan's first file, ``plan_shards``) the first piece is about
+    that size and the rest is cut as usual, where the format allows.
 
     Split: plain JSON Lines (and ``.json`` holding lines) and plain WARC by byte range;
     ``.warc.gz`` by byte range when it is multi-member (one member per record, as Common
@@ -351,7 +367,8 @@ def split_file(file: InputFile, target_bytes: int, filesystem: pafs.FileSystem) 
     ``.json`` array (parsed whole), a Parquet file of one row group, one-document
     formats. Planning reads footers and first members, never whole files."""
     whole = [FilePiece(file, None, file.size_bytes)]
-    if file.problem is not None or file.size_bytes <= target_bytes:
+    lead_bytes = lead_bytes if 0 < lead_bytes < min(target_bytes, file.size_bytes) else 0
+    if file.problem is not None or (file.size_bytes <= target_bytes and not lead_bytes):
         return whole
     kind = reader_kind(file.path)
     lower = file.path.lower()
@@ -361,16 +378,16 @@ def split_file(file: InputFile, target_bytes: int, filesystem: pafs.FileSystem) 
             if lower.endswith(".json") and _json_array(filesystem, file.path):
                 reason = "a JSON array is parsed whole (convert it to JSON Lines to split it)"
             elif kind == "jsonl":
-                return _numbered_lines(_byte_pieces(file, target_bytes), filesystem)
+                return _numbered_lines(_byte_pieces(file, target_bytes, lead_bytes), filesystem)
             else:
-                return _byte_pieces(file, target_bytes)
+                return _byte_pieces(file, target_bytes, lead_bytes)
         elif kind == "warc" and lower.endswith(".gz"):
             with filesystem.open_input_file(file.path) as raw:
                 reason = warc_gzip_layout(raw, file.size_bytes)
             if reason is None:
-                return _byte_pieces(file, target_bytes)
+                return _byte_pieces(file, target_bytes, lead_bytes)
         elif kind == "parquet":
-            pieces = _row_group_pieces(file, target_bytes, filesystem)
+            pieces = _row_group_pieces(file, target_bytes, filesystem, lead_bytes)
             if len(pieces) > 1:
                 return pieces
             reason = "it has one row group"
@@ -380,6 +397,8 @@ def split_file(file: InputFile, target_bytes: int, filesystem: pafs.FileSystem) 
             reason = _WHOLE_BY_NATURE.get(kind or "", "no reader splits this format")
     except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError)
         reason = f"it could not be inspected ({type(exc).__name__}: {exc})"
+    if file.size_bytes <= target_bytes:
+        return whole  # only the lead would have cut it: nothing worth a warning
     log.warning(
         "input %s (%.1f MB) is not split, one worker reads it whole: %s",
         file.source, file.size_bytes / 1e6, reason,
@@ -387,11 +406,14 @@ def split_file(file: InputFile, target_bytes: int, filesystem: pafs.FileSystem) 
     return whole
 
 
-def _byte_pieces(file: InputFile, target_bytes: int) -> list[FilePiece]:
-    """Equal byte ranges of at most ``target_bytes`` (no small last piece)."""
+def _byte_pieces(file: InputFile, target_bytes: int, lead_bytes: int = 0) -> list[FilePiece]:
+    """Equal byte ranges of at most ``target_bytes`` (no small last piece), after a
+    first range of ``lead_bytes`` when that is given."""
     size = file.size_bytes
-    count = -(-size // target_bytes)
-    bounds = [size * number // count for number in range(count + 1)]
+    count = -(-(size - lead_bytes) // target_bytes)
+    bounds = [lead_bytes + (size - lead_bytes) * number // count for number in range(count + 1)]
+    if lead_bytes:
+        bounds.insert(0, 0)
     return [
         FilePiece(file, Part(BYTES, start, stop), stop - start) for start, stop in pairwise(bounds)
     ]
@@ -409,10 +431,12 @@ def _numbered_lines(pieces: list[FilePiece], filesystem: pafs.FileSystem) -> lis
 
 
 def _row_group_pieces(
-    file: InputFile, target_bytes: int, filesystem: pafs.FileSystem
+    file: InputFile, target_bytes: int, filesystem: pafs.FileSystem, lead_bytes: int = 0
 ) -> list[FilePiece]:
     """Consecutive row groups in pieces of about ``target_bytes`` (compressed sizes
-    from the footer); the rows before each piece keep ``row:N`` the file's numbering."""
+    from the footer), after a first piece of the leading groups that fit in
+    ``lead_bytes`` (at least one) when that is given; the rows before each piece keep
+    ``row:N`` the file's numbering."""
     with filesystem.open_input_file(file.path) as raw:
         metadata = pq.ParquetFile(raw).metadata
     sizes, rows = [], []
@@ -420,22 +444,35 @@ def _row_group_pieces(
         group = metadata.row_group(index)
         sizes.append(sum(group.column(c).total_compressed_size for c in range(group.num_columns)))
         rows.append(group.num_rows)
+    stops: list[int] = []
+    if lead_bytes and len(sizes) > 1:
+        lead_stop = 1
+        while lead_stop < len(sizes) - 1 and sum(sizes[: lead_stop + 1]) <= lead_bytes:
+            lead_stop += 1
+        stops.append(lead_stop)
+    begin = stops[-1] if stops else 0
+    stops += [begin + stop for stop in _even_group_stops(sizes[begin:], target_bytes)]
+    if len(stops) <= 1:
+        return [FilePiece(file, None, file.size_bytes)]
+    pieces: list[FilePiece] = []
+    for start, stop in pairwise([0, *stops]):
+        part = Part(ROW_GROUPS, start, stop, sum(rows[:start]))
+        pieces.append(FilePiece(file, part, sum(sizes[start:stop])))
+    return pieces
+
+
+def _even_group_stops(sizes: list[int], target_bytes: int) -> list[int]:
+    """Where consecutive groups of ``sizes`` end when cut into about equal pieces of at
+    most about ``target_bytes`` (one stop per piece, the last at ``len(sizes)``)."""
     total = sum(sizes)
     count = max(1, min(len(sizes), -(-total // target_bytes)))
-    pieces: list[FilePiece] = []
-    start = first_row = done = 0
+    stops: list[int] = []
+    done = 0
     for index, size in enumerate(sizes):
         done += size
-        last = index == len(sizes) - 1
-        if last or done >= total * (len(pieces) + 1) / count:
-            stop = index + 1
-            piece_bytes = sum(sizes[start:stop])
-            pieces.append(FilePiece(file, Part(ROW_GROUPS, start, stop, first_row), piece_bytes))
-            first_row += sum(rows[start:stop])
-            start = stop
-    if len(pieces) <= 1:
-        return [FilePiece(file, None, file.size_bytes)]
-    return pieces
+        if index == len(sizes) - 1 or done >= total * (len(stops) + 1) / count:
+            stops.append(index + 1)
+    return stops
 
 
 def _json_array(filesystem: pafs.FileSystem, path: str) -> bool:

@@ -143,8 +143,13 @@ def test_the_large_file_is_cut_into_the_pieces_the_bench_says(tmp_path: Path, ex
     big = tmp_path / "big.jsonl"
     big.write_text(line * 4000 + "x" * extra)  # ~0.6 MB plus a few bytes past a multiple
     filesystem, files = list_input(str(big), "big")
-    shards = plan_shards([files], large_file_shard_bytes(big.stat().st_size), [filesystem])
+    target = large_file_shard_bytes(big.stat().st_size)
+    shards = plan_shards([files], target, [filesystem])
     assert len(shards) == LARGE_SHARDS
+    # The bench's curate config plans a lead shard first (its default lead_shard_bytes,
+    # as the bench's note says); the file's other pieces stay LARGE_SHARDS.
+    led = plan_shards([files], target, [filesystem], lead_shard_bytes=20_000)
+    assert len(led) == LARGE_SHARDS + 1 and led[0].size_bytes == 20_000
 
 
 def _run(rate: float, wall: float, mib: float, first: float | None = None) -> dict:

@@ -206,3 +206,57 @@ def test_a_task_hands_back_what_its_item_freed_even_when_it_fails(monkeypatch) -
     with pytest.raises(ValueError):
         ray_exec._call_plain(failing, 5)
     assert len(releases) == 7
+
+
+EXIT_DRIVER = """
+import atexit, sys, time
+
+slept = []
+real_sleep = time.sleep
+def recording_sleep(seconds):
+    slept.append((sys._getframe(1).f_globals.get("__name__"), seconds))
+    real_sleep(seconds)
+time.sleep = recording_sleep
+
+def report():  # registered first, so it runs after every other exit handler
+    import ray
+    ray_sleeps = [s for name, s in slept if name == "ray._private.worker"]
+    print("AT EXIT", ray.is_initialized(), ray_sleeps, flush=True)
+atexit.register(report)
+
+from pipeline import ray_exec
+ray_exec.init_ray(None, num_cpus=1)
+if sys.argv[1] == "without":
+    atexit.unregister(ray_exec.shutdown_embedded_ray)
+import ray
+assert ray.get(ray.remote(lambda: 1).remote()) == 1
+"""
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_an_embedded_ray_is_shut_down_at_exit_without_rays_half_second_sleep(ours) -> None:
+    """Issue 18: Ray's own exit handler sleeps 0.5 s before it stops the node, at the end
+    of every command; ``init_ray`` registers ``shutdown_embedded_ray``, which runs first
+    and stops the node without it. Without ours (the control), Ray's sleep is seen."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from tests.cluster_scripts.harness import REPO
+
+    ray_tmp = tempfile.mkdtemp(prefix="rx-")  # short: Ray's socket paths have 107 bytes
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PIPELINE_RAY"))}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", EXIT_DRIVER, "with" if ours else "without"],
+            cwd=REPO,
+            env={**clean, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("AT EXIT")]
+    assert line == ("AT EXIT False []" if ours else "AT EXIT False [0.5]")

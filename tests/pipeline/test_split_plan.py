@@ -121,11 +121,12 @@ def test_each_piece_is_hashed_from_its_own_bytes(tmp_path):
     assert big.size_bytes <= hashed <= big.size_bytes + len(pieces) * (64 << 10)
 
 
+@pytest.mark.parametrize("lead", [0, 700])
 @pytest.mark.parametrize("target", [300, 1_500, 10**9])
-def test_tiny_and_huge_targets(tmp_path, target):
+def test_tiny_and_huge_targets(tmp_path, target, lead):
     root = _folder(tmp_path)
     _, files = list_input(str(root), "in")
-    shards = plan_shards([files], target)
+    shards = plan_shards([files], target, lead_shard_bytes=lead)
     rows = [
         row
         for shard in shards
@@ -134,6 +135,138 @@ def test_tiny_and_huge_targets(tmp_path, target):
         )["id"].to_pylist()
     ]
     assert rows == read_shard([(f.path, f.source) for f in files], 0, FS, CFG)["id"].to_pylist()
+
+
+def _lead_folder(tmp_path: Path, first: str) -> Path:
+    """One input whose first file (by name) is ``first``, then the usual files."""
+    root = _folder(tmp_path)
+    texts = [f"row {n} " + "text " * (n % 50) for n in range(3000)]
+    makers = {
+        "jsonl": lambda path: path.write_bytes((root / "a-big.jsonl").read_bytes()),
+        "warc.gz": lambda path: path.write_bytes((root / "c-crawl.warc.gz").read_bytes()),
+        "warc": lambda path: path.write_bytes((root / "i-crawl.warc").read_bytes()),
+        "parquet": lambda path: pq.write_table(pa.table({"text": texts}), path, row_group_size=300),
+    }
+    makers[first](root / f"0-first.{first}")
+    return root
+
+
+@pytest.mark.parametrize("first", ["jsonl", "warc.gz", "warc", "parquet"])
+def test_the_lead_shard_is_a_short_first_piece_and_changes_no_row(tmp_path, first):
+    """``lead_shard_bytes`` cuts the plan's first file so that the first shard is short
+    (its first output shows early); every later cut stays where it was, and reading the
+    shards in order gives the same ids and rows as reading each file whole."""
+    root = _lead_folder(tmp_path, first)
+    _, files = list_input(str(root), "in")
+    target, lead = 15_000, 9_000 if first == "parquet" else 3_000  # two row groups
+    assert files[0].size_bytes > target  # cut even without the lead: pieces as usual
+    plain = plan_shards([files], target)
+    led = plan_shards([files], target, lead_shard_bytes=lead)
+    head = led[0]
+    assert len(head.pieces) == 1 and head.pieces[0].file == files[0]
+    assert head.pieces[0].part is not None and head.pieces[0].part.start == 0
+    if first == "parquet":  # whole row groups: the leading ones that fit, at least one
+        meta = pq.ParquetFile(files[0].path).metadata
+        group_bytes = [
+            sum(g.column(c).total_compressed_size for c in range(g.num_columns))
+            for g in map(meta.row_group, range(meta.num_row_groups))
+        ]
+        fit = max(1, max(k for k in range(len(group_bytes)) if sum(group_bytes[:k]) <= lead))
+        assert head.pieces[0].part.stop == fit and head.size_bytes == sum(group_bytes[:fit])
+    else:
+        assert head.size_bytes == lead
+    assert len(led) > len(plain)
+    later = lambda plan: [p for s in plan for p in s.pieces if p.file != files[0]]  # noqa: E731
+    assert later(led) == later(plain)  # only the first file's cuts moved
+
+    def rows(plan):
+        out = []
+        for shard in plan:
+            items = [(p.file.path, p.file.source, p.part) for p in shard.pieces]
+            out += read_shard(items, 0, FS, CFG).drop_columns(["ordinal"]).to_pylist()
+        return out
+
+    whole = read_shard([(f.path, f.source) for f in files], 0, FS, CFG)
+    assert rows(led) == rows(plain) == whole.drop_columns(["ordinal"]).to_pylist()
+
+
+def test_the_lead_shard_of_small_or_whole_files(tmp_path, caplog):
+    """A first file below the target but above the lead is cut (no warning when it
+    cannot be: only the lead would have cut it); small first files are grouped up to
+    the lead; a lead at or above the target, or 0, changes nothing."""
+    root = _folder(tmp_path)
+    _, files = list_input(str(root), "in")
+    big = files[0]  # a-big.jsonl
+    plain = plan_shards([files], 10**9)
+    assert len(plain) == 1
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        led = plan_shards([files], 10**9, lead_shard_bytes=2_000)
+    assert "is not split" not in caplog.text  # every file is below the target
+    assert [p.part.describe() for p in led[0].pieces] == [[BYTES, 0, 2_000]]
+    assert led[1].pieces[0].part.describe() == [BYTES, 2_000, big.size_bytes]
+    assert [p.file for s in led for p in s.pieces][1:] == [big, *files[1:]]
+    for lead in (0, 10**9, 10**10):
+        assert plan_shards([files], 10**9, lead_shard_bytes=lead) == plain
+    # A first file that cannot be cut is the lead alone; small ones are grouped.
+    one_member = [f for f in files if f.source.endswith("d-one-member.warc.gz")]
+    small = [f for f in files if f.source.endswith("b-small.jsonl")]
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        (head, rest) = plan_shards([one_member + small], 10**9, lead_shard_bytes=1_000)
+    assert [p.part for p in head.pieces] == [None] and head.files == tuple(one_member)
+    assert "is not split" not in caplog.text
+    assert rest.files == tuple(small)
+    led = plan_shards([small * 3 + [big]], 10**9, lead_shard_bytes=1_000)
+    assert [len(s.pieces) for s in led] == [3, 1] and led[1].pieces[0].part is None
+
+
+def test_the_config_plans_a_lead_shard_by_default(tmp_path):
+    """``lead_shard_bytes`` reaches the planner from the config: 128 KiB by default,
+    where it is below ``shard_input_bytes``."""
+    from pipeline.config import CurateConfig
+    from pipeline.runner import plan
+
+    root = tmp_path / "in"
+    root.mkdir()
+    lines = "".join(json.dumps({"text": f"line {n} " + "word " * 40}) + "\n" for n in range(4000))
+    (root / "a.jsonl").write_text(lines)  # about 0.9 MB
+    config = CurateConfig.model_validate(
+        {"inputs": [{"path": str(root)}], "output_dir": str(tmp_path / "o")}
+    )
+    assert config.lead_shard_bytes == 128 * 1024
+    first, rest = plan(config)
+    assert first.size_bytes == 128 * 1024 and rest.size_bytes == len(lines) - 128 * 1024
+    none = config.model_copy(update={"lead_shard_bytes": 0})
+    assert [s.pieces[0].part for s in plan(none)] == [None]
+
+
+def test_a_folder_written_before_the_lead_resumes_with_lead_shard_bytes_0(tmp_path):
+    """Without Ray: a run.json as the version before ``lead_shard_bytes`` wrote it (no
+    such key, fingerprinted without it) is claimed by ``lead_shard_bytes: 0``, which
+    plans as that version did; the default lead plans another first shard, so it is
+    refused, naming the key."""
+    import hashlib
+
+    from pipeline.config import ConfigError, CurateConfig, without_run_settings
+    from pipeline.curate import RunLayout
+    from pipeline.runner import _claim_output_dir
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"text": "x"}\n')
+    spec = {"inputs": [{"path": str(tmp_path / "in")}], "output_dir": str(tmp_path / "out")}
+    no_lead = CurateConfig.model_validate({**spec, "lead_shard_bytes": 0})
+    before = {k: v for k, v in no_lead.portable_dump().items() if k != "lead_shard_bytes"}
+    canonical = json.dumps(without_run_settings(before), sort_keys=True)
+    old_fingerprint = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert no_lead.fingerprint() == old_fingerprint
+    layout = RunLayout.for_output(str(tmp_path / "out"))
+    run_file = tmp_path / "out" / "run.json"
+    old_run = json.dumps({"config_fingerprint": old_fingerprint, "config": before})
+    (tmp_path / "out").mkdir()
+    run_file.write_text(old_run)
+    _claim_output_dir(layout, no_lead, overwrite=False)  # resumes: no refusal
+    run_file.write_text(old_run)
+    with pytest.raises(ConfigError, match=r"differs in lead_shard_bytes: null -> 131072\)"):
+        _claim_output_dir(layout, CurateConfig.model_validate(spec), overwrite=False)
 
 
 def test_a_file_that_cannot_be_inspected_stays_whole(tmp_path, caplog):
@@ -162,13 +295,14 @@ def test_a_run_gives_the_same_outputs_whatever_the_split(ray_session, tmp_path):
     texts[850] = texts[10]
     pq.write_table(pa.table({"text": texts}), root / "b.parquet", row_group_size=100)
 
-    def run(name: str, shard_bytes: int) -> tuple[list, list, dict, int]:
+    def run(name: str, shard_bytes: int, lead_bytes: int = 0) -> tuple[list, list, dict, int]:
         config = CurateConfig.model_validate(
             {
                 "inputs": [{"path": str(root), "name": "in"}],
                 "output_dir": str(tmp_path / name),
                 "shard_input_bytes": shard_bytes,
                 "min_piece_bytes": 1,
+                "lead_shard_bytes": lead_bytes,
                 "stages": {"extract": None, "langid": None, "heuristics": None, "domain": None},
             }
         )
@@ -184,6 +318,14 @@ def test_a_run_gives_the_same_outputs_whatever_the_split(ray_session, tmp_path):
     assert whole_shards == 1 and split_shards >= 6
     assert split_docs == whole_docs
     assert split_rejects == whole_rejects and split_ledger == whole_ledger
+    # A lead shard (the first 5 kB of a.jsonl) before one shard of the rest, and a lead
+    # before the usual cuts: the same documents, rejects and ledger.
+    lead_docs, lead_rejects, lead_ledger, lead_shards = run("lead", 10**9, 5_000)
+    assert lead_shards == 2
+    assert (lead_docs, lead_rejects, lead_ledger) == (whole_docs, whole_rejects, whole_ledger)
+    both = run("split-lead", 20_000, 5_000)
+    assert both[3] == split_shards + 1
+    assert both[:3] == (whole_docs, whole_rejects, whole_ledger)
     dropped = [r for r in whole_rejects if "exact_dedup" in r]
     assert len(dropped) == 2  # one copy of each pair
     records = [row["record"] for row in whole_docs]
