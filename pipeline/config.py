@@ -140,10 +140,10 @@ class CurateConfig(StrictModel):
     (about 1.5 MB a shard, 2.4-2.8 s of work) the lead shard took 0.51-0.54 s in a
     fresh process at 128 KiB (5 pages), 0.91-0.94 s at 256 KiB (14 pages) and 0.40-0.55 s
     at 64 KiB (2 pages): below 128 KiB the process's first-use imports dominate. Only
-    where it is below
-    ``shard_input_bytes``; 0 for none (which also resumes an output folder written
-    before this setting existed). One piece per run, so ``min_piece_bytes`` does not
-    bound it; ids and outputs are the same with or without it."""
+    where it is below ``shard_input_bytes``; 0 for none (which also resumes an output
+    folder written before this setting existed). One piece per run, so
+    ``min_piece_bytes`` does not bound it; ids and outputs are the same with or without
+    it."""
 
     max_error_share: float = Field(default=0.01, ge=0, le=1)
     """The share of input documents that may fail in a stage (``error:`` reasons: an
