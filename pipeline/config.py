@@ -14,7 +14,7 @@ import hashlib
 import json
 import posixpath
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
 
@@ -100,6 +100,15 @@ class RayConfig(StrictModel):
     bytes; beyond it every round runs as Ray tasks with an exchange, so no process holds
     every row. Either path writes the same decisions. 4 MiB: about 4,000 documents of
     MinHash band rows, where the driver's one core stops beating the workers (README)."""
+
+    executor: Literal["auto", "ray", "in_process"] = "auto"
+    """Where the passes run. ``auto``: in this process, without starting Ray, when the
+    run is embedded (no ``--address``, no $RAY_ADDRESS) and ``num_cpus`` is 1; on Ray
+    otherwise. ``ray``: always on Ray (e.g. to test a Ray setup on one CPU);
+    ``in_process``: always in this process (one CPU, whatever ``num_cpus`` says). The
+    outputs are the same bytes either way (a run setting: a folder curated one way
+    resumes the other). In-process saves Ray's fixed cost, about 6 CPU-seconds, 3 s of
+    start and 800 MiB of daemons and a worker (issue 18; figures in the README)."""
 
 
 RUN_SETTINGS = frozenset({"ray", "max_error_share"})

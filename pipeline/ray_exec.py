@@ -20,6 +20,15 @@ plain CPU-time signal; the same worker processes serve the documents pass, every
 global round and the finalize pass, so memory stays flat; there is no executor
 thread, no helper actors and no ``ray.data`` import (about 140 MiB a process); and a
 task lost with its node is retried by Ray (``max_retries``) and rebuilt from lineage.
+
+**In-process executor** (``ray.executor``, issue 18): an embedded run on one CPU gains
+nothing from Ray and pays its fixed cost (about 6 CPU-seconds, 3 s of start and 800 MiB
+of daemons and a worker before any work). There ``init_ray`` starts no Ray, and the
+functions below run the same bodies in this process, in the order the Ray path submits
+them at one slot: ``map_items`` builds the worker once and calls it per item on the
+main thread (the extract limit's signal works there), ``run_round`` calls the round's
+function per argument tuple, ``put``/``get`` pass values through. The outputs are the
+same bytes (``tests/pipeline/test_run_settings.py``); callers do not change.
 """
 
 from __future__ import annotations
@@ -43,9 +52,51 @@ TASK_RETRIES = 3  # a task whose worker or node dies runs again, up to this ofte
 PROGRESS_EVERY_S = 10.0  # a progress line at most this often when stdout is no terminal
 
 
+EXECUTORS = ("auto", "ray", "in_process")
+"""``ray.executor`` values: ``auto`` runs in this process when the run is embedded (no
+address, no $RAY_ADDRESS) on one CPU (``ray.num_cpus: 1``), on Ray otherwise."""
+
+_in_process = False
+"""Whether the current command runs in this process (set by ``init_ray``; restored by
+``executor_scope`` when a command ends)."""
+
+
+def in_process() -> bool:
+    """Whether the passes run in this process rather than as Ray tasks."""
+    return _in_process
+
+
+def wants_in_process(executor: str, address: str | None, num_cpus: int | None) -> bool:
+    """The ``ray.executor`` decision: ``auto`` is in-process for an embedded run on one
+    CPU, where Ray's daemons and worker would cost more than the work they spread."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"ray.executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
+    if executor != "auto":
+        return executor == "in_process"
+    embedded = not (address or os.environ.get("RAY_ADDRESS"))
+    return embedded and num_cpus == 1
+
+
+@contextlib.contextmanager
+def executor_scope() -> Iterator[None]:
+    """Restore the executor a command found when it ends: the demo and the tests run
+    several commands in one process, and a command that ran in-process must not leave
+    the next caller of ``map_items`` off its Ray session."""
+    global _in_process
+    saved = _in_process
+    try:
+        yield
+    finally:
+        _in_process = saved
+
+
 def is_ray_error(exc: BaseException) -> bool:
     """Whether ``exc`` came through Ray (a lost task, worker or node, or an error in a
-    task, which a node dying under a running task can also surface as)."""
+    task, which a node dying under a running task can also surface as). Never in an
+    in-process run: there is no node to lose, so its errors are raised as they are,
+    without the retries a lost node asks for."""
+    if _in_process:
+        return False
     from ray.exceptions import RayError
 
     return isinstance(exc, RayError)
@@ -70,10 +121,17 @@ def init_ray(
     address: str | None,
     num_cpus: int | None = None,
     object_store_memory_bytes: int | None = None,
+    executor: str = "auto",
 ) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS); otherwise start Ray in-process.
     Every command that uses Ray starts it here; a second call in the same process (the
-    demo runs every command in one) reuses the session."""
+    demo runs every command in one) reuses the session. With ``executor`` in-process
+    (``wants_in_process``) no Ray starts: the command runs in this process."""
+    global _in_process
+    _in_process = wants_in_process(executor, address, num_cpus)
+    if _in_process:
+        log.info("ray: not started; the run executes in this process (ray.executor: %s)", executor)
+        return
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -211,19 +269,26 @@ covers a larger exchange; ``ray.object_store_memory_bytes`` sets it."""
 
 
 def cluster_cpus() -> int:
+    if _in_process:
+        return 1
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def put(value: Any) -> Any:
-    """Put ``value`` in the object store once; tasks take the reference."""
+    """Put ``value`` in the object store once; tasks take the reference (in-process: the
+    value itself)."""
+    if _in_process:
+        return value
     import ray
 
     return ray.put(value)
 
 
 def get(refs: Any) -> Any:
+    if _in_process:
+        return refs
     import ray
 
     return ray.get(refs)
@@ -334,13 +399,16 @@ def map_items(
     first output (or the first failure) of a long pass shows as soon as one small item
     is done, at the cost of one small item out of its place. The factory or function (a
     ``functools.partial`` carries its other arguments) goes to the object store once.
-    ``memory`` (bytes) reserves Ray's memory resource per task."""
-    import ray
-
+    ``memory`` (bytes) reserves Ray's memory resource per task. In-process: the same
+    bodies, one item at a time in the same order as one slot (``_map_in_process``)."""
     if not items:
         return []
     if (factory is None) == (function is None):
         raise ValueError("map_items needs exactly one of factory and function")
+    if _in_process:
+        return _map_in_process(label, items, factory, function, sizes, count_key, count_label)
+    import ray
+
     if factory is not None:
         body, shared = _call_worker, (uuid.uuid4().hex, ray.put(factory))
     else:
@@ -374,6 +442,41 @@ def map_items(
     return results  # type: ignore[return-value]
 
 
+def _map_in_process(
+    label: str,
+    items: Sequence[Any],
+    factory: Callable[[], Callable[[Any], dict]] | None,
+    function: Callable[[Any], dict] | None,
+    sizes: Sequence[int] | None,
+    count_key: str | None,
+    count_label: str | None,
+) -> list[dict]:
+    """``map_items`` in this process: the task bodies (``_call_worker``, ``_call_plain``,
+    so memory is handed back after each item as on a worker), in the order one Ray slot
+    runs them, with the same progress line. The worker is dropped when the pass ends:
+    the driver goes on to the global rounds, where a Ray worker would idle with it.
+    An item's exception is raised as it is (the Ray path raises a ``RayTaskError`` that
+    is also an instance of the item's exception class, with the same message)."""
+    from pipeline.task_rounds import release_freed_memory
+
+    key = uuid.uuid4().hex
+    progress = Progress(label, len(items), count_key, count_label)
+    results: list[dict | None] = [None] * len(items)
+    order = submission_order(sizes, len(items), 1)
+    try:
+        for done, position in enumerate(order, start=1):
+            if factory is not None:
+                results[position] = _call_worker(key, factory, items[position])
+            else:
+                results[position] = _call_plain(function, items[position])  # type: ignore[arg-type]
+            progress.advance(results[position], 1 if done < len(order) else 0)  # type: ignore[arg-type]
+    finally:
+        progress.close()
+        if _PROCESS_WORKERS.pop(key, None) is not None:
+            release_freed_memory()
+    return results  # type: ignore[return-value]
+
+
 def submission_order(sizes: Sequence[int] | None, count: int, slots: int) -> list[int]:
     """Item positions in the order ``map_items`` submits them: largest first (a stable
     sort, so equal sizes keep item order), with the smallest moved to the front when
@@ -392,14 +495,20 @@ def run_round(
 ) -> tuple[list, list]:
     """Submit one round (a task per argument tuple, returning its stats dict and then
     ``returns`` tables; with none, the stats dict alone) and wait for the stats: (stats
-    per task, output references per task). A line per round when progress is on."""
-    import ray
-
+    per task, output references per task). A line per round when progress is on.
+    In-process: the function called per argument tuple, its tables as the "references"."""
     started = time.perf_counter()
-    remote = _remote_function(function, cpus, returns + 1)
-    refs = [remote.remote(*args) for args in calls]
-    refs = [task if isinstance(task, list) else [task] for task in refs]  # stats only
-    stats = ray.get([task[0] for task in refs])
+    if _in_process:
+        outputs = [function(*args) for args in calls]
+        refs = [list(out) if returns else [out] for out in outputs]
+        stats = [task[0] for task in refs]
+    else:
+        import ray
+
+        remote = _remote_function(function, cpus, returns + 1)
+        refs = [remote.remote(*args) for args in calls]
+        refs = [task if isinstance(task, list) else [task] for task in refs]  # stats only
+        stats = ray.get([task[0] for task in refs])
     if progress_enabled():
         totals: dict[str, int] = {}
         for entry in stats:

@@ -318,7 +318,13 @@ def _invalidate_changed_shards(
 def run_curate(
     config: CurateConfig, address: str | None = None, overwrite: bool = False
 ) -> CurateResult:
-    """Plan, then run the three passes; returns the ledger (also written to disk)."""
+    """Plan, then run the three passes; returns the ledger (also written to disk). On Ray
+    or in this process, as ``ray.executor`` says (``ray_exec.init_ray``)."""
+    with ray_exec.executor_scope():
+        return _run_curate(config, address, overwrite)
+
+
+def _run_curate(config: CurateConfig, address: str | None, overwrite: bool) -> CurateResult:
     started = time.monotonic()
     problem = config.placement_problem()  # load_curate_config checks too; library callers
     if problem is not None:
@@ -328,7 +334,12 @@ def run_curate(
     layout = RunLayout.for_output(config.output_dir)
     _claim_output_dir(layout, config, overwrite)
     changes = _invalidate_changed_shards(layout, config, shards)
-    init_ray(address, config.ray.num_cpus, config.ray.object_store_memory_bytes)
+    init_ray(
+        address,
+        config.ray.num_cpus,
+        config.ray.object_store_memory_bytes,
+        config.ray.executor,
+    )
 
     pending = [s.index for s in shards if documents_pass_done(layout, s.index) is None]
     log.info(

@@ -72,14 +72,20 @@ def tokenize_worker(
 
 
 def run_tokenize(config: TokenizeRunConfig, address: str | None = None) -> TokenizeResult:
-    """Tokenize every curated shard not already done with this tokenizer."""
+    """Tokenize every curated shard not already done with this tokenizer, on Ray or in
+    this process as ``ray.executor`` says."""
+    with ray_exec.executor_scope():
+        return _run_tokenize(config, address)
+
+
+def _run_tokenize(config: TokenizeRunConfig, address: str | None) -> TokenizeResult:
     started = time.monotonic()
     entries = curated_shards(config.curated_dir)
     stage = check_tokenizer(config)
     checksum = tokenizer_checksum(config)
     pending = [e for e in entries if not shard_done(config, e, checksum)]
     if pending:
-        init_ray(address, config.ray.num_cpus)
+        init_ray(address, config.ray.num_cpus, executor=config.ray.executor)
         threads = max(1, round(stage.resources.cpus))
         ray_exec.map_items(
             "tokenize",
