@@ -1,13 +1,16 @@
 """Settings of how a curation run executes, not of what it writes (``RUN_SETTINGS``):
 
 - the outputs are byte-identical at 1 and 2 CPUs, global steps included, so changing
-  ``ray`` between a run and its rerun resumes the run instead of refusing it;
+  ``ray`` between a run and its rerun resumes the run instead of refusing it. One CPU
+  embedded runs in-process (``ray.executor: auto``), so this also compares the
+  in-process executor with Ray, and resumes across the two both ways;
 - more failed documents (``error:`` reasons) than ``max_error_share`` allows make
   ``curate`` exit 3 with the commonest failures named, after writing the outputs."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -37,7 +40,7 @@ def test_run_settings_are_config_keys():
 
 
 def test_one_and_two_cpus_write_the_same_bytes_and_a_rerun_with_other_cpus_resumes(
-    ray_session, demo_corpus, tmp_path
+    ray_session, demo_corpus, tmp_path, caplog
 ):
     one_cpu = tmp_path / "one.yaml"
     one_cpu.write_text(global_steps_config(demo_corpus, "one", "{num_cpus: 1}"))
@@ -48,7 +51,11 @@ def test_one_and_two_cpus_write_the_same_bytes_and_a_rerun_with_other_cpus_resum
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "started a local Ray (1.0 CPUs" in done.stderr  # it did run on one CPU
+    # One CPU, embedded: the in-process executor (auto), no Ray started.
+    assert "ray: not started; the run executes in this process (ray.executor: auto)" in (
+        done.stderr
+    )
+    assert "started a local Ray" not in done.stderr
 
     two_cpus = tmp_path / "two.yaml"
     two_cpus.write_text(global_steps_config(demo_corpus, "two", "{num_cpus: 2}"))
@@ -59,12 +66,27 @@ def test_one_and_two_cpus_write_the_same_bytes_and_a_rerun_with_other_cpus_resum
     assert sum(dropped["minhash_dedup"]["rejected"].values()) > 0
     assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
 
-    # The run done at 1 CPU, resumed with 2: the same run, nothing to do again.
+    # The run done at 1 CPU (in-process), resumed with 2 (Ray): the same run, nothing to
+    # do again.
     one_cpu.write_text(global_steps_config(demo_corpus, "one", "{num_cpus: 2}"))
     before = _digests(tmp_path / "one")
     again = run_curate(load_curate_config(one_cpu))
     assert again.shards_run == 0 and again.shards_skipped == result.ledger["shards"]
     assert _digests(tmp_path / "one") == before
+
+    # The run done on Ray, with a shard's documents-pass marker and every final shard
+    # lost, resumed in-process (1 CPU, auto): that shard and the finalize pass run in
+    # this process and write the same bytes.
+    two = tmp_path / "two"
+    (two / "work" / "documents" / "00000.json").unlink()
+    for path in (*(two / "stats").iterdir(), *(two / "docs").iterdir()):
+        path.unlink()
+    two_cpus.write_text(global_steps_config(demo_corpus, "two", "{num_cpus: 1}"))
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        resumed = run_curate(load_curate_config(two_cpus))
+    assert "ray: not started; the run executes in this process" in caplog.text
+    assert resumed.shards_run == 1
+    assert _digests(two) == before
 
 
 def _failing_corpus(folder: Path, slow_pages: int, articles: int) -> None:
