@@ -116,7 +116,7 @@ def test_the_documents_pass_asks_for_what_its_stages_declare(monkeypatch) -> Non
 LEAN_DRIVER = """
 import sys
 from pipeline import ray_exec
-ray_exec.init_ray(None, 1)
+ray_exec.init_ray(None, 1, executor="ray")  # Ray itself is under test: not in-process
 import ray
 def pool():
     import pyarrow
@@ -225,7 +225,7 @@ def report():  # registered first, so it runs after every other exit handler
 atexit.register(report)
 
 from pipeline import ray_exec
-ray_exec.init_ray(None, num_cpus=1)
+ray_exec.init_ray(None, num_cpus=1, executor="ray")  # Ray is under test
 if sys.argv[1] == "without":
     atexit.unregister(ray_exec.shutdown_embedded_ray)
 import ray
