@@ -211,3 +211,25 @@ def test_cli_exits_2_on_mix_and_tokenizer_errors(run_dir, tmp_path, capsys):
     )
     assert main(["tokenize", str(config)]) == 2
     assert "tokenizer.tokenizer_path: cannot read" in capsys.readouterr().err
+
+
+def test_tokenize_in_process_matches_ray_byte_for_byte(run_dir, ray_session, caplog):
+    """``ray.executor: auto`` at one CPU tokenizes in this process (no Ray tasks): the
+    same files as the Ray tasks of the suite's session write."""
+    import logging
+
+    from pipeline import ray_exec
+    from pipeline.config import RayConfig
+    from pipeline.token_runner import run_tokenize
+
+    config = load_tokenize_config(run_dir / "tokenize.yaml")
+    on_ray = config.model_copy(update={"output_dir": str(run_dir / "tok_on_ray")})
+    run_tokenize(on_ray)
+    inside = config.model_copy(
+        update={"output_dir": str(run_dir / "tok_inside"), "ray": RayConfig(num_cpus=1)}
+    )
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        result = run_tokenize(inside)
+    assert "ray: not started; the run executes in this process" in caplog.text
+    assert result.shards_run == 3 and not ray_exec.in_process()
+    assert _digests(run_dir / "tok_inside" / "docs") == _digests(run_dir / "tok_on_ray" / "docs")
