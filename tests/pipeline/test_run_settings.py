@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -170,3 +171,18 @@ def test_a_folder_of_another_version_is_named_as_such(ray_session, tmp_path):
     run_file.write_text(json.dumps(stored | {"config_fingerprint": "0" * 16}))
     with pytest.raises(ConfigError, match="the same settings, fingerprinted by another version"):
         run_curate(load_curate_config(config))
+
+
+def test_the_extract_limit_holds_in_process(ray_session, tmp_path, caplog):
+    """In-process (one CPU, ``ray.executor: auto``) the documents pass runs on the
+    driver's main thread, where the extract stage's CPU-time limit is a signal: the slow
+    pages fail as they do on Ray's workers, and the command exits 3 the same way."""
+    _failing_corpus(tmp_path / "data", slow_pages=2, articles=8)
+    config = tmp_path / "curate.yaml"
+    _error_config(config, tmp_path / "data", "ray: {num_cpus: 1}\n")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        assert cli.main(["curate", str(config)]) == 3
+    assert "ray: not started; the run executes in this process" in caplog.text
+    ledger = Path(load_curate_config(config).output_dir) / "ledger.json"
+    stages = json.loads(ledger.read_text())["stages"]
+    assert stages["extract"]["errors"] == {"error:extract_timeout": 2}
