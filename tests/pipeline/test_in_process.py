@@ -43,6 +43,7 @@ def children(pid):
 ray = sys.modules.get("ray")
 print(json.dumps({
     "code": code,
+    "ray_imported": ray is not None,
     "ray_initialized": bool(ray and ray.is_initialized()),
     "children": children(os.getpid()),
 }))
@@ -86,6 +87,7 @@ def test_one_cpu_embedded_starts_no_ray_and_executor_ray_does(tmp_path):
     inside, log = _probe(_config(tmp_path / "auto.yaml", tmp_path / "data", "{num_cpus: 1}"))
     assert inside["code"] == 0
     assert "ray: not started; the run executes in this process" in log
+    assert not inside["ray_imported"]  # not even imported (about 140 MiB and 1 CPU-s)
     assert not inside["ray_initialized"]
     assert not {"raylet", "gcs_server"} & set(inside["children"]), inside["children"]
 
@@ -183,3 +185,19 @@ def test_in_process_runs_every_item_once_in_order_with_one_worker():
         assert stats == [{"n": 3}, {"n": 7}] and outputs == [[1, 2], [3, 4]]
         assert ray_exec.get(ray_exec.put(outputs)) is outputs
         assert ray_exec.cluster_cpus() == 1
+
+
+def test_in_process_progress_lines_are_the_ray_paths(monkeypatch, capsys):
+    monkeypatch.setenv("PIPELINE_PROGRESS", "1")
+    monkeypatch.setattr(ray_exec, "PROGRESS_EVERY_S", 0.0)
+    with ray_exec.executor_scope():
+        ray_exec.init_ray(None, 1)
+        ray_exec.map_items(
+            "counting", [3, 4, 5], function=lambda item: {"docs": item}, count_key="docs"
+        )
+        ray_exec.run_round("exact_dedup", "map", lambda n: {"rows": n}, [(2,), (3,)], 0)
+    lines = capsys.readouterr().out.splitlines()
+    counting = [line for line in lines if line.startswith("counting")]
+    assert counting[0].startswith("counting: 1/3 shards, ") and "1 running" in counting[0]
+    assert counting[-1].startswith("counting: 2/3 shards, ") and "docs (" in counting[-1]
+    assert any(line.startswith("exact_dedup map: 2 tasks, rows 5 (") for line in lines)
