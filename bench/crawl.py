@@ -446,7 +446,8 @@ def write_curate_config(
     inputs: list[dict[str, str]], work: Path, cpus: int, shard_bytes: int, extract: bool
 ) -> Path:
     """A curate config (the CLI's format): extract (for pages), langid, heuristics,
-    exact and MinHash dedup, on an embedded Ray with ``cpus`` CPUs."""
+    exact and MinHash dedup, embedded with ``cpus`` CPUs (in-process at 1, by the default
+    ``ray.executor: auto``; Ray at more)."""
     work.mkdir(parents=True, exist_ok=True)
     config = {
         "inputs": inputs,
@@ -730,7 +731,8 @@ def run_crawl(
         + (" (the crawl repeats pages as #copy URLs)" if len(pool) < pages else ""),
         *pool.notes,
         f"load average at start (1, 5, 15 min): {load}, on {os.cpu_count()} cores",
-        f"ours: `python -m pipeline curate` (embedded Ray), shard_input_bytes {shard_bytes:,}"
+        "ours: `python -m pipeline curate` (embedded: in-process at 1 CPU, Ray at 2, as the"
+        f" default ray.executor auto does), shard_input_bytes {shard_bytes:,}"
         f" (about one WARC file per shard; the first shard, the lead, {lead:,} bytes: the"
         " config's default lead_shard_bytes); extract (favor precision, 5 s limit), langid"
         f" ({', '.join(LANGUAGES)}, score >= {MIN_LANGUAGE_SCORE}), heuristics"
