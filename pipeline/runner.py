@@ -11,6 +11,9 @@
 
 Resume: every pass skips what its markers say is finished, so rerunning a command
 after a crash finishes only the missing shards and gives the same bytes.
+
+An embedded one-CPU run (``ray.executor: auto``) starts no Ray: ``ray_exec`` runs the
+same three passes in this process, with the same outputs.
 """
 
 from __future__ import annotations
