@@ -7,8 +7,10 @@ Both pipelines run the same steps with the same settings on the same files:
     -> Gopher repetition -> Gopher quality (the papers' thresholds, both sides' defaults)
     -> MinHash near-duplicate removal -> tokenize (the same tokenizer.json, eos appended)
 
-Ours runs as ``run_curate`` + ``run_tokenize`` on an embedded Ray with ``num_cpus`` 1 or
-2, in a driver process of its own (Ray's start-up is timed apart); datatrove runs its
+Ours runs as ``run_curate`` + ``run_tokenize`` with ``num_cpus`` 1 or 2, in a driver
+process of its own: at 2 on an embedded Ray (its start-up is timed apart), at 1 in that
+process without Ray (``ray.executor: auto``, the default for an embedded one-CPU run);
+datatrove runs its
 ``LocalPipelineExecutor`` with one task and one worker in its own venv (``bench.peers``).
 Each side's per-document fate (which step dropped it, and why) is read back from its
 outputs, matched on the document URL, and compared:
@@ -53,8 +55,9 @@ SHARD_INPUT_BYTES = 1_000_000
 SUMMARY = (
     "Read WARC/JSONL, trafilatura, lid.176 (English, score >= 0.65), Gopher repetition and"
     " quality (the papers' thresholds), MinHash near-duplicate removal, tokenize with the"
-    " same tokenizer.json: ours on an embedded Ray against datatrove's LocalPipelineExecutor"
-    " (1 task, 1 worker), the same files in."
+    " same tokenizer.json: ours (2 workers on an embedded Ray; 1 worker in-process, the"
+    " one-CPU default) against datatrove's LocalPipelineExecutor (1 task, 1 worker), the"
+    " same files in."
 )
 
 
