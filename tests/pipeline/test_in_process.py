@@ -22,23 +22,19 @@ from tests.cluster_scripts.harness import REPO
 # live until the process exits).
 _PROBE = """
 import json, os, sys
+from bench.processes import descendants
 from pipeline import cli
 
 code = cli.main(["curate", sys.argv[1]])
 
 def children(pid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    names = []
+    for child in descendants(pid)[1:]:
         try:
-            stat = open(f"/proc/{entry}/stat").read()
+            names.append(open(f"/proc/{child}/comm").read().strip())
         except OSError:
             continue
-        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
-        if int(rest.split()[1]) == pid:
-            found += [name, *children(int(entry))]
-    return found
+    return names
 
 ray = sys.modules.get("ray")
 print(json.dumps({
